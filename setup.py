@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="stccl-diffusers",
+    version="0.1.0",
+    description="STCCL (spatial-temporal coherent correlation learning) as a drop-in training signal "
+    "for emotional talking-head generators, diffusers-style.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["stccl_diffusers", "stccl_diffusers.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "diffusers>=0.29.0",
+        "accelerate>=0.28.0",
+        "transformers>=4.43.2",
+        "peft>=0.11",
+        "safetensors>=0.4",
+        # OpenCV 5 drops cv2.data cascades and CascadeClassifier (facts §8).
+        "opencv-python-headless>=4.8,<5",
+        "librosa>=0.10",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "scipy",
+        "imageio",
+        "imageio-ffmpeg",
+        "tensorboard",
+    ],
+    extras_require={
+        "face": ["insightface>=0.7", "onnxruntime"],
+        "xformers": ["xformers"],
+        "test": ["pytest>=7", "scikit-image", "python_speech_features"],
+    },
+    entry_points={
+        "console_scripts": [
+        ],
+    },
+)

@@ -1,0 +1,3 @@
+"""stccl-diffusers: STCCL as a drop-in training signal for emotional talking-head generators."""
+
+__version__ = "0.1.0"
