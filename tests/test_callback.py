@@ -426,3 +426,24 @@ def test_validation_callback_recovers_x0_from_consecutive_euler_latents_and_scor
     sample(0.1, "score")
     assert sorted(vcb.scores) == [1, 2]
     assert all(torch.isfinite(o.loss) and o.loss > 0 for o in vcb.scores.values())
+
+
+# -- docs: the lines users add to diffusers' LoRA example ------------------------------------------
+def test_lora_example_patch_adds_at_most_15_lines_removes_none_and_is_shown_in_the_docs():
+    from pathlib import Path
+
+    import stccl_diffusers.callback as cbmod
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    patch = (docs / "train_text_to_image_lora.patch").read_text(encoding="utf-8")
+    body = [l for l in patch.splitlines() if not l.startswith(("+++", "---"))]
+    added = [l[1:] for l in body if l.startswith("+")]
+    assert 0 < len(added) <= 15
+    assert not [l for l in body if l.startswith("-")]
+    assert patch.rstrip("\n") in (docs / "callback.md").read_text(encoding="utf-8")
+    # the added lines only use names the package provides
+    code = "\n".join(added)
+    for name in ("STCCLRewardCallback", "anchor_forward"):
+        assert name in code and hasattr(cbmod, name)
+    for method in ("needs_anchor", "log_dict"):
+        assert f".{method}(" in code and hasattr(STCCLRewardCallback, method)
