@@ -442,6 +442,7 @@ class STCCLRewardCallback(ConfigMixin):
             subset = list(subset)
             if max(subset) >= t_len or min(subset) < -t_len:
                 raise ValueError(f"expected frame_subset indices within T={t_len}, got {subset}")
+            subset = [i % t_len for i in subset]  # index_select takes no negative indices
             sub = torch.tensor(subset, device=x0.device)
             x0, x0_anchor = x0.index_select(1, sub), x0_anchor.index_select(1, sub)
         scale, shift = self._scaling()
@@ -490,7 +491,9 @@ class STCCLRewardCallback(ConfigMixin):
                 # No clip scored: losses are 0, similarities undefined.
                 stats[key] = torch.full((), float("nan") if "sim" in key else 0.0, device=dev)
             else:
-                stats[key] = torch.as_tensor(getattr(out, key)).detach().float()
+                val = getattr(out, key, None)
+                stats[key] = (torch.full((), float("nan"), device=dev) if val is None
+                              else torch.as_tensor(val).detach().float())
         self.last_stats = stats
 
     def log_dict(self, prefix: str = "stccl/") -> dict[str, float]:
