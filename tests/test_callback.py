@@ -15,7 +15,7 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
-from _stccl_metric_for_tests import SpyMetric, build_metric
+from _stccl_metric_for_tests import SpyMetric, build_metric, single_torch_thread  # noqa: F401 (autouse fixture)
 from stccl_diffusers.callback import (
     STCCLRewardCallback,
     STCCLValidationCallback,
