@@ -563,7 +563,7 @@ class STCCLValidationCallback(PipelineCallback):
                 f"EDMEulerScheduler, FlowMatchEulerDiscreteScheduler), got {type(sch).__name__}"
             )
         prev, self._prev = self._prev, latents.detach().clone()
-        if prev is None or step_index % self.config.every_n_steps:
+        if prev is None or step_index % self.config.every_n_steps or step_index >= self._cutoff(pipeline):
             return callback_kwargs
         j = int(sch.step_index) - 1  # the step just taken went sigmas[j] -> sigmas[j + 1]
         x0 = self.x0_from_consecutive(prev, latents.detach(), float(sch.sigmas[j]), float(sch.sigmas[j + 1]))
@@ -572,6 +572,13 @@ class STCCLValidationCallback(PipelineCallback):
         elif step_index in self.anchor_x0:
             self.scores[step_index] = self.score(x0, self.anchor_x0[step_index])
         return callback_kwargs
+
+    def _cutoff(self, pipeline) -> float:
+        """PipelineCallback's cutoff: no scoring from this step index on (ratio of the pipeline's steps)."""
+        if self.config.cutoff_step_index is not None:
+            return self.config.cutoff_step_index
+        total = getattr(pipeline, "num_timesteps", None)
+        return float("inf") if total is None else int(total * self.config.cutoff_step_ratio)
 
     @torch.no_grad()
     def score(self, x0: torch.Tensor, anchor_x0: torch.Tensor):

@@ -425,6 +425,9 @@ def test_validation_callback_recovers_x0_from_consecutive_euler_latents_and_scor
         torch.testing.assert_close(vcb.anchor_x0[i], want[i], atol=1e-4, rtol=1e-4)
     sample(0.1, "score")
     assert sorted(vcb.scores) == [1, 2]
+    vcb.register_to_config(cutoff_step_index=2)  # PipelineCallback's cutoff: stop scoring from step 2 on
+    sample(0.1, "score")
+    assert sorted(vcb.scores) == [1]
     assert all(torch.isfinite(o.loss) and o.loss > 0 for o in vcb.scores.values())
 
 
