@@ -76,12 +76,27 @@ def infer_iresnet_depths(state_dict) -> tuple:
     return tuple(depths)
 
 
+def _variance_preserving_init(model: torch.nn.Module) -> torch.nn.Module:
+    """Random-init demos only: fan-in scaled weights keep activations O(1) in eval mode.
+
+    insightface's own init (N(0, 0.1) convs) is meant for training with batch statistics; in eval
+    mode with untrained running stats it makes embeddings explode (FAD ~ 1e15), which would make
+    a demo table unreadable. Real checkpoints overwrite all of this.
+    """
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    return model
+
+
 def build_iresnet_encoder(weights: Optional[Union[str, os.PathLike]], random_init: bool = False, flag: str = "--csim_weights", arch: str = "r50") -> IResNet:
     """An ArcFace iResNet in eval mode, depths inferred from ``weights`` (``arch`` when random)."""
     if weights is None:
         if not random_init:
             raise ValueError(f"the iResNet encoder needs weights: pass {flag} /path/to/backbone.pth (or --random_init for a demo)")
-        return build_iresnet(arch).eval()
+        return _variance_preserving_init(build_iresnet(arch)).eval()
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{flag}: file not found: {weights}")
     sd = read_state_dict(weights)
