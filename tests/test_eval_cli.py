@@ -64,7 +64,7 @@ def test_cli_folder_mode_writes_reports_and_lists_unreadable_clips(tmp_path, tin
     assert a["LSE-D"] == pytest.approx(res["methods"]["reference (real)"]["LSE-D"], rel=1e-6)
     assert all(c["lse_windows"] == 2 for c in res["clips"] if "lse_windows" in c)
     # The unreadable clip is listed by name, the unpaired one is mentioned.
-    assert any(u["clip"] == "B/clip2" and "not a png" not in u["reason"] for u in res["unreadable"])
+    assert any(u["clip"] == "B/clip2" and "cannot read image" in u["reason"] for u in res["unreadable"])
     assert any("only_generated" in n for n in res["notes"])
     md = (out / "results.md").read_text()
     assert "| Method | FAD↓ | LSE-D↓ | LSE-C↑ | CSIM↑ |" in md
@@ -110,3 +110,26 @@ def test_cli_tiled_mode_on_a_real_comparison_video(tmp_path, tiny_iresnet, share
 def test_python_dash_m_entry_point_shows_help():
     proc = subprocess.run([sys.executable, "-m", "stccl_diffusers.eval", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--syncnet_weights" in proc.stdout and "--tiled" in proc.stdout
+
+
+def test_cli_accepts_plugged_in_pair_and_set_metrics(tmp_path, tiny_iresnet):
+    ref, gen_a, gen_b = _make_folders(tmp_path)
+    seen = []
+
+    def frame_count(pair, ctx):  # a per-clip-pair section, as the correlation analysis will be
+        seen.append((pair.method, pair.name))
+        return {"frames_generated": float(len(pair.generated))}
+
+    def methods_seen(method, ctx):  # a per-method section
+        return {"pairs_seen": float(sum(m == method for m, _ in seen))}
+
+    out = tmp_path / "plug"
+    main(["--reference_dir", str(ref), "--generated", f"A={gen_a}", "--aligned", "--metrics", "csim",
+          "--csim_weights", tiny_iresnet, "--output_dir", str(out), "--no_progress", "--no_real_row"],
+         extra_pair_metrics=[frame_count], extra_set_metrics=[methods_seen])
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(seen) == [("A", "clip1"), ("A", "clip2")]
+    assert res["methods"]["A"]["frames_generated"] == 7.0 and res["methods"]["A"]["pairs_seen"] == 2.0
+    assert res["random_weights"] == []
+    md = (out / "results.md").read_text()
+    assert "## Further measures" in md and "frames_generated" in md and "RANDOM" not in md

@@ -203,8 +203,12 @@ def _build_models(args, metrics) -> tuple:
     return models, random_parts
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, extra_pair_metrics: Sequence = (), extra_set_metrics: Sequence = ()) -> int:
+    """Entry point of ``stccl-eval``. ``extra_pair_metrics`` (``fn(pair, ctx) -> dict``) and
+    ``extra_set_metrics`` (``fn(method, ctx) -> dict``) add sections after the built-in ones;
+    their numbers appear in the JSON and in a second Markdown table."""
     args = build_parser().parse_args(argv)
+    args._extra = (list(extra_pair_metrics), list(extra_set_metrics))
     threads = torch.get_num_threads()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -283,13 +287,19 @@ def _run(args) -> int:
     cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
                      csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device)
     ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
-    result = run_evaluation(groups, ctx, methods=methods, progress=not args.no_progress, total=total)
+    from .runner import DEFAULT_PAIR_METRICS, DEFAULT_SET_METRICS
+
+    extra_pair, extra_set = args._extra
+    pair_metrics = [DEFAULT_PAIR_METRICS[m] for m in metrics] + extra_pair
+    set_metrics = [DEFAULT_SET_METRICS[m] for m in metrics if m in DEFAULT_SET_METRICS] + extra_set
+    result = run_evaluation(groups, ctx, pair_metrics=pair_metrics, set_metrics=set_metrics, methods=methods,
+                            progress=not args.no_progress, total=total)
     result.update({
         "real_methods": real_methods,
         "random_weights": random_parts,
         "notes": notes,
         "weights": {"arcface": args.arcface_weights, "syncnet": args.syncnet_weights, "csim_encoder": args.csim_encoder, "csim": args.csim_weights},
-        "config": vars(args),
+        "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
         "wall_seconds": time.time() - t0,
     })
     out = Path(args.output_dir)

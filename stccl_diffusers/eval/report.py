@@ -58,7 +58,8 @@ def write_json(result: dict, path: str | os.PathLike) -> None:
 def _extra_table(result: dict) -> Optional[str]:
     """Numbers from plug-in metrics (anything beyond Table I), one row per method."""
     per = result["methods"]
-    keys = sorted({k for m in per.values() for k, v in m.items() if isinstance(v, (int, float)) and not k.endswith("_n") and k not in _CORE_KEYS})
+    keys = sorted({k for m in per.values() for k, v in m.items()
+                   if isinstance(v, (int, float)) and not k.endswith("_n") and k not in _CORE_KEYS and not k.startswith(("fad_", "lse_"))})
     if not keys:
         return None
     lines = ["| Method | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
