@@ -102,3 +102,30 @@ def test_arcface_embeddings_use_insightface_normalisation():
     np.testing.assert_allclose(emb, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
     with pytest.raises(ValueError, match="112, 112, 3"):
         arcface_embeddings(model, faces[:, :100])
+
+
+def test_tile_label_mask_covers_the_green_label_only():
+    from stccl_diffusers.eval.faces import find_label_mask, mask_tile_label
+
+    tile = np.zeros((256, 256, 3), np.uint8)
+    tile[...] = (39, 59, 42)  # greyish-green studio background (RGB)
+    tile[32:54, 30:130] = (0, 62, 0)  # dark pure-green label box
+    tile[38:48, 40:120:6] = 255  # white "text"
+    mask = find_label_mask(tile)
+    ys, xs = np.nonzero(mask)
+    assert ys.min() <= 32 and ys.max() >= 53 and xs.min() <= 30 and xs.max() >= 129
+    assert mask[100:].sum() == 0 and mask[:, 140:].sum() == 0  # background and below y=60 untouched
+    clean = mask_tile_label(tile, mask)
+    assert np.array_equal(clean[mask == 0], tile[mask == 0])
+    assert np.abs(clean[40:46, 60:100].astype(int) - [39, 59, 42]).max() < 25  # label replaced by background
+
+
+def test_syncnet_crop_follows_the_public_geometry():
+    from stccl_diffusers.eval.faces import syncnet_crop
+
+    img = np.zeros((300, 300, 3), np.uint8)
+    img[:, 150:] = 200  # a vertical edge through the box centre
+    crop = syncnet_crop(img, (100, 100, 100, 100))  # s = 50: columns 150 +- 70, rows 100 .. 240
+    assert crop.shape == (224, 224, 3)
+    edge = np.argmax(crop[112, :, 0] > 100)
+    assert abs(edge - 112) <= 2  # the box centre column stays in the middle
