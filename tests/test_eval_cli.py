@@ -51,7 +51,7 @@ def test_cli_folder_mode_writes_reports_and_lists_unreadable_clips(tmp_path, tin
     rc = main([
         "--reference_dir", str(ref), "--generated", f"A={gen_a}", "--generated", f"B={gen_b}", "--aligned",
         "--arcface_weights", tiny_iresnet, "--csim_weights", tiny_iresnet, "--random_init",
-        "--output_dir", str(out), "--no_progress", "--batch_size", "8", "--num_threads", "1",
+        "--output_dir", str(out), "--no_progress", "--batch_size", "8", "--num_threads", "1", "--frame_stride", "3",
     ])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
@@ -125,7 +125,8 @@ def test_cli_accepts_plugged_in_pair_and_set_metrics(tmp_path, tiny_iresnet):
 
     out = tmp_path / "plug"
     main(["--reference_dir", str(ref), "--generated", f"A={gen_a}", "--aligned", "--metrics", "csim",
-          "--csim_weights", tiny_iresnet, "--output_dir", str(out), "--no_progress", "--no_real_row"],
+          "--csim_weights", tiny_iresnet, "--output_dir", str(out), "--no_progress", "--no_real_row",
+          "--frame_stride", "4", "--num_threads", "1"],
          extra_pair_metrics=[frame_count], extra_set_metrics=[methods_seen])
     res = json.loads((out / "results.json").read_text())
     assert sorted(seen) == [("A", "clip1"), ("A", "clip2")]

@@ -208,17 +208,16 @@ def main(argv: Optional[Sequence[str]] = None, extra_pair_metrics: Sequence = ()
     ``extra_set_metrics`` (``fn(method, ctx) -> dict``) add sections after the built-in ones;
     their numbers appear in the JSON and in a second Markdown table."""
     args = build_parser().parse_args(argv)
-    args._extra = (list(extra_pair_metrics), list(extra_set_metrics))
     threads = torch.get_num_threads()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     try:
-        return _run(args)
+        return _run(args, list(extra_pair_metrics), list(extra_set_metrics))
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
 
 
-def _run(args) -> int:
+def _run(args, extra_pair: list, extra_set: list) -> int:
     t0 = time.time()
     metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
     bad = [m for m in metrics if m not in ("fad", "lse", "csim")]
@@ -289,7 +288,6 @@ def _run(args) -> int:
     ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
     from .runner import DEFAULT_PAIR_METRICS, DEFAULT_SET_METRICS
 
-    extra_pair, extra_set = args._extra
     pair_metrics = [DEFAULT_PAIR_METRICS[m] for m in metrics] + extra_pair
     set_metrics = [DEFAULT_SET_METRICS[m] for m in metrics if m in DEFAULT_SET_METRICS] + extra_set
     result = run_evaluation(groups, ctx, pair_metrics=pair_metrics, set_metrics=set_metrics, methods=methods,
@@ -299,7 +297,7 @@ def _run(args) -> int:
         "random_weights": random_parts,
         "notes": notes,
         "weights": {"arcface": args.arcface_weights, "syncnet": args.syncnet_weights, "csim_encoder": args.csim_encoder, "csim": args.csim_weights},
-        "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "config": vars(args),
         "wall_seconds": time.time() - t0,
     })
     out = Path(args.output_dir)
