@@ -267,3 +267,11 @@ def test_neighbour_locations_are_the_3x3_ring():
     anchors = torch.tensor([[3 * width + 3]])
     ring = corr.neighbour_locations(anchors, width)[0, 0].tolist()
     assert ring == [(3 + dy) * width + 3 + dx for dy, dx in corr.NEIGHBOUR_OFFSETS]
+
+
+def test_shared_negatives_equal_per_query_negatives():
+    q, k, n = torch.randn(2, 8, 6), torch.randn(2, 8, 6), torch.randn(2, 5, 6)
+    shared = corr.info_nce(q, k, n)
+    per_query = corr.info_nce(q, k, n[:, None].expand(2, 8, 5, 6))
+    for a, b in zip(shared, per_query):
+        assert torch.allclose(a, b, atol=1e-6)
