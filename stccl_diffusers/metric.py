@@ -145,10 +145,11 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         )
         for l in layers:
             size = input_size // (2 ** l)
-            if size < 3:
+            # SCC needs a 3x3 ring plus at least one region outside it to draw a negative from.
+            if size < 4:
                 raise ValueError(
                     f"input_size={input_size} gives {size}x{size} maps at layer {l}; "
-                    f"STCCL needs at least 3x3 (use input_size >= {3 * 2 ** l} or drop layer {l})"
+                    f"STCCL needs at least 4x4 (use input_size >= {4 * 2 ** l} or drop layer {l})"
                 )
             if num_negatives is None and min(self._num_samples[l - 1], self._temporal_samples[l - 1]) < 2 and use_tcc:
                 raise ValueError("num_negatives=None needs at least 2 sampled locations per layer")

@@ -218,9 +218,12 @@ def test_spatial_only_metric_accepts_single_frames():
     assert torch.isfinite(out.loss) and out.temporal_loss == 0
 
 
-def test_too_small_input_size_is_rejected_at_construction():
-    with pytest.raises(ValueError, match="at least 3x3"):
-        STCCLMetric(backbone=(1, 1, 1, 1), input_size=32)
+@pytest.mark.parametrize("input_size", [32, 48])
+def test_too_small_input_size_is_rejected_at_construction(input_size):
+    # 48 gives 3x3 maps at layer 4: a ring but no region left for a negative.
+    with pytest.raises(ValueError, match="at least 4x4"):
+        STCCLMetric(backbone=(1, 1, 1, 1), input_size=input_size)
+    STCCLMetric(backbone=(1, 1, 1, 1), input_size=input_size, layers=(1, 2, 3))
 
 
 def test_autocast_bf16_gives_finite_fp32_loss_and_gradient():
