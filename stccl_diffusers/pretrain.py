@@ -368,7 +368,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     bs = int(cfg["train_batch_size"])
     accum = int(cfg["gradient_accumulation_steps"])
     steps_per_epoch = max(1, math.ceil(len(dataset) / (bs * accelerator.num_processes * accum)))
-    max_steps = int(cfg["max_train_steps"]) if cfg["max_train_steps"] else int(cfg["num_train_epochs"]) * steps_per_epoch
+    max_steps = int(cfg["max_train_steps"]) if cfg["max_train_steps"] is not None else int(cfg["num_train_epochs"]) * steps_per_epoch
     sampler = EpochSampler(len(dataset), int(cfg["seed"]), accelerator.process_index, accelerator.num_processes)
 
     global_step = 0
@@ -415,7 +415,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         global_step += 1
         progress.update(1)
         logs = {
-            "loss": float(out.loss), "spatial_loss": float(out.spatial_loss), "temporal_loss": float(out.temporal_loss),
+            "loss": float(out.loss.detach()), "spatial_loss": float(out.spatial_loss.detach()), "temporal_loss": float(out.temporal_loss.detach()),
             "pos_sim": float(out.pos_sim), "neg_sim": float(out.neg_sim), "gap": float(out.pos_sim - out.neg_sim),
         }
         progress.set_postfix(loss=f"{logs['loss']:.3f}", gap=f"{logs['gap']:.3f}")
