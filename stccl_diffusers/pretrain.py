@@ -45,6 +45,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "val_pairs": 16,  # held-out synthetic pairs for the pos/neg gap report (0: none)
     "val_seed": 7919,  # held-out pairs use other identities and sentences than training
     "dataloader_num_workers": 0,
+    "face_align": None,  # None | haar | insightface: pose-align emotional onto neutral frames (§4.1)
+    "insightface_root": None,  # folder with models/buffalo_l/ for face_align=insightface (no downloads)
     # ---- metric
     "backbone": "r50",  # r18 | r34 | r50 | r100 | [d1, d2, d3, d4]
     "correlation": "vd",  # vd | cm
@@ -211,16 +213,21 @@ def build_dataset(cfg: Dict[str, Any]):
     kind = cfg["data"]
     if kind == "synthetic":
         return PairedClipDataset.from_synthetic(int(cfg["synthetic_pairs"]), T, size, seed=int(cfg["seed"]))
+    kw = {}
+    if cfg["face_align"]:
+        from .data.face_align import FaceAligner
+
+        kw["aligner"] = FaceAligner(size, backend=cfg["face_align"], insightface_root=cfg["insightface_root"])
     root = cfg["data_root"]
     if not root or not os.path.isdir(root):
         raise ValueError(f"data={kind!r} needs data_root to be an existing folder, got {root!r}")
     if kind == "videos":
-        return PairedClipDataset.from_videos(root, cfg["manifest"], T, size)
+        return PairedClipDataset.from_videos(root, cfg["manifest"], T, size, **kw)
     if kind == "mead":
         if not cfg["manifest"]:
             raise ValueError("data='mead' needs manifest (the official mead_aligned_path36.json or a stccl-pair output)")
-        return PairedClipDataset.from_mead(root, cfg["manifest"], T, size)
-    return PairedClipDataset.from_real_pairs(root, cfg["real_pairs_target"], T, size)
+        return PairedClipDataset.from_mead(root, cfg["manifest"], T, size, **kw)
+    return PairedClipDataset.from_real_pairs(root, cfg["real_pairs_target"], T, size, **kw)
 
 
 def build_metric(cfg: Dict[str, Any]):

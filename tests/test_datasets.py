@@ -90,3 +90,32 @@ def test_real_pairs_tiles_are_cropped_below_the_label(shared_data):
     assert not torch.equal(a["target"], vd[5]["target"])
     # Same person, same pose: the anchor is much closer to its own target than to another frame's target far away.
     assert (a["anchor"] - a["target"]).abs().mean() < 0.35
+
+
+def test_windows_without_a_face_are_skipped_and_reported(tmp_path):
+    from stccl_diffusers.data.face_align import NoFaceError
+
+    path = np.array([[0, 1, 2, 3], [0, 1, 2, 3]])
+    write_manifest(str(tmp_path / "m.json"), {"M001": {"sad": {"001_001": path}}})
+    n, e = manifest_frame_paths(str(tmp_path / "mead"), "M001", "sad", "001_001", path)
+    _write_index_jpegs(n + e)
+
+    def aligner(a, t):
+        if a[0, 0, 0, 0] == 0:  # the window starting at frame 0 "has no face"
+            raise NoFaceError("no face found in neutral frame 0")
+        return a, t
+
+    ds = PairedClipDataset.from_mead(str(tmp_path / "mead"), str(tmp_path / "m.json"), num_frames=2, size=16, aligner=aligner)
+    item = ds[0]
+    np.testing.assert_allclose(((item["anchor"][:, 0, 8, 8] + 1) * 127.5).numpy(), [6, 9], atol=3)
+    assert ds.skipped == [("M001/sad/001_001@0", "no face found in neutral frame 0")]
+
+
+def test_real_pairs_with_haar_pose_alignment(shared_data):
+    from stccl_diffusers.data.face_align import FaceAligner
+
+    d = shared_data / "real_pairs"
+    ds = PairedClipDataset.from_real_pairs(str(d), "stccl_vd", num_frames=2, size=64, files=sorted(os.listdir(d))[:1], aligner=FaceAligner(64, margin=1.4))
+    item = ds[3]
+    _check_item(item, 2, 64)
+    assert not ds.skipped

@@ -14,6 +14,7 @@ rendered on the fly, and the tiled comparison videos of ``real_pairs/``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from torch.utils.data import Dataset
 
 from .pairing import ClipPair, discover_pairs, manifest_frame_paths, pair_clips, read_manifest, split_pair_key
 from .video_io import VideoReadError, read_frames_dir, read_image, read_video
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AlignedSequence",
@@ -294,11 +297,21 @@ class PairedClipDataset(Dataset):
 
             a, t = pair_clip_tensors(self.synthetic.seed * 1_000_003 + i, self.num_frames, self.size)
             return {"anchor": a, "target": t}
-        s, start = self.windows[i]
-        seq = self.sequences[s]
-        steps = seq.path[:, start : start + self.num_frames]
-        a = seq.read_neutral(steps[0])
-        t = seq.read_emotional(steps[1])
-        if self.aligner is not None:
-            a, t = self.aligner(a, t)
-        return {"anchor": frames_to_tensor(a, self.size), "target": frames_to_tensor(t, self.size)}
+        from .face_align import NoFaceError
+
+        for attempt in range(len(self.windows)):
+            s, start = self.windows[(i + attempt) % len(self.windows)]
+            seq = self.sequences[s]
+            steps = seq.path[:, start : start + self.num_frames]
+            a = seq.read_neutral(steps[0])
+            t = seq.read_emotional(steps[1])
+            if self.aligner is not None:
+                try:
+                    a, t = self.aligner(a, t)
+                except NoFaceError as e:
+                    # Reported and counted; the next window is used instead (never a blank or copied frame).
+                    self.skipped.append((f"{seq.name}@{start}", str(e)))
+                    logger.warning("skipped %s window %d: %s", seq.name, start, e)
+                    continue
+            return {"anchor": frames_to_tensor(a, self.size), "target": frames_to_tensor(t, self.size)}
+        raise ValueError(f"no face found in any clip window ({len(self.skipped)} skipped)")
