@@ -253,6 +253,18 @@ def build_metric(cfg: Dict[str, Any]):
     return metric
 
 
+class ContrastiveStep(torch.nn.Module):
+    """``forward = metric.contrastive_loss``, so that DDP (which only syncs gradients of calls
+    through the wrapped module's ``forward``) and autocast see the metric-learning loss."""
+
+    def __init__(self, metric):
+        super().__init__()
+        self.metric = metric
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None):
+        return self.metric.contrastive_loss(x, y, generator=generator)
+
+
 def _collate(items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in ("anchor", "target")}
 
@@ -334,7 +346,7 @@ def resolve_checkpoint(output_dir: str, which: Optional[str]) -> Optional[str]:
 def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Run metric learning; returns a summary (steps, held-out gap before/after, wall time)."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -347,6 +359,8 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         mixed_precision=cfg["mixed_precision"],
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=out_dir, logging_dir=os.path.join(out_dir, cfg["logging_dir"])),
+        # The ArcFace fc/embedding head is not used by STCCL: its parameters get no gradient.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     set_seed(int(cfg["seed"]))
@@ -370,7 +384,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         params, lr=float(cfg["learning_rate"]), betas=(float(cfg["adam_beta1"]), float(cfg["adam_beta2"])),
         weight_decay=float(cfg["adam_weight_decay"]), eps=float(cfg["adam_epsilon"]),
     )
-    metric, optimizer = accelerator.prepare(metric, optimizer)
+    step_module, optimizer = accelerator.prepare(ContrastiveStep(metric), optimizer)
 
     bs = int(cfg["train_batch_size"])
     accum = int(cfg["gradient_accumulation_steps"])
@@ -393,7 +407,6 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if report_to and accelerator.is_main_process:
         accelerator.init_trackers("stccl-pretrain", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.items()})
 
-    unwrapped = accelerator.unwrap_model(metric)
     progress = tqdm(total=max_steps, initial=global_step, desc="stccl-pretrain", disable=not accelerator.is_local_main_process)
     skipped_nonfinite = 0
     logs: Dict[str, float] = {}
@@ -402,9 +415,9 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
             batch = _collate([dataset[i] for i in sampler.next_batch(bs)])
             # Region sampling seeded by (seed, step, micro-batch): resumed runs draw the same regions.
             gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]) * 1_000_003 + global_step * 97 + sampler.position)
-            with accelerator.accumulate(metric):
+            with accelerator.accumulate(step_module):
                 with accelerator.autocast():
-                    out = unwrapped.contrastive_loss(batch["anchor"].to(accelerator.device), batch["target"].to(accelerator.device), generator=gen)
+                    out = step_module(batch["anchor"].to(accelerator.device), batch["target"].to(accelerator.device), generator=gen)
                 loss = out.loss.float()
                 if not torch.isfinite(loss):
                     # A NaN never reaches the optimiser: drop this micro-batch's gradient.
@@ -435,7 +448,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     accelerator.wait_for_everyone()
     summary: Dict[str, Any] = {"global_step": global_step, "last": logs, "skipped_nonfinite": skipped_nonfinite}
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(metric)
+        final = accelerator.unwrap_model(step_module).metric
         final.freeze()
         final.save_pretrained(out_dir)
         after = evaluate_gap(final, val_batches, seed=int(cfg["val_seed"])) if val_batches else None
