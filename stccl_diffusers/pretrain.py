@@ -73,6 +73,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "max_grad_norm": 1.0,
     "mixed_precision": "no",  # no | fp16 | bf16
     "seed": 0,
+    "cpu": None,  # force CPU; None: CPU when no CUDA (accelerate needs cpu=True for torchrun multi-CPU DDP)
     "num_threads": None,  # torch CPU threads (1 is fastest on a shared, busy CPU)
     # ---- io
     "output_dir": "stccl-metric",
@@ -312,8 +313,11 @@ def save_checkpoint(accelerator, output_dir: str, step: int, sampler: EpochSampl
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
+    # Every rank writes its RNG state into tmp: rename only once all are done.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump({"global_step": step, "sampler": sampler.state_dict()}, f)
@@ -354,7 +358,9 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         torch.set_num_threads(int(cfg["num_threads"]))
     out_dir = cfg["output_dir"]
     report_to = None if str(cfg["report_to"]).lower() in ("none", "null", "") else cfg["report_to"]
+    use_cpu = bool(cfg["cpu"]) if cfg["cpu"] is not None else not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=use_cpu,
         gradient_accumulation_steps=int(cfg["gradient_accumulation_steps"]),
         mixed_precision=cfg["mixed_precision"],
         log_with=report_to,
@@ -470,6 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"stccl-pretrain: {e}", file=sys.stderr)
         return 2
     summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
+        return 0
     if summary.get("held_out_before") and summary.get("held_out_after"):
         print(
             f"stccl-pretrain: {summary['global_step']} steps; held-out pos-neg gap "
