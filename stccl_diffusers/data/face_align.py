@@ -1,0 +1,283 @@
+"""Pose alignment of paired faces (paper §4.1): landmarks on both faces, a similarity transform
+(OpenCV ``estimateAffinePartial2D``) bringing the emotional frame onto the neutral one, and
+a crop at the metric's input size.
+
+Landmarks are three points, ``[left_eye, right_eye, mouth_centre]`` in pixels (x, y); "left"
+is the image left. Backends:
+
+* ``"haar"`` (default, offline, no downloads): OpenCV 4.x's bundled Haar cascades
+  (``cv2.data.haarcascades``: frontal face + eyes). Chosen because it ships inside
+  ``opencv-python-headless<5`` that the package already needs: nothing to download, no
+  numpy<2 pin (mediapipe), no 100 MB model (dlib). The mouth point is placed from the eyes
+  with the ArcFace template ratio (no bundled mouth cascade); when the eyes are not found the
+  points come from the face box and ``Landmarks.method`` says so. Frontal faces only.
+* ``"insightface"``: RetinaFace 5-point keypoints from a locally installed insightface model
+  pack (``insightface_root/models/<name>/``); never downloads.
+
+A frame without a face raises ``NoFaceError`` (a ``ValueError``) naming it; batch helpers
+report and skip such frames, never substitute another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Landmarks",
+    "NoFaceError",
+    "HaarLandmarkDetector",
+    "InsightFaceLandmarkDetector",
+    "FaceAligner",
+    "ARCFACE_TEMPLATE_112",
+    "TEMPLATE_3PT_112",
+    "similarity_transform",
+    "make_detector",
+]
+
+# insightface's 5-point template for 112x112 crops (eyes, nose, mouth corners).
+ARCFACE_TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], np.float32
+)
+# Our 3 points on the same template: the two eyes and the mouth centre.
+TEMPLATE_3PT_112 = np.array([ARCFACE_TEMPLATE_112[0], ARCFACE_TEMPLATE_112[1], ARCFACE_TEMPLATE_112[3:].mean(0)], np.float32)
+_MOUTH_RATIO = float(
+    (TEMPLATE_3PT_112[2] - TEMPLATE_3PT_112[:2].mean(0))[1] / np.linalg.norm(TEMPLATE_3PT_112[1] - TEMPLATE_3PT_112[0])
+)
+
+
+class NoFaceError(ValueError):
+    """No face was found in a frame (the message names the frame)."""
+
+
+@dataclass
+class Landmarks:
+    """points: (3, 2) float32 ``[left_eye, right_eye, mouth]`` in pixels; box: (x, y, w, h);
+    method: how the points were found (``"eyes"``, ``"box"``, ``"insightface"``)."""
+
+    points: np.ndarray
+    box: Tuple[int, int, int, int]
+    method: str
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB image (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    return cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+
+
+class HaarLandmarkDetector:
+    """Face + eyes with OpenCV's bundled Haar cascades; the mouth from the eye geometry."""
+
+    def __init__(self, min_face: float = 0.15):
+        if not hasattr(cv2, "data") or not hasattr(cv2, "CascadeClassifier"):
+            raise RuntimeError("the Haar backend needs opencv-python(-headless) 4.x (OpenCV 5 dropped cv2.data cascades)")
+        root = cv2.data.haarcascades
+        self.faces = [cv2.CascadeClassifier(os.path.join(root, n)) for n in ("haarcascade_frontalface_alt2.xml", "haarcascade_frontalface_default.xml")]
+        self.eyes = cv2.CascadeClassifier(os.path.join(root, "haarcascade_eye.xml"))
+        if any(c.empty() for c in self.faces) or self.eyes.empty():
+            raise RuntimeError(f"could not load Haar cascades from {root!r}")
+        self.min_face = min_face
+
+    def _face_box(self, gray: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
+        side = min(gray.shape)
+        for casc in self.faces:
+            boxes = casc.detectMultiScale(gray, scaleFactor=1.08, minNeighbors=4, minSize=(int(self.min_face * side),) * 2)
+            if len(boxes):
+                return tuple(int(v) for v in max(boxes, key=lambda b: b[2] * b[3]))
+        return None
+
+    def _eyes(self, gray: np.ndarray, box) -> Optional[np.ndarray]:
+        x, y, w, h = box
+        roi = gray[y : y + int(0.6 * h), x : x + w]
+        found = self.eyes.detectMultiScale(roi, scaleFactor=1.05, minNeighbors=3, minSize=(max(4, w // 10),) * 2, maxSize=(w // 3,) * 2)
+        centres = [(x + ex + ew / 2, y + ey + eh / 2) for ex, ey, ew, eh in found]
+        left = [c for c in centres if c[0] < x + 0.5 * w and c[1] > y + 0.15 * h]
+        right = [c for c in centres if c[0] >= x + 0.5 * w and c[1] > y + 0.15 * h]
+        best, best_cost = None, np.inf
+        for l in left:
+            for r in right:
+                dx, dy = r[0] - l[0], r[1] - l[1]
+                # A plausible pair: about 0.3-0.55 face widths apart, roughly level, centred.
+                if not (0.25 * w < dx < 0.6 * w) or abs(dy) > 0.25 * dx:
+                    continue
+                cost = abs(dx / w - 0.42) + abs(dy) / w + abs((l[0] + r[0]) / 2 - (x + w / 2)) / w
+                if cost < best_cost:
+                    best, best_cost = np.array([l, r], np.float32), cost
+        return best
+
+    def _detect(self, image: np.ndarray) -> Optional[Landmarks]:
+        gray = _to_gray(image)
+        box = self._face_box(gray)
+        if box is None:
+            return None
+        eyes = self._eyes(gray, box)
+        x, y, w, h = box
+        if eyes is None:
+            # Typical eye positions inside an OpenCV frontal-face box.
+            eyes = np.array([[x + 0.31 * w, y + 0.40 * h], [x + 0.69 * w, y + 0.40 * h]], np.float32)
+            method = "box"
+        else:
+            method = "eyes"
+        d = eyes[1] - eyes[0]
+        normal = np.array([-d[1], d[0]], np.float32)  # points down the face for a left->right eye vector
+        mouth = eyes.mean(0) + _MOUTH_RATIO * normal
+        return Landmarks(np.vstack([eyes, mouth[None]]).astype(np.float32), box, method)
+
+    def __call__(self, image: np.ndarray) -> Optional[Landmarks]:
+        """Landmarks of the largest frontal face, or None. Tight face crops (the face fills the
+        image, e.g. 112x112 ArcFace crops) are retried with a replicated border."""
+        lm = self._detect(image)
+        if lm is None:
+            pad = max(image.shape[:2]) // 2
+            padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            lm = self._detect(padded)
+            if lm is not None:
+                x, y, w, h = lm.box
+                lm = Landmarks(lm.points - pad, (x - pad, y - pad, w, h), lm.method)
+        return lm
+
+
+class InsightFaceLandmarkDetector:
+    """RetinaFace keypoints from a local insightface model pack (no downloads).
+
+    ``root`` must hold ``models/<name>/`` with the detection ``.onnx`` (e.g. buffalo_l's
+    ``det_10g.onnx``), as insightface's ``FaceAnalysis(name, root)`` expects.
+    """
+
+    def __init__(self, root: str, name: str = "buffalo_l", det_size: int = 320, ctx_id: int = -1):
+        model_dir = os.path.join(os.path.expanduser(root), "models", name)
+        onnx = [f for f in os.listdir(model_dir) if f.endswith(".onnx")] if os.path.isdir(model_dir) else []
+        if not onnx:
+            raise ValueError(
+                f"insightface model pack not found: expected .onnx files in {model_dir!r} "
+                f"(this package never downloads; unpack {name}.zip there or use backend='haar')"
+            )
+        try:
+            from insightface.app import FaceAnalysis
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("backend='insightface' needs `pip install insightface onnxruntime`") from e
+        self.app = FaceAnalysis(name=name, root=os.path.expanduser(root), allowed_modules=["detection"], providers=["CPUExecutionProvider"])
+        self.app.prepare(ctx_id=ctx_id, det_size=(det_size, det_size))
+
+    def __call__(self, image: np.ndarray) -> Optional[Landmarks]:
+        faces = self.app.get(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if not faces:
+            return None
+        f = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+        k = np.asarray(f.kps, np.float32)
+        x0, y0, x1, y1 = [int(v) for v in f.bbox]
+        return Landmarks(np.array([k[0], k[1], k[3:].mean(0)], np.float32), (x0, y0, x1 - x0, y1 - y0), "insightface")
+
+
+def make_detector(backend: str = "haar", insightface_root: Optional[str] = None):
+    if backend == "haar":
+        return HaarLandmarkDetector()
+    if backend == "insightface":
+        if not insightface_root:
+            raise ValueError("backend='insightface' needs insightface_root (the folder holding models/<pack>/)")
+        return InsightFaceLandmarkDetector(insightface_root)
+    raise ValueError(f"expected backend 'haar' or 'insightface', got {backend!r}")
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(2, 3) similarity (rotation, uniform scale, translation) mapping points ``src`` -> ``dst``,
+    both (K, 2), K >= 2, least squares (``cv2.estimateAffinePartial2D``)."""
+    src = np.asarray(src, np.float32)
+    dst = np.asarray(dst, np.float32)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"expected two (K, 2) point sets with K >= 2, got {src.shape} and {dst.shape}")
+    M, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+    if M is None:
+        raise ValueError("could not estimate a similarity transform (degenerate points)")
+    return M.astype(np.float32)
+
+
+class FaceAligner:
+    """Warp emotional frames onto neutral ones and crop both at ``size``.
+
+    The crop maps the neutral face's landmarks onto the ArcFace template scaled to ``size``
+    and zoomed out by ``margin`` (1.0 = the tight 112 ArcFace crop; 1.6 shows the whole head).
+    The emotional frame goes through ``emotional -> neutral`` (similarity from the two landmark
+    sets, the paper's pose alignment) and then the same crop.
+    """
+
+    def __init__(self, size: int = 224, backend: str = "haar", insightface_root: Optional[str] = None, margin: float = 1.5, detector=None):
+        self.size = int(size)
+        self.margin = float(margin)
+        self.detector = detector if detector is not None else make_detector(backend, insightface_root)
+
+    def landmarks(self, image: np.ndarray, name: str = "frame") -> Landmarks:
+        lm = self.detector(image)
+        if lm is None:
+            raise NoFaceError(f"no face found in {name}")
+        return lm
+
+    def _template(self) -> np.ndarray:
+        c = np.array([56.0, 56.0 + 8.0], np.float32)  # keep the face a little above centre
+        t = (TEMPLATE_3PT_112 - c) / self.margin + c
+        return t * (self.size / 112.0)
+
+    def align_pair(self, neutral: np.ndarray, emotional: np.ndarray, names: Tuple[str, str] = ("neutral frame", "emotional frame")):
+        """Both (H, W, 3) uint8 RGB -> ``(neutral_crop, emotional_crop)`` (size, size, 3) uint8."""
+        ln = self.landmarks(neutral, names[0])
+        le = self.landmarks(emotional, names[1])
+        return self._warp(neutral, emotional, ln.points, le.points)
+
+    def _warp(self, neutral, emotional, pn, pe):
+        crop = similarity_transform(pn, self._template())
+        pose = similarity_transform(pe, pn)
+        both = np.vstack([crop, [0, 0, 1]]) @ np.vstack([pose, [0, 0, 1]])
+        out = (self.size, self.size)
+        n = cv2.warpAffine(neutral, crop, out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        e = cv2.warpAffine(emotional, both[:2].astype(np.float32), out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return n, e
+
+    def align_frames(self, neutral: Sequence[np.ndarray], emotional: Sequence[np.ndarray], name: str = "clip"):
+        """Frame by frame. Returns ``(neutral_crops, emotional_crops, kept, skipped)``: the crops of
+        the kept frame indices and ``[(index, reason)]`` for frames without a face (logged)."""
+        if len(neutral) != len(emotional):
+            raise ValueError(f"expected as many neutral as emotional frames, got {len(neutral)} and {len(emotional)}")
+        ns, es, kept, skipped = [], [], [], []
+        for i, (a, b) in enumerate(zip(neutral, emotional)):
+            try:
+                n, e = self.align_pair(a, b, (f"{name} neutral frame {i}", f"{name} emotional frame {i}"))
+            except NoFaceError as err:
+                skipped.append((i, str(err)))
+                logger.warning("face alignment skipped %s", err)
+                continue
+            ns.append(n)
+            es.append(e)
+            kept.append(i)
+        empty = np.zeros((0, self.size, self.size, 3), np.uint8)
+        return (np.stack(ns) if ns else empty), (np.stack(es) if es else empty), kept, skipped
+
+    def __call__(self, neutral: np.ndarray, emotional: np.ndarray):
+        """Clip aligner for ``PairedClipDataset``: (T, H, W, 3) uint8 each.
+
+        One transform per clip from the median landmarks of the frames where a face was found
+        (head pose is steady over a few frames; no frame is replaced by another). Frames without
+        a face are logged; a clip with no face at all raises NoFaceError.
+        """
+        def median_points(frames, side):
+            pts = []
+            for i, f in enumerate(frames):
+                lm = self.detector(f)
+                if lm is None:
+                    logger.warning("face alignment: no face in %s frame %d of the clip", side, i)
+                else:
+                    pts.append(lm.points)
+            if not pts:
+                raise NoFaceError(f"no face found in any {side} frame of the clip")
+            return np.median(np.stack(pts), 0)
+
+        pn, pe = median_points(neutral, "neutral"), median_points(emotional, "emotional")
+        pairs = [self._warp(a, b, pn, pe) for a, b in zip(neutral, emotional)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

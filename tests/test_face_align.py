@@ -1,0 +1,116 @@
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from stccl_diffusers.data.face_align import (
+    TEMPLATE_3PT_112,
+    FaceAligner,
+    HaarLandmarkDetector,
+    InsightFaceLandmarkDetector,
+    NoFaceError,
+    similarity_transform,
+)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return HaarLandmarkDetector()
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    skdata = pytest.importorskip("skimage.data")
+    return skdata.astronaut()
+
+
+def test_similarity_transform_recovers_a_known_rotation_scale_shift():
+    src = np.array([[10, 10], [50, 12], [30, 60]], np.float32)
+    a, s, t = np.deg2rad(12), 1.3, np.array([5, -7])
+    R = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    dst = src @ R.T + t
+    M = similarity_transform(src, dst)
+    np.testing.assert_allclose(M[:, :2], R, atol=1e-3)
+    np.testing.assert_allclose(M[:, 2], t, atol=1e-2)
+    with pytest.raises(ValueError, match="K >= 2"):
+        similarity_transform(src[:1], dst[:1])
+
+
+def test_haar_finds_the_astronauts_eyes(detector, astronaut):
+    lm = detector(astronaut)
+    assert lm is not None and lm.method == "eyes"
+    (lx, ly), (rx, ry), (mx, my) = lm.points
+    # Eileen Collins' face sits around x 170-280, y 60-200 of the 512x512 image.
+    assert 170 < lx < rx < 280 and 70 < ly < 140 and 70 < ry < 140
+    assert my > ly + 25 and 190 < mx < 260
+
+
+def test_haar_matches_the_arcface_template_on_tom_hanks(detector):
+    insightface_data = pytest.importorskip("insightface.data", reason="insightface not installed (pip install insightface --no-deps)")
+    face = cv2.cvtColor(insightface_data.get_image("Tom_Hanks_54745"), cv2.COLOR_BGR2RGB)
+    lm = detector(face)  # a tight 112x112 ArcFace crop: found through the padded retry
+    assert lm is not None and lm.method == "eyes"
+    err = np.linalg.norm(lm.points[:2] - TEMPLATE_3PT_112[:2], axis=1)
+    assert err.max() < 6.0, f"eye error {err} px on a 112 px crop aligned to the template"
+
+
+def test_aligner_undoes_a_pose_change_of_a_real_face(detector, astronaut):
+    aligner = FaceAligner(size=128, detector=detector, margin=1.6)
+    M = cv2.getRotationMatrix2D((224, 130), 10, 0.85)
+    M[:, 2] += (20, 15)
+    moved = cv2.warpAffine(astronaut, M, (512, 512), borderMode=cv2.BORDER_REPLICATE)
+    n, e = aligner.align_pair(astronaut, moved)
+    assert n.shape == e.shape == (128, 128, 3)
+    naive = cv2.warpAffine(moved, similarity_transform(detector(astronaut).points, aligner._template()), (128, 128))
+    inner = (slice(24, 104), slice(24, 104))
+    aligned_err = np.abs(n[inner].astype(float) - e[inner]).mean()
+    naive_err = np.abs(n[inner].astype(float) - naive[inner]).mean()
+    assert aligned_err < 0.6 * naive_err, (aligned_err, naive_err)
+
+
+def test_frames_without_a_face_are_reported_and_skipped(detector, astronaut):
+    aligner = FaceAligner(size=64, detector=detector)
+    blank = np.full((256, 256, 3), 128, np.uint8)
+    with pytest.raises(NoFaceError, match="emotional frame"):
+        aligner.align_pair(astronaut, blank)
+    n, e, kept, skipped = aligner.align_frames([astronaut, astronaut, astronaut], [astronaut, blank, astronaut], name="clipX")
+    assert kept == [0, 2] and len(n) == len(e) == 2
+    assert skipped[0][0] == 1 and "clipX emotional frame 1" in skipped[0][1]
+    with pytest.raises(NoFaceError):
+        aligner(np.stack([blank, blank]), np.stack([blank, blank]))
+
+
+def test_insightface_backend_refuses_to_download(tmp_path):
+    with pytest.raises(ValueError, match="never downloads"):
+        InsightFaceLandmarkDetector(str(tmp_path))
+
+
+def test_real_pair_tiles_are_detected_and_aligned(shared_data, detector):
+    from stccl_diffusers.data.video_io import read_video
+
+    d = shared_data / "real_pairs"
+    files = sorted(os.listdir(d))[:3]
+    aligner = FaceAligner(size=112, detector=detector, margin=1.4)
+    found, total, moved_less = 0, 0, 0
+    for f in files:
+        frames = read_video(str(d / f), with_audio=False, max_frames=31).frames
+        for k in (0, 15, 30):
+            src = frames[k][:, 0:256].copy()
+            ned = frames[k][:, 768:1024].copy()
+            src[:60, :150] = 0  # mask the green label
+            ned[:60, :150] = 0
+            total += 1
+            ls, ln = detector(src), detector(ned)
+            if ls is None or ln is None:
+                continue
+            found += 1
+            n, e = aligner.align_pair(src, ned)
+            assert n.shape == (112, 112, 3)
+            # After alignment the NED face's landmarks land on the Source face's.
+            le = detector(e)
+            lsrc = detector(n)
+            if le is not None and lsrc is not None:
+                moved_less += np.linalg.norm(le.points[:2] - lsrc.points[:2], axis=1).mean() < 4.0
+    assert found >= 0.8 * total, f"faces found in {found}/{total} real frames"
+    assert moved_less >= 0.6 * found
