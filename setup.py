@@ -30,12 +30,18 @@ setup(
         "threadpoolctl",
     ],
     extras_require={
-        "face": ["insightface>=0.7", "onnxruntime"],
+        # insightface itself pulls in opencv-python 5, which shadows the headless 4.x build and
+        # drops the Haar cascades: install it with `pip install --no-deps insightface`.
+        "face": ["onnxruntime", "onnx"],
         "xformers": ["xformers"],
         "test": ["pytest>=7", "scikit-image", "python_speech_features"],
     },
     entry_points={
         "console_scripts": [
+            "stccl-synth=stccl_diffusers.data.synthetic:synth_main",
+            "stccl-pair=stccl_diffusers.data.pairing:pair_main",
+            "stccl-pretrain=stccl_diffusers.pretrain:main",
+            "stccl-analyze=stccl_diffusers.analysis:analyze_main",
             "stccl-eval=stccl_diffusers.eval.cli:main",
         ],
     },

@@ -96,6 +96,8 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         sample_window: central fraction of each map that anchors are drawn from.
         head_ratio: output width of ``f`` is ``C / head_ratio`` (official: 4).
         spatial_weight / temporal_weight: weights of the two terms in ``loss``.
+        embedding_head: keep ArcFace's recognition head (``fc``: 12.8 M parameters), needed only
+            for 512-d embeddings (evaluation); STCCL itself uses the four stages alone.
     """
 
     config_name = "config.json"
@@ -121,6 +123,7 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         head_ratio: int = 4,
         spatial_weight: float = 1.0,
         temporal_weight: float = 1.0,
+        embedding_head: bool = True,
     ):
         super().__init__()
         if correlation not in ("vd", "cm"):
@@ -155,7 +158,7 @@ class STCCLMetric(ModelMixin, ConfigMixin):
                 raise ValueError("num_negatives=None needs at least 2 sampled locations per layer")
 
         # Not named `backbone`: that name is the config entry (ModelMixin resolves config first).
-        self.arcface = IResNet(depths)
+        self.arcface = IResNet(depths, embedding_head=embedding_head)
         chans = IResNet.stage_channels
         self.scc_heads = nn.ModuleList([_mapping_head(c, head_ratio) for c in chans])
         self.tcc_heads = nn.ModuleList([_mapping_head(c, head_ratio) for c in chans])
@@ -178,7 +181,8 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         """Trainable backbone and heads, train mode: for metric learning (paper §8.2)."""
         self.requires_grad_(True)
         # insightface keeps the embedding BN scale fixed; the STCCL loss does not touch it anyway.
-        self.backbone.features.weight.requires_grad_(False)
+        if self.backbone.has_embedding_head:
+            self.backbone.features.weight.requires_grad_(False)
         self.train()
         return self
 

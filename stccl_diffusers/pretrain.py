@@ -51,13 +51,14 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "backbone": "r50",  # r18 | r34 | r50 | r100 | [d1, d2, d3, d4]
     "correlation": "vd",  # vd | cm
     "input_size": 224,
-    "layers": [1, 2, 3, 4],  # backbone stages that contribute (each map must be >= 3x3 plus negatives)
+    "layers": [1, 2, 3, 4],  # backbone stages that contribute (each map must be >= 4x4)
     "use_scc": True,
     "use_tcc": True,
     "num_samples": [32, 16, 8, 4],
     "num_negatives": 8,
     "tau": 0.07,
     "caas": True,
+    "embedding_head": True,  # keep ArcFace's 12.8 M-parameter recognition head (only FAD needs it)
     "arcface_weights": None,  # insightface backbone.pth to start from
     "init_from": None,  # a save_pretrained metric folder to start from
     # ---- optimisation (paper §8.2: Adam, lr 1e-4, batch 16, 50 epochs)
@@ -248,6 +249,7 @@ def build_metric(cfg: Dict[str, Any]):
         num_negatives=None if cfg["num_negatives"] is None else int(cfg["num_negatives"]),
         tau=float(cfg["tau"]),
         caas=bool(cfg["caas"]),
+        embedding_head=bool(cfg["embedding_head"]),
     )
     if cfg["arcface_weights"]:
         metric.load_arcface_weights(cfg["arcface_weights"])

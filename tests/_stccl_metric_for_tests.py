@@ -8,7 +8,7 @@ from stccl_diffusers.metric import STCCLMetric
 def build_metric():
     """A freshly built (frozen) tiny STCCLMetric: depths (1, 1, 1, 1), frames resized to 64 x 64."""
     torch.manual_seed(0)
-    return STCCLMetric(backbone=(1, 1, 1, 1), input_size=64), True
+    return STCCLMetric(backbone=(1, 1, 1, 1), input_size=64, embedding_head=False), True
 
 
 class SpyMetric(torch.nn.Module):

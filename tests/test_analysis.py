@@ -12,7 +12,7 @@ from stccl_diffusers.data.synthetic import synthetic_batch
 
 def _tiny():
     torch.manual_seed(0)
-    return STCCLMetric(backbone=(1, 1, 1, 1), input_size=32, layers=(1, 2, 3), num_samples=(4, 4, 2, 2))
+    return STCCLMetric(backbone=(1, 1, 1, 1), input_size=32, layers=(1, 2, 3), num_samples=(4, 4, 2, 2), embedding_head=False)
 
 
 def _batches():

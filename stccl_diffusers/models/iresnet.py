@@ -68,8 +68,9 @@ class IResNet(nn.Module):
     fc_scale = 7 * 7
     stage_channels = (64, 128, 256, 512)
 
-    def __init__(self, layers: Sequence[int], dropout: float = 0.0, num_features: int = 512):
+    def __init__(self, layers: Sequence[int], dropout: float = 0.0, num_features: int = 512, embedding_head: bool = True):
         super().__init__()
+        self.has_embedding_head = embedding_head
         if len(layers) != 4:
             raise ValueError(f"expected 4 stage depths, got {list(layers)}")
         self.inplanes = 64
@@ -80,13 +81,15 @@ class IResNet(nn.Module):
         self.layer2 = self._make_layer(128, layers[1], stride=2)
         self.layer3 = self._make_layer(256, layers[2], stride=2)
         self.layer4 = self._make_layer(512, layers[3], stride=2)
-        self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(512 * self.fc_scale, num_features)
-        self.features = nn.BatchNorm1d(num_features, eps=1e-05)
-        nn.init.constant_(self.features.weight, 1.0)
-        # insightface keeps the embedding BN scale fixed.
-        self.features.weight.requires_grad = False
+        if embedding_head:
+            # The recognition head (12.8 M parameters in fc alone): only the 512-d embedding uses it.
+            self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
+            self.dropout = nn.Dropout(p=dropout)
+            self.fc = nn.Linear(512 * self.fc_scale, num_features)
+            self.features = nn.BatchNorm1d(num_features, eps=1e-05)
+            nn.init.constant_(self.features.weight, 1.0)
+            # insightface keeps the embedding BN scale fixed.
+            self.features.weight.requires_grad = False
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0, 0.1)
@@ -117,6 +120,8 @@ class IResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (N, 3, 112, 112) aligned faces in [-1, 1]. Returns (N, 512) un-normalised embeddings."""
+        if not self.has_embedding_head:
+            raise RuntimeError("this iResNet was built with embedding_head=False; only forward_stages is available")
         if x.ndim != 4 or x.shape[1:] != (3, 112, 112):
             raise ValueError(f"expected aligned faces (N, 3, 112, 112) in [-1, 1], got {tuple(x.shape)}")
         x = self.forward_stages(x)[-1]
@@ -169,11 +174,13 @@ def load_arcface_state_dict(model: IResNet, state_dict: Dict[str, torch.Tensor],
     With ``strict=False`` the recognition head (``fc``, ``features``, ``bn2``) may be absent.
     """
     sd = strip_prefix(state_dict)
+    head = ("fc.", "features.", "bn2.")
+    if not getattr(model, "has_embedding_head", True):
+        sd = {k: v for k, v in sd.items() if not k.startswith(head)}
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if not strict:
-        head = ("fc.", "features.", "bn2.")
         missing = [k for k in missing if not k.startswith(head)]
     bad_shape = [
         f"{k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}"
