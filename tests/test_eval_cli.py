@@ -63,7 +63,7 @@ def test_cli_folder_mode_writes_reports_and_lists_unreadable_clips(tmp_path, tin
     assert a["LSE-D"] == pytest.approx(res["methods"]["reference (real)"]["LSE-D"], rel=1e-6)
     assert all(c["lse_windows"] == 2 for c in res["clips"] if "lse_windows" in c)
     # The unreadable clip is listed by name, the unpaired one is mentioned.
-    assert any(u["clip"] == "B/clip2" and "cannot read image" in u["reason"] for u in res["unreadable"])
+    assert any(u["clip"] == "B/clip2" and "could not read image" in u["reason"] for u in res["unreadable"])
     assert any("only_generated" in n for n in res["notes"])
     md = (out / "results.md").read_text()
     assert "| Method | FAD↓ | LSE-D↓ | LSE-C↑ | CSIM↑ |" in md

@@ -19,7 +19,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from ..models.iresnet import read_state_dict
+from ..models.checkpoints import read_state_dict, state_dict_mismatch
 
 __all__ = ["SyncNet", "load_syncnet_state_dict", "build_syncnet", "SYNCNET_NUM_KEYS"]
 
@@ -90,18 +90,11 @@ def load_syncnet_state_dict(model: SyncNet, state_dict: Dict[str, torch.Tensor])
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    bad = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}" for k in own if k in sd and own[k].shape != sd[k].shape]
-    if missing or unexpected or bad:
-        lines = [f"state_dict does not match SyncNet syncnet_v2.model ({len(own)} keys expected, {len(sd)} given)"]
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if bad:
-            lines.append(f"shape mismatches ({len(bad)}): {bad[:4]}{' ...' if len(bad) > 4 else ''}")
-        raise ValueError("\n".join(lines))
+    # Older PyTorch saved no num_batches_tracked buffers (88 keys instead of 102).
+    optional = [k for k in own if k.endswith("num_batches_tracked")]
+    problem = state_dict_mismatch(own, sd, "state_dict does not match SyncNet syncnet_v2.model", optional)
+    if problem:
+        raise ValueError(problem)
     model.load_state_dict(sd, strict=False)
 
 

@@ -13,11 +13,12 @@ DataParallel) loads with :func:`load_arcface_state_dict`. Two entry points:
 
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
+
+from .checkpoints import read_state_dict, state_dict_mismatch, strip_prefix
 
 __all__ = [
     "IBasicBlock",
@@ -140,33 +141,6 @@ def build_iresnet(name: str = "r50", **kwargs) -> IResNet:
     return IResNet(ARCFACE_DEPTHS[key], **kwargs)
 
 
-def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint safely: safetensors directly, anything else with ``weights_only=True``.
-
-    Accepts a plain state_dict or a dict wrapping one under ``state_dict``/``model``.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state_dict (name -> tensor), got {type(obj).__name__}")
-    return obj
-
-
-def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
 def load_arcface_state_dict(model: IResNet, state_dict: Dict[str, torch.Tensor], strict: bool = True) -> None:
     """Load an insightface ``arcface_torch`` state_dict (``module.`` prefix allowed) into ``model``.
 
@@ -178,23 +152,10 @@ def load_arcface_state_dict(model: IResNet, state_dict: Dict[str, torch.Tensor],
     if not getattr(model, "has_embedding_head", True):
         sd = {k: v for k, v in sd.items() if not k.startswith(head)}
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if not strict:
-        missing = [k for k in missing if not k.startswith(head)]
-    bad_shape = [
-        f"{k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}"
-        for k in own
-        if k in sd and own[k].shape != sd[k].shape
-    ]
-    if missing or unexpected or bad_shape:
-        depth = sum(len(getattr(model, f"layer{i}")) for i in range(1, 5))
-        lines = [f"state_dict does not match an ArcFace iResNet with {depth} blocks ({len(own)} keys expected, {len(sd)} given)"]
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if bad_shape:
-            lines.append(f"shape mismatches ({len(bad_shape)}): {bad_shape[:4]}")
-        raise ValueError("\n".join(lines))
+    depth = sum(len(getattr(model, f"layer{i}")) for i in range(1, 5))
+    problem = state_dict_mismatch(
+        own, sd, f"state_dict does not match an ArcFace iResNet with {depth} blocks", () if strict else head
+    )
+    if problem:
+        raise ValueError(problem)
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
