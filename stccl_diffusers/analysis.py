@@ -20,11 +20,30 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["layer_similarities", "untrained_like", "plot_similarities", "analyze_main"]
+__all__ = ["layer_similarities", "mean_similarities", "frame_pair_batches", "untrained_like", "plot_similarities", "analyze_main"]
 
 
 def _collate(items):
     return {k: torch.stack([it[k] for it in items]) for k in ("anchor", "target")}
+
+
+def mean_similarities(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Average of several ``{"pos_sim", "neg_sim", "per_layer": {...}}`` results (batches, clips),
+    per layer and overall; ``gap = pos - neg`` is recomputed from the means."""
+    if not results:
+        raise ValueError("expected at least one similarity result to average, got none")
+    per: Dict[str, Dict[str, List[float]]] = {}
+    for r in results:
+        for k, v in r["per_layer"].items():
+            d = per.setdefault(k, {"pos_sim": [], "neg_sim": []})
+            d["pos_sim"].append(float(v["pos_sim"]))
+            d["neg_sim"].append(float(v["neg_sim"]))
+    per_layer = {k: {"pos_sim": float(np.mean(v["pos_sim"])), "neg_sim": float(np.mean(v["neg_sim"]))} for k, v in per.items()}
+    for v in per_layer.values():
+        v["gap"] = v["pos_sim"] - v["neg_sim"]
+    p = float(np.mean([float(r["pos_sim"]) for r in results]))
+    n = float(np.mean([float(r["neg_sim"]) for r in results]))
+    return {"pos_sim": p, "neg_sim": n, "gap": p - n, "per_layer": per_layer}
 
 
 @torch.no_grad()
@@ -41,21 +60,32 @@ def layer_similarities(metric, batches: Sequence[Dict[str, torch.Tensor]], seed:
     metric.eval()
     g = torch.Generator(device="cpu").manual_seed(seed)
     dev = next(metric.parameters()).device
-    pos, neg, per = [], [], {}
+    per_batch = []
     for b in batches:
         out = metric(b["anchor"].to(dev), b["target"].to(dev), generator=g)
-        pos.append(float(out.pos_sim))
-        neg.append(float(out.neg_sim))
-        for k, v in out.per_layer.items():
-            d = per.setdefault(k, {"pos_sim": [], "neg_sim": []})
-            d["pos_sim"].append(float(v["pos_sim"]))
-            d["neg_sim"].append(float(v["neg_sim"]))
+        per_batch.append({"pos_sim": float(out.pos_sim), "neg_sim": float(out.neg_sim), "per_layer": out.per_layer})
     metric.train(was_training)
-    per_layer = {k: {"pos_sim": float(np.mean(v["pos_sim"])), "neg_sim": float(np.mean(v["neg_sim"]))} for k, v in per.items()}
-    for v in per_layer.values():
-        v["gap"] = v["pos_sim"] - v["neg_sim"]
-    p, n = float(np.mean(pos)), float(np.mean(neg))
-    return {"pos_sim": p, "neg_sim": n, "gap": p - n, "per_layer": per_layer}
+    return mean_similarities(per_batch)
+
+
+def frame_pair_batches(anchor: np.ndarray, target: np.ndarray, size: int, num_frames: int = 2, batch_size: int = 8) -> List[Dict[str, torch.Tensor]]:
+    """Batches for :func:`layer_similarities` from two clips paired by frame index.
+
+    anchor, target: (T, H, W, 3) uint8 RGB (sizes may differ; both are resized to ``size``).
+    The first ``min(T_a, T_t)`` frames are cut into consecutive windows of ``num_frames``
+    (a remainder shorter than a window is left out). Returns batches of
+    ``{"anchor", "target"}`` (B, num_frames, 3, size, size) in [-1, 1]. ValueError when not even
+    one window fits.
+    """
+    from .data.datasets import frames_to_tensor
+
+    n = min(len(anchor), len(target))
+    w = n // num_frames
+    if num_frames < 1 or w < 1:
+        raise ValueError(f"expected at least num_frames={num_frames} paired frames, got {len(anchor)} anchor and {len(target)} target frames")
+    a = frames_to_tensor(np.asarray(anchor[: w * num_frames]), size).reshape(w, num_frames, 3, size, size)
+    t = frames_to_tensor(np.asarray(target[: w * num_frames]), size).reshape(w, num_frames, 3, size, size)
+    return [{"anchor": a[s : s + batch_size], "target": t[s : s + batch_size]} for s in range(0, w, batch_size)]
 
 
 def untrained_like(metric, seed: int = 0):

@@ -89,3 +89,32 @@ def test_emotional_clip_aligned_to_neutral_preserves_the_mouth_and_a_frozen_mout
     rng = np.random.default_rng(0)
     jitter = np.stack([render_face(p.identity, "angry", 0.5 + 0.03 * rng.standard_normal(), size=64) for _ in range(len(emotional))])
     assert abs(mouth_preservation(anchor, jitter)["mouth_corr"]) < 0.4
+
+
+def test_stccl_eval_mouth_flag_adds_per_method_columns(tmp_path):
+    import cv2
+
+    from stccl_diffusers.eval.cli import main
+
+    def write(folder, frames):
+        folder.mkdir(parents=True)
+        for i, f in enumerate(frames):
+            cv2.imwrite(str(folder / f"{i:06d}.png"), f[..., ::-1])
+
+    p, anchor, emotional = _aligned_pair(9, "angry", size=48)
+    anchor, emotional = anchor[:30], emotional[:30]
+    write(tmp_path / "real" / "c1", anchor)
+    write(tmp_path / "good" / "c1", emotional)
+    write(tmp_path / "frozen" / "c1", np.stack([render_face(p.identity, "angry", 0.5, size=48)] * len(anchor)))
+    out = tmp_path / "out"
+    main(["--reference_dir", str(tmp_path / "real"), "--generated", f"good={tmp_path / 'good'}", "--generated", f"frozen={tmp_path / 'frozen'}",
+          "--metrics", "none", "--mouth", "--output_dir", str(out), "--no_progress", "--num_threads", "1"])
+    res = json.loads((out / "results.json").read_text())
+    good, frozen = res["methods"]["good"], res["methods"]["frozen"]
+    assert good["mouth_corr"] > 0.85 and frozen["mouth_corr"] == 0.0 and frozen["mouth_mae"] > good["mouth_mae"]
+    direct = mouth_preservation(anchor, emotional)
+    assert good["mouth_corr"] == pytest.approx(direct["mouth_corr"]) and good["mouth_mae"] == pytest.approx(direct["mouth_mae"])
+    assert any(s["method"] == "reference (real)" and "mouth" in s["reason"] for s in res["skipped"])
+    assert any("frozen" in c.get("mouth_note", "") for c in res["clips"] if c["method"] == "frozen")
+    md = (out / "results.md").read_text()
+    assert "mouth_corr" in md and "mouth_mae" in md and "--mouth" in md

@@ -35,7 +35,7 @@ from .report import format_table, random_init_banner, write_json, write_markdown
 from .runner import ClipPair, EvalConfig, EvalContext, run_evaluation
 from .syncnet import build_syncnet
 
-__all__ = ["main", "build_parser", "tiled_groups", "folder_groups", "TILE_NAMES"]
+__all__ = ["main", "build_parser", "tiled_groups", "folder_groups", "CorrelationAnalysis", "TILE_NAMES"]
 
 TILE_NAMES = ("Source", "Reference", "STCCL_VD", "NED")
 TILE_SIZE = 256
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", type=str, default="cpu")
     r.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared machine)")
     r.add_argument("--no_progress", action="store_true")
+    x = p.add_argument_group("further measures (reference clip = anchor, generated = target, frames paired by index)")
+    x.add_argument("--mouth", action="store_true", help="mouth preservation (mouth_corr, mouth_mae, mouth_lag) with the pixel detector of "
+                   "eval.mouth; for data.synthetic faces only")
+    x.add_argument("--analysis_metric", type=str, help="save_pretrained STCCLMetric folder: per-layer pos/neg similarity (paper Fig. 3/7/8)")
+    x.add_argument("--analysis_untrained", action="store_true", help="also an untrained metric of the same config (fresh init, --seed)")
+    x.add_argument("--analysis_frames", type=int, default=2, help="frames per analysis window (>= 2 when the metric uses TCC)")
     return p
 
 
@@ -203,6 +209,78 @@ def _build_models(args, metrics) -> tuple:
     return models, random_parts
 
 
+class CorrelationAnalysis:
+    """``stccl-eval --analysis_metric``: the paper's Fig. 3/7/8 numbers per method, computed by
+    :func:`stccl_diffusers.analysis.layer_similarities` (the one implementation ``stccl-analyze``
+    uses). Per clip pair: the real (anchor) clip vs the generated clip, frames paired by index in
+    windows of ``num_frames`` (:func:`~stccl_diffusers.analysis.frame_pair_batches`), region
+    sampling seeded with ``seed`` so the untrained metric sees the same regions.
+
+    ``pair_metric`` adds ``pos_sim``, ``neg_sim``, ``gap`` (and ``untrained_*``) plus
+    ``analysis_per_layer``; ``set_metric`` adds the per-layer means of each method.
+    """
+
+    def __init__(self, metric, untrained=None, num_frames: int = 2, batch_size: int = 8, seed: int = 0):
+        self.metric, self.untrained = metric, untrained
+        self.num_frames, self.batch_size, self.seed = int(num_frames), int(batch_size), int(seed)
+        self.size = int(metric.config.input_size)
+        self.per_clip: Dict[str, Dict[str, list]] = {}  # method -> {"metric": [...], "untrained": [...]}
+
+    def pair_metric(self, pair, ctx=None) -> dict:
+        from ..analysis import frame_pair_batches, layer_similarities
+        from .runner import MetricSkipped
+
+        if pair.is_real or pair.real is None:
+            raise MetricSkipped("no anchor (real) clip: correlation analysis not computed")
+        batches = frame_pair_batches(pair.real, pair.generated, self.size, self.num_frames, self.batch_size)
+        out = {"analysis_windows": sum(len(b["anchor"]) for b in batches)}
+        for prefix, m in (("", self.metric), ("untrained_", self.untrained)):
+            if m is None:
+                continue
+            r = layer_similarities(m, batches, self.seed)
+            self.per_clip.setdefault(pair.method, {}).setdefault(prefix.rstrip("_") or "metric", []).append(r)
+            out.update({f"{prefix}pos_sim": r["pos_sim"], f"{prefix}neg_sim": r["neg_sim"], f"{prefix}gap": r["gap"],
+                        f"{prefix}analysis_per_layer": r["per_layer"]})
+        return out
+
+    def method_results(self, method: str) -> Dict[str, dict]:
+        from ..analysis import mean_similarities
+
+        return {k: mean_similarities(v) for k, v in self.per_clip.get(method, {}).items() if v}
+
+    def set_metric(self, method: str, ctx=None) -> dict:
+        res = self.method_results(method)
+        return {("analysis_per_layer" if k == "metric" else f"{k}_analysis_per_layer"): r["per_layer"] for k, r in res.items()}
+
+
+def _extra_metrics(args, notes: List[str]):
+    """Plug-ins requested by flags: (pair metrics, set metrics, CorrelationAnalysis or None)."""
+    pair, per_set, analysis = [], [], None
+    if args.mouth:
+        from .mouth import mouth_pair_metric
+
+        pair.append(mouth_pair_metric)
+        notes.append("--mouth: pixel mouth-opening detector for data.synthetic faces (eval.mouth); anchor = real clip, frames paired "
+                     "by index; mouth_mae in face-width units, mouth_lag > 0 = generated mouth late")
+    if args.analysis_untrained and not args.analysis_metric:
+        raise SystemExit("--analysis_untrained needs --analysis_metric DIR (the untrained metric copies its config)")
+    if args.analysis_metric:
+        from ..analysis import untrained_like
+        from ..metric import STCCLMetric
+
+        if not Path(args.analysis_metric, "config.json").is_file():
+            raise SystemExit(f"--analysis_metric: expected a save_pretrained STCCLMetric folder with config.json, got {args.analysis_metric!r}")
+        metric = STCCLMetric.from_pretrained(args.analysis_metric).to(args.device)
+        untrained = untrained_like(metric, args.seed).to(args.device) if args.analysis_untrained else None
+        analysis = CorrelationAnalysis(metric, untrained, args.analysis_frames, args.batch_size, args.seed)
+        pair.append(analysis.pair_metric)
+        per_set.append(analysis.set_metric)
+        notes.append(f"correlation analysis (--analysis_metric {args.analysis_metric}, input_size {analysis.size}): anchor = real clip, "
+                     f"target = generated clip, windows of {args.analysis_frames} frames paired by index, region sampling seed {args.seed}"
+                     + ("; untrained_* = fresh init of the same config (seed " + str(args.seed) + ")" if untrained is not None else ""))
+    return pair, per_set, analysis
+
+
 def main(argv: Optional[Sequence[str]] = None, extra_pair_metrics: Sequence = (), extra_set_metrics: Sequence = ()) -> int:
     """Entry point of ``stccl-eval``. ``extra_pair_metrics`` (``fn(pair, ctx) -> dict``) and
     ``extra_set_metrics`` (``fn(method, ctx) -> dict``) add sections after the built-in ones;
@@ -219,10 +297,13 @@ def main(argv: Optional[Sequence[str]] = None, extra_pair_metrics: Sequence = ()
 
 def _run(args, extra_pair: list, extra_set: list) -> int:
     t0 = time.time()
-    metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip() and m.strip().lower() != "none")
     bad = [m for m in metrics if m not in ("fad", "lse", "csim")]
-    if bad or not metrics:
-        raise SystemExit(f"--metrics: expected a comma list of fad, lse, csim, got {args.metrics!r}")
+    notes: List[str] = []
+    flag_pair, flag_set, analysis = _extra_metrics(args, notes)
+    extra_pair, extra_set = flag_pair + extra_pair, flag_set + extra_set
+    if bad or not (metrics or extra_pair or extra_set):
+        raise SystemExit(f"--metrics: expected a comma list of fad, lse, csim (or none with --mouth / --analysis_metric), got {args.metrics!r}")
     if bool(args.tiled) == bool(args.reference_dir):
         raise SystemExit("give either --tiled DIR or --reference_dir DIR with --generated NAME=DIR")
     try:
@@ -230,7 +311,6 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"stccl-eval: {e}")
 
-    notes: List[str] = []
     real_row = not args.no_real_row
     if args.tiled:
         tiled = Path(args.tiled)
@@ -278,7 +358,7 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
         notes.append(f"--max_frames {args.max_frames}: only the first {args.max_frames} frames of each clip are decoded")
     if args.frame_stride > 1:
         notes.append(f"--frame_stride {args.frame_stride}: FAD and CSIM use every {args.frame_stride}th frame")
-    if not args.aligned:
+    if not args.aligned and metrics:
         notes.append("faces: one OpenCV Haar box per clip; ArcFace alignment places the 5-point template in that box (approximate, no landmark detector)")
     if "lse" in metrics:
         notes.append("LSE: video resampled to 25 fps by nearest-frame index where the clip has another frame rate; SyncNet crops from the clip's face box")
@@ -305,6 +385,13 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     write_json(result, out / "results.json")
     write_markdown(result, out / "results.md")
     plots = write_plots(result, out)
+    if analysis is not None:
+        from ..analysis import plot_similarities
+
+        curves = {f"{m}{'' if k == 'metric' else ' (untrained)'}": r for m in result["method_order"] for k, r in analysis.method_results(m).items()}
+        if curves:
+            plot_similarities(curves, str(out / "correlation_analysis.png"), "pos/neg similarity per layer (anchor = real clip)")
+            plots.append(str(out / "correlation_analysis.png"))
     result["wall_seconds"] = time.time() - t0
     write_json(result, out / "results.json")
     if random_parts:
