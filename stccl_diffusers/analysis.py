@@ -80,8 +80,8 @@ def frame_pair_batches(anchor: np.ndarray, target: np.ndarray, size: int, num_fr
     from .data.datasets import frames_to_tensor
 
     n = min(len(anchor), len(target))
-    w = n // num_frames
-    if num_frames < 1 or w < 1:
+    w = n // num_frames if num_frames >= 1 else 0
+    if w < 1:
         raise ValueError(f"expected at least num_frames={num_frames} paired frames, got {len(anchor)} anchor and {len(target)} target frames")
     a = frames_to_tensor(np.asarray(anchor[: w * num_frames]), size).reshape(w, num_frames, 3, size, size)
     t = frames_to_tensor(np.asarray(target[: w * num_frames]), size).reshape(w, num_frames, 3, size, size)

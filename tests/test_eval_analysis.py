@@ -85,6 +85,8 @@ def test_eval_analysis_flag_errors(tmp_path, tiny_metric_dir):
     base = ["--reference_dir", str(tmp_path / "real"), "--generated", f"A={tmp_path / 'A'}", "--output_dir", str(tmp_path / "o"), "--no_progress"]
     with pytest.raises(SystemExit, match="--analysis_metric"):
         main(base + ["--metrics", "none", "--analysis_metric", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="--analysis_frames: expected >= 2"):
+        main(base + ["--metrics", "none", "--analysis_metric", str(tiny_metric_dir), "--analysis_frames", "1"])
     with pytest.raises(SystemExit, match="--analysis_untrained needs --analysis_metric"):
         main(base + ["--metrics", "none", "--analysis_untrained"])
     with pytest.raises(SystemExit, match="--metrics"):

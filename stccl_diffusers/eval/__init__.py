@@ -4,6 +4,8 @@ Functional core (numpy / torch, no I/O): :func:`frechet_distance`, :func:`fad_fr
 :func:`sync_offset_search`, :func:`mfcc`, :func:`cosine_similarity_score`, :func:`align_face_112`.
 Shells: :class:`SyncNet` (public ``syncnet_v2.model`` layout), :func:`compute_lse`,
 :func:`arcface_embeddings`, :func:`run_evaluation` (pluggable per-pair / per-method metrics).
+Plug-ins: :func:`mouth_pair_metric` (``--mouth``; core :func:`mouth_opening`, :func:`mouth_preservation`)
+and :class:`CorrelationAnalysis` (``--analysis_metric``; core in :mod:`stccl_diffusers.analysis`).
 """
 
 from .csim import build_iresnet_encoder, cosine_similarity_score, encode_faces, resolve_csim_encoder
@@ -11,12 +13,15 @@ from .faces import ARCFACE_TEMPLATE_112, align_face_112, landmarks_from_box, syn
 from .fad import FADResult, arcface_embeddings, fad_from_embeddings, frechet_distance
 from .lse import LSEResult, compute_lse, sync_offset_search, syncnet_features
 from .mfcc import mfcc
+from .mouth import mouth_opening, mouth_opening_curve, mouth_pair_metric, mouth_preservation
 from .runner import ClipPair, EvalConfig, EvalContext, MetricSkipped, run_evaluation
 from .syncnet import SyncNet, build_syncnet, load_syncnet_state_dict
+from .cli import CorrelationAnalysis
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
     "ClipPair",
+    "CorrelationAnalysis",
     "EvalConfig",
     "EvalContext",
     "FADResult",
@@ -35,6 +40,10 @@ __all__ = [
     "landmarks_from_box",
     "load_syncnet_state_dict",
     "mfcc",
+    "mouth_opening",
+    "mouth_opening_curve",
+    "mouth_pair_metric",
+    "mouth_preservation",
     "resolve_csim_encoder",
     "run_evaluation",
     "sync_offset_search",

@@ -271,6 +271,8 @@ def _extra_metrics(args, notes: List[str]):
         if not Path(args.analysis_metric, "config.json").is_file():
             raise SystemExit(f"--analysis_metric: expected a save_pretrained STCCLMetric folder with config.json, got {args.analysis_metric!r}")
         metric = STCCLMetric.from_pretrained(args.analysis_metric).to(args.device)
+        if args.analysis_frames < (2 if metric.config.use_tcc else 1):
+            raise SystemExit(f"--analysis_frames: expected >= {2 if metric.config.use_tcc else 1} (the metric's TCC compares frames), got {args.analysis_frames}")
         untrained = untrained_like(metric, args.seed).to(args.device) if args.analysis_untrained else None
         analysis = CorrelationAnalysis(metric, untrained, args.analysis_frames, args.batch_size, args.seed)
         pair.append(analysis.pair_metric)
