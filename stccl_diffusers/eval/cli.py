@@ -15,6 +15,12 @@ Writes ``results.json``, ``results.md`` (Table I: FAD↓ LSE-D↓ LSE-C↑ CSIM�
 ``--output_dir``. Every metric needs real weights (``--arcface_weights``, ``--syncnet_weights``,
 ``--csim_weights``); ``--random_init`` allows missing ones for a demo, and then every output says
 loudly that the numbers are meaningless.
+
+Further measures (plug-ins, a second Markdown table and the JSON; reference/real clip = anchor,
+generated = target, frames paired by index): ``--mouth`` (mouth preservation on synthetic faces,
+:mod:`.mouth`) and ``--analysis_metric DIR [--analysis_untrained]`` (per-layer pos/neg similarity
+of an STCCL metric, the paper's Fig. 3/7/8, via :mod:`stccl_diffusers.analysis`; also
+``correlation_analysis.png``). ``--metrics none`` runs only these.
 """
 
 from __future__ import annotations
