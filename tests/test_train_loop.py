@@ -1,0 +1,180 @@
+"""The shared training loop: resume-after-kill, non-finite guard, LoRA in diffusers format, config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+from stccl_diffusers.training import TalkingHeadAdapter, TrainingConfig, config_from_dict, list_checkpoints, parse_config, train
+from stccl_diffusers.training.adapter import LORA_WEIGHTS_NAME
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.to_q = torch.nn.Linear(dim, dim)
+        self.to_v = torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + self.to_v(torch.tanh(self.to_q(x)))
+
+
+class ToyAdapter(TalkingHeadAdapter):
+    """A tiny regression 'generator'; the loss uses the per-step generator, like diffusion noise."""
+
+    def __init__(self, dim: int = 6, nan_at_steps: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(_Block(dim), _Block(dim))
+        self.nan_at_steps = set(nan_at_steps)
+        self.seen_steps: list[int] = []
+
+    def lora_model(self):
+        return self.net
+
+    def training_step(self, batch, step, generator):
+        self.seen_steps.append(step)
+        x = batch["x"]
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        loss = ((self.net(x + 0.1 * noise) - batch["y"]) ** 2).mean()
+        if step in self.nan_at_steps:
+            loss = loss * float("nan")
+        return {"loss": loss, "stccl": torch.zeros(())}
+
+    def render_validation(self, batch, generator=None):
+        frames = torch.zeros(1, 2, 3, 8, 8)
+        return {"target": frames, "anchor": frames}
+
+
+class ToyData(Dataset):
+    def __init__(self, n: int = 12, dim: int = 6) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(n, dim, generator=g)
+        self.y = torch.randn(n, dim, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def _cfg(out: Path, **kw) -> TrainingConfig:
+    base = dict(
+        output_dir=str(out), report_to="none", train_batch_size=2, max_train_steps=6, learning_rate=5e-2,
+        checkpointing_steps=2, validation_steps=0, validate_at_start=False, rank=2, seed=3,
+        lora_target_modules=["to_q", "to_v"], gradient_accumulation_steps=2,
+    )
+    base.update(kw)
+    return config_from_dict(TrainingConfig, base)
+
+
+def _trained(adapter) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in adapter.named_parameters() if p.requires_grad}
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    full = ToyAdapter()
+    res_full = train(full, ToyData(), _cfg(tmp_path / "full"))
+    assert res_full.global_step == 6
+
+    killed = ToyAdapter()
+    res_killed = train(killed, ToyData(), _cfg(tmp_path / "resumed"), stop_after_steps=3)
+    assert res_killed.global_step == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-2"]
+
+    resumed = ToyAdapter()  # a fresh process: new weights, LoRA re-initialised, then load_state
+    res = train(resumed, ToyData(), _cfg(tmp_path / "resumed", resume_from_checkpoint="latest"))
+    assert res.resumed_from.endswith("checkpoint-2")
+    assert res.global_step == 6
+    assert resumed.seen_steps[0] == 2  # continues the step count, does not restart at 0
+    a, b = _trained(full), _trained(resumed)
+    assert a.keys() == b.keys() and len(a) == 8
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    steps = [r["step"] for r in res.step_log]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the step log was truncated to the checkpoint, no duplicates
+
+
+def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path):
+    adapter = ToyAdapter(nan_at_steps=(1,))
+    cfg = _cfg(tmp_path, max_train_steps=3, checkpointing_steps=0, gradient_accumulation_steps=1)
+    with pytest.warns(UserWarning, match="non-finite"):
+        res = train(adapter, ToyData(), cfg)
+    assert res.skipped_steps == 1
+    assert [r["nonfinite"] for r in res.step_log] == [0.0, 1.0, 0.0]
+    for n, p in adapter.named_parameters():
+        assert torch.isfinite(p).all(), n
+
+
+def test_skipped_step_leaves_weights_untouched(tmp_path):
+    # Every step is NaN: after training, the LoRA weights equal their initial values.
+    adapter = ToyAdapter(nan_at_steps=(0, 1))
+    from stccl_diffusers.training import configure_trainable
+
+    cfg = _cfg(tmp_path, max_train_steps=2, checkpointing_steps=0, gradient_accumulation_steps=1)
+    configure_trainable(adapter, cfg)
+    init = _trained(adapter)
+    with pytest.warns(UserWarning):
+        res = train(adapter, ToyData(), cfg)
+    assert res.skipped_steps == 2
+    for k, v in _trained(adapter).items():
+        torch.testing.assert_close(v, init[k], rtol=0, atol=0)
+
+
+def test_checkpoints_total_limit_keeps_newest(tmp_path):
+    train(ToyAdapter(), ToyData(), _cfg(tmp_path, max_train_steps=6, checkpointing_steps=1, checkpoints_total_limit=2,
+                                         gradient_accumulation_steps=1))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-6"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_lora_saved_in_diffusers_format_and_reloads(tmp_path):
+    from safetensors.torch import load_file
+
+    adapter = ToyAdapter()
+    train(adapter, ToyData(), _cfg(tmp_path, max_train_steps=2, checkpointing_steps=0, gradient_accumulation_steps=1))
+    sd = load_file(str(tmp_path / LORA_WEIGHTS_NAME))
+    assert sd and all(k.startswith("unet.") for k in sd)
+    assert any(".lora.down.weight" in k or "lora_A" in k for k in sd)
+    fresh = ToyAdapter()
+    from stccl_diffusers.training import configure_trainable
+
+    configure_trainable(fresh, _cfg(tmp_path))
+    fresh.load_weights(tmp_path)
+    for k, v in _trained(adapter).items():
+        torch.testing.assert_close(_trained(fresh)[k], v)
+
+
+def test_full_mode_trains_named_module_only(tmp_path):
+    adapter = ToyAdapter()
+    cfg = _cfg(tmp_path, train_mode="full", trainable_modules=["net.1"], max_train_steps=1, checkpointing_steps=0,
+               gradient_accumulation_steps=1)
+    frozen = adapter.net[0].to_q.weight.detach().clone()
+    train(adapter, ToyData(), cfg)
+    torch.testing.assert_close(adapter.net[0].to_q.weight, frozen, rtol=0, atol=0)
+    assert all(p.requires_grad for p in adapter.net[1].parameters())
+    with pytest.raises(ValueError, match="no module named 'net.9'"):
+        from stccl_diffusers.training import configure_trainable
+
+        configure_trainable(ToyAdapter(), _cfg(tmp_path, train_mode="full", trainable_modules=["net.9"]))
+
+
+def test_config_yaml_then_cli_override_and_unknown_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"learning_rate": "1e-4", "train_batch_size": 3, "gradient_checkpointing": True}))
+    cfg = parse_config(TrainingConfig, ["--config", str(path), "--train_batch_size", "5", "--lora_target_modules", "to_q,to_k"])
+    assert cfg.learning_rate == pytest.approx(1e-4) and cfg.train_batch_size == 5 and cfg.gradient_checkpointing is True
+    assert cfg.lora_target_modules == ["to_q", "to_k"]
+    path.write_text("learning_rte: 0.1\n")
+    with pytest.raises(ValueError, match=r"c.yaml: unknown key\(s\) `learning_rte` \(did you mean learning_rate"):
+        parse_config(TrainingConfig, ["--config", str(path)])
+    with pytest.raises(ValueError, match="train_batch_size` expects int, got 'two'"):
+        config_from_dict(TrainingConfig, {"train_batch_size": "two"})
+    with pytest.raises(SystemExit):
+        parse_config(TrainingConfig, ["--no_such_flag", "1"])
