@@ -46,7 +46,7 @@ def test_denoiser_takes_eight_channels_and_returns_latent_shape():
     assert m.unet.config.in_channels == 8
     b = tiny_batch()
     x0 = m.encode_frames(b["frames"])
-    assert x0.shape == (2, 2, 4, 4, 4)  # 16 px / 4
+    assert x0.shape == (2, 2, 4, 8, 8)  # 16 px / 2
     feats = audio_frame_features(b["audio"], 16000, 25.0, 2)
     cond = m.encode_conditions(b["reference"], feats, m.emotion_prior(b["emotion"]), x0.shape[-2:])
     v = m(x0, torch.tensor([0.5, 3.0]), cond)
@@ -59,14 +59,14 @@ def test_condition_dropout_equals_the_zero_input_not_neutral():
     feats = audio_frame_features(b["audio"], 16000, 25.0, 2)
     prior = m.emotion_prior(b["emotion"])
     drop = torch.tensor([True, False])
-    dropped = m.encode_conditions(b["reference"], feats, prior, (4, 4), drop_emotion=drop)
-    zeros = m.encode_conditions(b["reference"], feats, torch.zeros_like(prior), (4, 4))
-    neutral = m.encode_conditions(b["reference"], feats, m.neutral_prior(2), (4, 4))
-    full = m.encode_conditions(b["reference"], feats, prior, (4, 4))
+    dropped = m.encode_conditions(b["reference"], feats, prior, (8, 8), drop_emotion=drop)
+    zeros = m.encode_conditions(b["reference"], feats, torch.zeros_like(prior), (8, 8))
+    neutral = m.encode_conditions(b["reference"], feats, m.neutral_prior(2), (8, 8))
+    full = m.encode_conditions(b["reference"], feats, prior, (8, 8))
     torch.testing.assert_close(dropped.tokens[0], zeros.tokens[0])
     torch.testing.assert_close(dropped.tokens[1], full.tokens[1])
     assert not torch.allclose(zeros.tokens[0], neutral.tokens[0])
-    ref_dropped = m.encode_conditions(b["reference"], feats, prior, (4, 4), drop_reference=drop)
+    ref_dropped = m.encode_conditions(b["reference"], feats, prior, (8, 8), drop_reference=drop)
     assert ref_dropped.ref_latent[0].abs().sum() == 0 and ref_dropped.ref_latent[1].abs().sum() > 0
 
 

@@ -128,6 +128,8 @@ class ReferenceDiceAdapter(DiceStepMixin, TalkingHeadAdapter):
 
     def set_weight_dtype(self, dtype: torch.dtype) -> None:
         # Frozen parts run in the mixed-precision dtype; what is trained stays fp32 (cast_training_params).
+        if dtype == torch.float32:
+            return
         for module in (self.model.vae, self.model.unet, self.model.image_encoder, self.model.audio_model,
                        self.model.emotion_model):
             if not any(p.requires_grad for p in module.parameters()):

@@ -189,6 +189,8 @@ class DiceTalkAdapter(DiceStepMixin, TalkingHeadAdapter):
         return self.unet
 
     def set_weight_dtype(self, dtype):
+        if dtype == torch.float32:
+            return
         for m in (self.vae, self.image_encoder, self.pose_guider, self.audio_linear, self.emo_model, self.unet):
             if not any(p.requires_grad for p in m.parameters()):
                 m.to(dtype)

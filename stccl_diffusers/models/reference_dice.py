@@ -176,7 +176,7 @@ class ReferenceDICE(ModelMixin, ConfigMixin):
         block_out_channels: Sequence[int] = (32, 64),
         cross_attention_dim: int = 32,
         num_attention_heads: Sequence[int] = (2, 4),
-        vae_block_out_channels: Sequence[int] = (16, 32, 32),
+        vae_block_out_channels: Sequence[int] = (16, 32),
         audio_feature_dim: int = 60,
         num_audio_tokens: int = 4,
         emotion_prior_dim: int = 256,

@@ -70,7 +70,7 @@ def pretrain_metric_quick(
             continue
         out.loss.backward()
         opt.step()
-        last = float(out.loss)
+        last = float(out.loss.detach())
         first = last if i == 0 else first
         bar.set_postfix(loss=f"{last:.3f}")
     metric.freeze()
