@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
 
     # 3. A fixed validation clip in the target emotion (and, rendered by the adapter, in neutral).
     emotion = DICE_EMOTIONS.index(cfg.validation_emotion)
-    val_item = dataset[0]
+    val_item = dataset.item(0, num_frames=cfg.validation_num_frames)
     val_batch = {k: v[None] for k, v in val_item.items()}
     val_batch["emotion"] = torch.tensor([emotion])
     validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_item["fps"]), seed=cfg.validation_seed)

@@ -241,3 +241,20 @@ def test_stccl_weight_zero_never_calls_the_callback():
     adapter, calls = _dice_adapter(p_mean=-1.0, weight=0.0)
     out = adapter.training_step(_dice_batch(), 0, torch.Generator().manual_seed(0))
     assert calls == [True] and float(out["stccl"]) == 0.0
+
+
+def test_validation_media_put_target_and_anchor_side_by_side_with_audio(tmp_path):
+    import imageio.v2 as imageio
+
+    from stccl_diffusers.data.video_io import probe_video
+    from stccl_diffusers.training.validation import save_validation_media, side_by_side_grid
+
+    target = torch.full((1, 4, 3, 8, 8), 1.0)  # white
+    anchor = torch.full((1, 4, 3, 8, 8), -1.0)  # black
+    paths = save_validation_media(target, anchor, tmp_path, "v", fps=25.0, audio=torch.zeros(4 * 640), upscale=2)
+    grid = imageio.imread(paths["png"])
+    assert grid.shape[0] == 2 * 8 * 2  # row 1 target, row 2 anchor (upscaled x2)
+    assert grid[:16].min() == 255 and grid[16:, :16].max() == 0
+    info = probe_video(paths["mp4"])
+    assert info["has_audio"] and info["size"] == (2 * 8 * 2, 8 * 2)  # (W, H): the two streams side by side
+    assert side_by_side_grid(torch.zeros(1, 24, 3, 8, 8), torch.zeros(1, 24, 3, 8, 8)).shape[1] == 8 * 8 + 7 * 2

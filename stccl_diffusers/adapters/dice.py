@@ -215,6 +215,8 @@ class DiceTrainingConfig(TrainingConfig):
     num_frames: int = 8
     windows_per_clip: int = 4
     validation_emotion: str = "happy"
+    validation_num_frames: int = 24
+    """Frames of the validation clip (longer than training windows, so the video shows speech)."""
     # -- metric and reward --
     metric_path: Optional[str] = None
     """`STCCLMetric.from_pretrained` source; None: pretrain a small one into output_dir/metric."""
@@ -238,8 +240,8 @@ class DiceTrainingConfig(TrainingConfig):
     # -- reference model --
     pretrained_model_name_or_path: Optional[str] = None
     """A saved ReferenceDICE (`save_pretrained` folder); None: build one and pre-train it here."""
-    vae_fit_steps: int = 120
-    base_train_steps: int = 150
+    vae_fit_steps: int = 160
+    base_train_steps: int = 300
     base_learning_rate: float = 2e-3
     # -- real DICE-Talk --
     dice_talk_root: Optional[str] = None

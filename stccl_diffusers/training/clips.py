@@ -111,8 +111,15 @@ class TalkingClipDataset(Dataset):
         return clip, start
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, num_frames: int | None = None) -> dict:
+        """Like `dataset[index]`, optionally with a longer window (validation videos), clamped to the clip."""
         clip, start = self.window(index)
         T, H = self.num_frames, self.resolution
+        if num_frames is not None:
+            T = min(int(num_frames), clip.frames.shape[0])
+            start = min(start, clip.frames.shape[0] - T)
         frames = torch.from_numpy(clip.frames[start:start + T]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         reference = torch.from_numpy(clip.frames[0]).permute(2, 0, 1).float() / 127.5 - 1.0
         spf = self.sample_rate / clip.fps

@@ -30,9 +30,16 @@ def _check_pair(target: torch.Tensor, anchor: torch.Tensor) -> None:
         )
 
 
-def side_by_side_grid(target: torch.Tensor, anchor: torch.Tensor, upscale: int = 1, gap: int = 2) -> np.ndarray:
-    """PNG grid (rows: clip b target, clip b anchor, ...; columns: frames) as (rows*H, T*W, 3) uint8."""
+def side_by_side_grid(target: torch.Tensor, anchor: torch.Tensor, upscale: int = 1, gap: int = 2,
+                      max_columns: int | None = 8) -> np.ndarray:
+    """PNG grid (rows: clip b target, clip b anchor, ...; columns: frames) as (rows*H, T*W, 3) uint8.
+
+    Long clips show `max_columns` evenly spaced frames (the MP4 has them all).
+    """
     _check_pair(target, anchor)
+    if max_columns is not None and target.shape[1] > max_columns:
+        idx = torch.linspace(0, target.shape[1] - 1, max_columns).round().long()
+        target, anchor = target[:, idx], anchor[:, idx]
     B, T, _, H, W = target.shape
     t8, a8 = to_uint8(target), to_uint8(anchor)
     rows = []
