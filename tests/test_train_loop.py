@@ -258,3 +258,27 @@ def test_validation_media_put_target_and_anchor_side_by_side_with_audio(tmp_path
     info = probe_video(paths["mp4"])
     assert info["has_audio"] and info["size"] == (2 * 8 * 2, 8 * 2)  # (W, H): the two streams side by side
     assert side_by_side_grid(torch.zeros(1, 24, 3, 8, 8), torch.zeros(1, 24, 3, 8, 8)).shape[1] == 8 * 8 + 7 * 2
+
+
+def test_clip_folder_reports_unreadable_and_unlabelled_clips_by_name(tmp_path):
+    import numpy as np
+
+    from stccl_diffusers.data.video_io import write_video
+    from stccl_diffusers.models.reference_dice import DICE_EMOTIONS
+    from stccl_diffusers.training.clips import TalkingClipDataset
+
+    frames = np.full((10, 16, 16, 3), 128, np.uint8)
+    write_video(str(tmp_path / "S1/happy/001.mp4"), frames, 25.0, np.zeros(6400, np.float32), 16000)
+    (tmp_path / "S1/sad").mkdir(parents=True)
+    (tmp_path / "S1/sad/002.mp4").write_bytes(b"not a video")
+    write_video(str(tmp_path / "S1/other/003.mp4"), frames, 25.0, np.zeros(6400, np.float32), 16000)
+    with pytest.warns(UserWarning, match="2 of 3 clips"):
+        ds = TalkingClipDataset(tmp_path, DICE_EMOTIONS, num_frames=4, resolution=8, progress=False)
+    skipped = dict(ds.skipped)
+    assert any(k.endswith("002.mp4") for k in skipped) and any(k.endswith("003.mp4") for k in skipped)
+    assert len(ds.clips) == 1 and ds.clips[0].emotion == DICE_EMOTIONS.index("happy")
+    item = ds[0]
+    assert item["frames"].shape == (4, 3, 8, 8) and item["audio"].shape == (2560,)
+    (tmp_path / "S1/happy/001.mp4").unlink()
+    with pytest.raises(ValueError, match="no usable .mp4 clip"):
+        TalkingClipDataset(tmp_path, DICE_EMOTIONS, num_frames=4, resolution=8, progress=False)
