@@ -1,0 +1,1 @@
+"""Backends of the shared training loop: one adapter per talking-head model."""
