@@ -170,12 +170,12 @@ class KeypointRenderer(nn.Module):
         heat_d = gaussian_heatmaps(kp_driving, hs, ws, self.sigma)
         heat_s = gaussian_heatmaps(kp_source, hs, ws, self.sigma)
         masks = self.mask_net(torch.cat([src_small, heat_d, heat_s], dim=1)).softmax(dim=1)  # (N, K+1, hs, ws)
-        grid = make_grid(hs, ws, source.device, source.dtype).view(1, 1, hs, ws, 2)
         delta = (kp_source - kp_driving).view(n, self.num_kp, 1, 1, 2)
-        flows = torch.cat([grid.expand(n, 1, hs, ws, 2), grid + delta], dim=1)  # background + K
-        flow = (masks.unsqueeze(-1) * flows).sum(1)  # (N, hs, ws, 2)
-        flow = F.interpolate(flow.permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
-                             align_corners=False).permute(0, 2, 3, 1)
+        # Displacement only (background moves by 0), upsampled and added to the full-size identity
+        # grid, so no motion means exactly the identity warp.
+        disp = (masks[:, 1:].unsqueeze(-1) * delta).sum(1)  # (N, hs, ws, 2)
+        disp = F.interpolate(disp.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False)
+        flow = make_grid(h, w, source.device, source.dtype).unsqueeze(0) + disp.permute(0, 2, 3, 1)
         warped = F.grid_sample(source, flow, mode="bilinear", padding_mode="border", align_corners=True)
         heat_full = gaussian_heatmaps(kp_driving, h, w, self.sigma)
         residual = self.refine(torch.cat([warped, source, heat_full], dim=1))
