@@ -1,0 +1,219 @@
+"""The functional core of STCCL: visual correlations, region sampling, InfoNCE and CAAS weights.
+
+Every function here is a pure function over tensors; the stateful shell is
+:class:`stccl_diffusers.metric.STCCLMetric`. Notation follows the STCCL paper (journal version):
+
+- ``x`` is the anchor side (the neutral / source clip), ``y`` the generated / emotional side
+  (paper §8.2: "we designate the image with the neutral emotion as x").
+- A feature map ``F`` of one layer is ``(N, C, H, W)``; a location is a flat index ``h * W + w``.
+- A *visual correlation* ``Z(F, i, j)`` between regions (or frames) ``i`` and ``j`` is a vector of
+  ``C`` numbers (eq. 1-3), which the mapping ``f`` (two FC layers with ReLU, eq. 9) projects before
+  the InfoNCE loss (eq. 10, 13).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "NEIGHBOUR_OFFSETS",
+    "visual_disparity",
+    "correlation_matrix_entry",
+    "correlate",
+    "valid_anchor_positions",
+    "sample_anchor_locations",
+    "neighbour_locations",
+    "sample_negative_locations",
+    "gather_locations",
+    "frame_pairs",
+    "info_nce",
+    "caas_strength",
+    "caas_weights",
+]
+
+# The 3x3 ring around a location (paper §8.2: "eight adjacent regions around it").
+NEIGHBOUR_OFFSETS: Tuple[Tuple[int, int], ...] = (
+    (-1, -1), (-1, 0), (-1, 1),
+    (0, -1),           (0, 1),
+    (1, -1), (1, 0), (1, 1),
+)
+
+
+def visual_disparity(f_i: torch.Tensor, f_j: torch.Tensor) -> torch.Tensor:
+    """VD, eq. 1: ``V(I, i, j) = I(i) - I(j)``. ``f_i``, ``f_j``: (..., C) -> (..., C)."""
+    return f_i - f_j
+
+
+def correlation_matrix_entry(f_i: torch.Tensor, f_j: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """CM, eq. 2-3: the entry ``M_ij`` of ``M = F F^T``, kept as a vector.
+
+    ``M_ij = sum_c F_c(i) F_c(j)`` is a scalar; the paper leaves open how it becomes an input for
+    the mapping ``f``. We keep its per-channel terms: ``C(I, i, j) = C * F^(i) * F^(j)``
+    (elementwise), with ``F^`` the channel-L2-normalised features: a C-vector whose *mean* is
+    exactly the cosine-normalised ``M_ij``. Normalising keeps ``M`` scale-free across layers and
+    identities, as a correlation should be; the factor ``C`` keeps entries O(1) so that ``f``'s
+    bias does not swamp them. ``f_i``, ``f_j``: (..., C) -> (..., C).
+    """
+    c, dtype = f_i.shape[-1], f_i.dtype
+    f_i = F.normalize(f_i.float(), dim=-1, eps=eps)
+    f_j = F.normalize(f_j.float(), dim=-1, eps=eps)
+    return (c * f_i * f_j).to(dtype)
+
+
+def correlate(kind: str, f_i: torch.Tensor, f_j: torch.Tensor) -> torch.Tensor:
+    """``Z(., i, j)`` for ``kind`` in ``{"vd", "cm"}`` (the paper's unified representation)."""
+    if kind == "vd":
+        return visual_disparity(f_i, f_j)
+    if kind == "cm":
+        return correlation_matrix_entry(f_i, f_j)
+    raise ValueError(f"expected correlation 'vd' or 'cm', got {kind!r}")
+
+
+def valid_anchor_positions(height: int, width: int, window: float = 0.95, device=None) -> torch.Tensor:
+    """Flat indices of locations that may serve as SCC anchors.
+
+    An anchor needs its full 3x3 ring inside the map, and (as in the official code, which samples
+    from a central sub-window of about ``H/2 + 0.45 H``) it is drawn from the central ``window``
+    fraction of the map. Returns a 1-D long tensor; raises if the map is smaller than 3x3.
+    """
+    if height < 3 or width < 3:
+        raise ValueError(f"spatial correlation needs feature maps of at least 3x3, got {height}x{width}")
+
+    def _range(size: int) -> torch.Tensor:
+        keep = max(1, int(round(size * window)))
+        lo = max(1, (size - keep) // 2)
+        hi = min(size - 2, lo + keep - 1)
+        if hi < lo:
+            lo, hi = 1, size - 2
+        return torch.arange(lo, hi + 1, device=device)
+
+    rows, cols = _range(height), _range(width)
+    return (rows[:, None] * width + cols[None, :]).reshape(-1)
+
+
+def _random_subset(candidates: torch.Tensor, batch: int, count: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """``count`` distinct entries of ``candidates`` for each of ``batch`` rows: (batch, count)."""
+    n = candidates.numel()
+    if count > n:
+        raise ValueError(f"cannot sample {count} distinct locations from {n} candidates")
+    dev = generator.device if generator is not None else candidates.device
+    scores = torch.rand(batch, n, generator=generator, device=dev).to(candidates.device)
+    idx = scores.argsort(dim=1)[:, :count]
+    return candidates[idx]
+
+
+def sample_anchor_locations(
+    batch: int, height: int, width: int, count: int, window: float = 0.95,
+    generator: Optional[torch.Generator] = None, device=None,
+) -> torch.Tensor:
+    """Distinct SCC anchor locations for each of ``batch`` images: (batch, count) flat indices."""
+    cand = valid_anchor_positions(height, width, window, device=device)
+    return _random_subset(cand, batch, min(count, cand.numel()), generator)
+
+
+def neighbour_locations(anchors: torch.Tensor, width: int) -> torch.Tensor:
+    """The 8 ring neighbours of each anchor: (..., S) -> (..., S, 8) flat indices."""
+    offs = torch.tensor([dy * width + dx for dy, dx in NEIGHBOUR_OFFSETS], device=anchors.device)
+    return anchors[..., None] + offs
+
+
+def sample_negative_locations(
+    centres: torch.Tensor, height: int, width: int, count: int, exclude_ring: bool,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """``count`` random locations per centre, never the centre itself (nor its ring if asked).
+
+    ``centres``: (N, S) flat indices -> (N, S, count). Used for the paper's "eight randomly
+    sampled regions" ``k`` (eq. 10): excluding the ring guarantees no negative equals a positive.
+    """
+    n, s = centres.shape
+    hw = height * width
+    dev = generator.device if generator is not None else centres.device
+    scores = torch.rand(n, s, hw, generator=generator, device=dev).to(centres.device)
+    banned = centres[..., None]
+    if exclude_ring:
+        banned = torch.cat([banned, neighbour_locations(centres, width)], dim=-1)
+    scores.scatter_(2, banned.clamp(0, hw - 1), float("inf"))
+    available = hw - banned.shape[-1]
+    if count > available:
+        raise ValueError(f"cannot draw {count} negatives from a {height}x{width} map")
+    return scores.topk(count, dim=2, largest=False).indices
+
+
+def gather_locations(feat: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """Features at flat locations: feat (N, C, H, W), locations (N, *L) -> (N, *L, C)."""
+    n, c = feat.shape[:2]
+    flat = feat.reshape(n, c, -1)
+    idx = locations.reshape(n, 1, -1).expand(n, c, -1)
+    out = flat.gather(2, idx)
+    return out.permute(0, 2, 1).reshape(*locations.shape, c)
+
+
+def frame_pairs(num_frames: int, span: Optional[int] = None, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All frame pairs ``(i, j)``, ``i < j <= i + span`` (TCC, eq. 5/12). Returns two (P,) tensors."""
+    if num_frames < 2:
+        raise ValueError(f"temporal correlation needs T >= 2 frames, got T={num_frames}")
+    span = num_frames - 1 if span is None else max(1, int(span))
+    i, j = torch.triu_indices(num_frames, num_frames, offset=1, device=device)
+    keep = (j - i) <= span
+    return i[keep], j[keep]
+
+
+def info_nce(
+    query: torch.Tensor, positive: torch.Tensor, negatives: Optional[torch.Tensor] = None, tau: float = 0.07,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """InfoNCE of eq. 10/13 with L2-normalised embeddings, softmax in fp32.
+
+    ``-log exp(q.k+/tau) / (exp(q.k+/tau) + sum_k exp(q.k-/tau))``
+
+    Two layouts:
+
+    - explicit negatives (the paper: ``m`` sampled negatives per query): ``query``/``positive``
+      (..., D), ``negatives`` (..., M, D);
+    - ``negatives=None`` (the official PatchNCE form): ``query``/``positive`` (G, Q, D); for each
+      query the positives of the other ``Q - 1`` queries in the same group are its negatives.
+
+    Returns ``(loss, pos_sim, neg_sim)``: the per-query loss (...,) and the cosine similarity of
+    each query with its positive (...,) and its mean similarity with the negatives (...,).
+    """
+    q = F.normalize(query.float(), dim=-1)
+    k = F.normalize(positive.float(), dim=-1)
+    l_pos = (q * k).sum(-1)
+    if negatives is not None:
+        kn = F.normalize(negatives.float(), dim=-1)
+        l_neg = torch.einsum("...d,...md->...m", q, kn)
+        neg_sim = l_neg.mean(-1)
+    else:
+        if q.ndim != 3:
+            raise ValueError(f"in-group negatives need (G, Q, D) queries, got {tuple(q.shape)}")
+        qn = q.shape[1]
+        if qn < 2:
+            raise ValueError("in-group negatives need at least 2 queries per group")
+        sims = q @ k.transpose(1, 2)
+        off = ~torch.eye(qn, dtype=torch.bool, device=q.device)
+        l_neg = sims.masked_select(off).view(q.shape[0], qn, qn - 1)
+        neg_sim = l_neg.mean(-1)
+    logits = torch.cat([l_pos[..., None], l_neg], dim=-1) / tau
+    loss = torch.logsumexp(logits, dim=-1) - logits[..., 0]
+    return loss, l_pos.detach(), neg_sim.detach()
+
+
+def caas_strength(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The quantity that enters CAAS's sigmoid: how strong a region's correlation is.
+
+    ``z``: raw visual correlations on the anchor side, (..., C). The strength of one correlation is
+    its magnitude ``a = ||z||_2``, standardised over all correlations of the same layer in the call,
+    ``(a - mean(a)) / std(a)``. Standardising makes the weight scale-free across layers, VD and CM
+    (whose magnitudes differ by orders), while keeping the paper's rule: larger correlation ->
+    larger weight (mouth regions change most, eq. 15-16). Detached: CAAS weights are not trained.
+    """
+    a = z.detach().float().norm(dim=-1)
+    return (a - a.mean()) / (a.std(unbiased=False) + eps)
+
+
+def caas_weights(strength: torch.Tensor, lam: float = 2.0, r: float = 2.0) -> torch.Tensor:
+    """CAAS, eq. 15: ``w = lambda * sigmoid(s) ** r`` (lambda = r = 2 in the paper), in (0, lambda)."""
+    return lam * torch.sigmoid(strength) ** r
