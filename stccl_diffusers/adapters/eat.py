@@ -56,9 +56,14 @@ __all__ = [
     "check_eat_checkout",
     "load_eat_generator_full",
     "set_eat_trainable",
+    "EMOTION_TO_EAT",
+    "eat_collate",
 ]
 
 EAT_EMOTIONS = ("ang", "con", "dis", "fea", "hap", "neu", "sad", "sur")
+#: MEAD emotion names (as the synthetic data and MEAD folders spell them) -> EAT label.
+EMOTION_TO_EAT = {"angry": 0, "contempt": 1, "disgusted": 2, "fear": 3, "happy": 4, "neutral": 5, "sad": 6,
+                  "surprised": 7}
 _RANGE_TOLERANCE = 1e-3
 
 
@@ -160,6 +165,27 @@ def stccl_on_frames(
         anchor = crop_faces(anchor.flatten(0, 1), boxes, crop_size).view(b, t, 3, crop_size, crop_size)
     # The metric casts to its own dtype; keep the loss in fp32 under mixed precision (no fp16 NaNs).
     return metric(anchor.float() * 2 - 1, target.float() * 2 - 1, generator=generator)
+
+
+def eat_collate(items: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Talking-clip items (:class:`~stccl_diffusers.training.talking_clips.TalkingClipDataset`) -> an
+    EAT-style batch: ``source`` ``(B, 3, H, W)`` and ``driving`` ``(B, T, 3, H, W)`` in ``[0, 1]``,
+    ``audio`` ``(B, T, F)``, ``y_trg`` ``(B,)`` EAT labels, ``bboxs`` ``(B, T, 4)`` pixels, plus
+    ``waveform``, ``sample_rate``, ``fps`` for validation videos."""
+    unknown = sorted({it["emotion"] for it in items if it["emotion"] not in EMOTION_TO_EAT})
+    if unknown:
+        raise ValueError(f"expected emotions from {list(EMOTION_TO_EAT)}, got {unknown}")
+    stack = lambda k: torch.stack([it[k] for it in items])  # noqa: E731
+    return {
+        "source": stack("reference").add(1).div(2),
+        "driving": stack("frames").add(1).div(2),
+        "audio": stack("audio"),
+        "y_trg": torch.tensor([EMOTION_TO_EAT[it["emotion"]] for it in items]),
+        "bboxs": stack("bbox"),
+        "waveform": stack("waveform"),
+        "sample_rate": int(items[0]["sample_rate"]),
+        "fps": float(items[0]["fps"]),
+    }
 
 
 # ----------------------------------------------------------------------------- the EAT hook
