@@ -58,6 +58,7 @@ __all__ = [
     "set_eat_trainable",
     "EMOTION_TO_EAT",
     "eat_collate",
+    "load_eat_dataset",
 ]
 
 EAT_EMOTIONS = ("ang", "con", "dis", "fea", "hap", "neu", "sad", "sur")
@@ -381,8 +382,26 @@ class EATAdapter(TalkingHeadAdapter):
 
     @torch.no_grad()
     def render_validation(self, batch: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """Target and neutral-anchor frames ``(B, T, 3, H, W)`` in ``[-1, 1]``.
+
+        A clip longer than ``num_frames`` (the window EAT renders at once) is rendered window by
+        window: every tensor whose dim 1 is the clip length is split along time; one ``z_trg`` per
+        clip for all windows.
+        """
         batch = self._with_latent(batch, generator)
         b, t = self.stccl._shape(batch)
+        n = self.stccl.num_frames
+        if t <= n or "bboxs" not in batch:
+            return self._render_pair(batch, b, t)
+        parts = []
+        for s in range(0, t, n):
+            e = min(t, s + n)
+            chunk = {k: (v[:, s:e] if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[1] == t else v)
+                     for k, v in batch.items()}
+            parts.append(self._render_pair(chunk, b, e - s))
+        return {k: torch.cat([p[k] for p in parts], dim=1) for k in ("target", "anchor")}
+
+    def _render_pair(self, batch: Dict[str, Any], b: int, t: int) -> Dict[str, torch.Tensor]:
         _, gen = self.generator_full(batch, False)
         _, gen_n = self.generator_full(neutral_batch(batch), False)
         size = self.stccl.image_size
@@ -534,3 +553,18 @@ def set_eat_trainable(full: nn.Module) -> None:
         a2kp.fea.requires_grad_(True)
     full.emotionprompt.requires_grad_(True)
     full.sidetuning.requires_grad_(True)
+
+
+def load_eat_dataset(eat_root: Union[str, os.PathLike], eat_config: Union[str, os.PathLike]):
+    """EAT's own stage-2 training set (``FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt`` from its
+    ``frames_dataset_transformer25.py``, built from ``dataset_params`` as EAT's script does)."""
+    import yaml
+
+    root = Path(eat_root)
+    if not (root / "frames_dataset_transformer25.py").is_file():
+        raise FileNotFoundError(f"EAT checkout is missing: {root / 'frames_dataset_transformer25.py'}")
+    with open(eat_config, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    mod = _import_from_checkout(root, "frames_dataset_transformer25")
+    with _on_path(root), contextlib.chdir(root):
+        return mod.FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt(is_train=True, **config["dataset_params"])
