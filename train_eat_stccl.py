@@ -27,6 +27,7 @@ from stccl_diffusers import STCCLMetric
 from stccl_diffusers.adapters.eat import (
     EATAdapter,
     ReferenceEATGeneratorFull,
+    check_eat_checkout,
     eat_collate,
     load_eat_generator_full,
 )
@@ -86,15 +87,22 @@ class EATSTCCLConfig(TrainingConfig):
     validation_seed: int = 1234
 
 
+def _eat_config_path(cfg: EATSTCCLConfig) -> Optional[Path]:
+    """``eat_config`` as given, or relative to the checkout (EAT's configs live in ``config/``)."""
+    if not cfg.eat_config:
+        return None
+    path = Path(cfg.eat_config)
+    if not path.is_absolute() and not path.exists() and cfg.eat_root:
+        path = Path(cfg.eat_root) / path
+    return path
+
+
 def build_backend(cfg: EATSTCCLConfig, audio_dim: int):
     """EAT's generator-full model from the user's checkout, or the reference model behind EAT's API."""
     if cfg.eat_root:
         if not cfg.eat_checkpoint or not cfg.eat_config:
             raise ValueError("--eat_root needs --eat_checkpoint and --eat_config")
-        eat_config = Path(cfg.eat_config)
-        if not eat_config.is_absolute() and not eat_config.exists():
-            eat_config = Path(cfg.eat_root) / eat_config
-        return load_eat_generator_full(cfg.eat_root, cfg.eat_checkpoint, eat_config), 256
+        return load_eat_generator_full(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg)), 256
     if cfg.reference_model:
         model = ReferenceEATModel.from_pretrained(cfg.reference_model)
     else:
@@ -124,16 +132,20 @@ def build_data(cfg: EATSTCCLConfig):
     if cfg.data == "eat":
         from stccl_diffusers.adapters.eat import load_eat_dataset
 
-        train_set = load_eat_dataset(cfg.eat_root, cfg.eat_config)
+        train_set = load_eat_dataset(cfg.eat_root, _eat_config_path(cfg))
         val_batch = torch.utils.data.default_collate([train_set[i] for i in range(cfg.num_validation_clips)])
         return train_set, None, val_batch, None
     raise ValueError(f"data must be 'synthetic' or 'eat', got {cfg.data!r}")
 
 
-def main(argv=None):
+def main(argv=None, stop_after_steps: Optional[int] = None):
+    """Parse flags over the config (default: the embedded demo) and train. ``stop_after_steps`` ends
+    the run early as a kill would (tests)."""
     cfg = parse_config(EATSTCCLConfig, argv, default_config=DEMO_CONFIG, description=__doc__.split("\n")[0])
     if cfg.train_mode != "full":
         raise ValueError(f"train_mode must be 'full' for EAT (LoRA does not apply), got {cfg.train_mode!r}")
+    if cfg.eat_root:  # fail on a wrong checkout before any data or metric work, naming every missing file
+        check_eat_checkout(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg))
     started = time.perf_counter()
     accelerator = build_accelerator(cfg)
     torch.manual_seed(cfg.seed)
@@ -155,9 +167,10 @@ def main(argv=None):
     # 4. The shared loop; validation renders the fixed clips in the target emotion and in neutral.
     validation_fn = make_validation_fn(val_batch, metric, Path(cfg.output_dir) / "validation", seed=cfg.seed,
                                        truth_key="driving" if cfg.data == "synthetic" else None, truth_range="[0,1]")
-    result = train(adapter, train_set, cfg, accelerator=accelerator, collate_fn=collate, validation_fn=validation_fn)
+    result = train(adapter, train_set, cfg, accelerator=accelerator, collate_fn=collate, validation_fn=validation_fn,
+                   stop_after_steps=stop_after_steps)
 
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and result.global_step >= cfg.max_train_steps:
         if isinstance(generator_full, ReferenceEATGeneratorFull):
             generator_full.model.save_pretrained(Path(cfg.output_dir) / "reference_eat")
         summary = write_summary(result, cfg, Path(cfg.output_dir), wall_time_s=time.perf_counter() - started)

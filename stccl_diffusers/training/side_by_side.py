@@ -60,8 +60,14 @@ def side_by_side_frames(target: torch.Tensor, anchor: torch.Tensor) -> np.ndarra
     return video
 
 
-def grid_image(target: torch.Tensor, anchor: torch.Tensor, truth: Optional[torch.Tensor] = None) -> np.ndarray:
-    """Per clip: a row of target frames, a row of anchor frames (and of ground truth): ``(rows*H', T*W', 3)``."""
+def grid_image(target: torch.Tensor, anchor: torch.Tensor, truth: Optional[torch.Tensor] = None,
+               max_frames: int = 8) -> np.ndarray:
+    """Per clip: a row of target frames, a row of anchor frames (and of ground truth), at most
+    ``max_frames`` evenly spaced frames per row: ``(rows * H', frames * W', 3)`` uint8."""
+    t = target.shape[1]
+    keep = torch.linspace(0, t - 1, min(t, max_frames)).round().long()
+    target, anchor = target[:, keep], anchor[:, keep]
+    truth = truth[:, keep] if truth is not None else None
     streams = [("target", target), ("neutral anchor", anchor)] + ([("ground truth", truth)] if truth is not None else [])
     rows = []
     for b in range(target.shape[0]):
