@@ -116,7 +116,10 @@ def sample_anchor_locations(
 
 def neighbour_locations(anchors: torch.Tensor, width: int) -> torch.Tensor:
     """The 8 ring neighbours of each anchor: (..., S) -> (..., S, 8) flat indices."""
-    offs = torch.tensor([dy * width + dx for dy, dx in NEIGHBOUR_OFFSETS], device=anchors.device)
+    # Built with device ops (no host-to-device copy, hence no sync), in NEIGHBOUR_OFFSETS order.
+    step = torch.arange(-1, 2, device=anchors.device)
+    offs = (step.repeat_interleave(3) * width + step.repeat(3))
+    offs = torch.cat([offs[:4], offs[5:]])
     return anchors[..., None] + offs
 
 
@@ -156,10 +159,11 @@ def frame_pairs(num_frames: int, span: Optional[int] = None, device=None) -> Tup
     """All frame pairs ``(i, j)``, ``i < j <= i + span`` (TCC, eq. 5/12). Returns two (P,) tensors."""
     if num_frames < 2:
         raise ValueError(f"temporal correlation needs T >= 2 frames, got T={num_frames}")
-    span = num_frames - 1 if span is None else max(1, int(span))
-    i, j = torch.triu_indices(num_frames, num_frames, offset=1, device=device)
-    keep = (j - i) <= span
-    return i[keep], j[keep]
+    span = num_frames - 1 if span is None else min(num_frames - 1, max(1, int(span)))
+    # Ordered by distance d = j - i; built from aranges so no boolean indexing (a host sync on GPU).
+    i = torch.cat([torch.arange(num_frames - d, device=device) for d in range(1, span + 1)])
+    d = torch.cat([torch.full((num_frames - d,), d, device=device) for d in range(1, span + 1)])
+    return i, i + d
 
 
 def info_nce(
@@ -193,9 +197,10 @@ def info_nce(
         if qn < 2:
             raise ValueError("in-group negatives need at least 2 queries per group")
         sims = q @ k.transpose(1, 2)
-        off = ~torch.eye(qn, dtype=torch.bool, device=q.device)
-        l_neg = sims.masked_select(off).view(q.shape[0], qn, qn - 1)
-        neg_sim = l_neg.mean(-1)
+        eye = torch.eye(qn, dtype=torch.bool, device=q.device)
+        neg_sim = (sims.sum(-1) - l_pos) / (qn - 1)
+        # The diagonal holds the positives: masked out of the negatives (CUT's PatchNCE does the same).
+        l_neg = sims.masked_fill(eye, float("-inf"))
     logits = torch.cat([l_pos[..., None], l_neg], dim=-1) / tau
     loss = torch.logsumexp(logits, dim=-1) - logits[..., 0]
     return loss, l_pos.detach(), neg_sim.detach()

@@ -242,3 +242,28 @@ def test_inputs_are_resized_to_the_metric_input_size():
     )
     assert torch.isfinite(big.loss)
     assert abs(big.loss - small.loss) < 0.5 * small.loss
+
+
+def test_frame_pairs_respect_span():
+    i, j = corr.frame_pairs(5)
+    assert len(i) == 10 and ((j - i) > 0).all()
+    i, j = corr.frame_pairs(5, span=1)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_in_group_info_nce_matches_cross_entropy_over_the_group():
+    q, k = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
+    loss, pos, neg = corr.info_nce(q, k, None, tau=0.5)
+    qn, kn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    sims = qn @ kn.transpose(1, 2)
+    expected = torch.nn.functional.cross_entropy((sims / 0.5).flatten(0, 1), torch.arange(6).repeat(3), reduction="none")
+    assert torch.allclose(loss.flatten(), expected, atol=1e-5)
+    off = ~torch.eye(6, dtype=torch.bool)
+    assert torch.allclose(neg, sims[:, off].view(3, 6, 5).mean(-1), atol=1e-6)
+
+
+def test_neighbour_locations_are_the_3x3_ring():
+    width = 7
+    anchors = torch.tensor([[3 * width + 3]])
+    ring = corr.neighbour_locations(anchors, width)[0, 0].tolist()
+    assert ring == [(3 + dy) * width + 3 + dx for dy, dx in corr.NEIGHBOUR_OFFSETS]

@@ -717,7 +717,7 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
             if args.format == "mp4":
                 write_video(os.path.join(d, clip + ".mp4"), cl.frames, cl.fps, cl.audio, cl.sample_rate)
             else:
-                write_frames_dir(os.path.join(d, clip), cl.frames, cl.audio, cl.sample_rate)
+                write_frames_dir(os.path.join(d, clip), cl.frames, cl.audio, cl.sample_rate, fps=cl.fps)
             if emo != "neutral":
                 al = true_alignment(utterance, clips["neutral"].knots, cl.knots, cfg.fps)
                 truth.setdefault(speaker, {}).setdefault(emo, {})[f"{clip}_{clip}"] = al.round(3).tolist()

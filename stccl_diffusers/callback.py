@@ -1,0 +1,584 @@
+"""The diffusers reward-style STCCL callback (paper §8.3.3; ControlNet++-style single-step reward).
+
+diffusers has no training-time callback API, so this is one that feels native: a ``ConfigMixin``
+(``save_config`` / ``from_config``) that a training loop calls with the tensors it already has::
+
+    loss = diffusion_loss + stccl(model_pred=model_pred, anchor_pred=anchor_pred,
+                                  noisy_latents=noisy_latents, timesteps=timesteps)
+
+Per step: gate on t < 500 (``timestep_gate``), then for the gated clips only: x0-hat of the
+prediction (with gradient) and of the neutral anchor prediction (no gradient), decode both, score
+with the frozen ``STCCLMetric`` (anchor vs generated), return ``weight * loss`` in fp32.
+
+Latent layouts (video): ``(B, T, C, h, w)`` (UNetSpatioTemporalConditionModel) or ``(B*T, C, h, w)``
+with ``num_frames=T`` (frames of a clip contiguous, image UNets). Timesteps are ``(B,)`` or, for the
+flat layout, ``(B*T,)``; frames of one clip must share their noise level and the gate reads the
+clip's first frame. Images are clips of ``T = 1`` (use a metric with ``use_tcc=False``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from diffusers.callbacks import PipelineCallback
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from .diffusion import predict_x0, timestep_gate
+
+__all__ = [
+    "STCCLRewardCallback",
+    "STCCLValidationCallback",
+    "adapters_disabled",
+    "anchor_forward",
+    "crop_faces",
+    "decode_latents",
+    "zero_loss_like",
+]
+
+_STAT_KEYS = ("spatial_loss", "temporal_loss", "pos_sim", "neg_sim")
+
+
+# ----------------------------------------------------------------------------------------------
+# Functional pieces
+# ----------------------------------------------------------------------------------------------
+def zero_loss_like(t: torch.Tensor) -> torch.Tensor:
+    """fp32 scalar 0 still attached to ``t``'s graph (so ``backward`` is valid), NaN-safe (``0 * nan`` is nan)."""
+    if not t.requires_grad:
+        return torch.zeros((), device=t.device, dtype=torch.float32)
+    return torch.nan_to_num(t.reshape(-1)[:1].float(), nan=0.0, posinf=0.0, neginf=0.0).sum() * 0.0
+
+
+def crop_faces(frames: torch.Tensor, boxes: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Differentiable bilinear crop-and-resize of one box per frame.
+
+    Args:
+        frames: (N, C, H, W).
+        boxes: (N, 4) ``x1, y1, x2, y2`` in pixels of ``frames`` (x2, y2 exclusive edges).
+        size: (h, w) output size.
+    Returns:
+        (N, C, h, w).
+    """
+    if boxes.shape != (frames.shape[0], 4):
+        raise ValueError(f"expected face boxes (N, 4) = ({frames.shape[0]}, 4), got {tuple(boxes.shape)}")
+    n, _, h, w = frames.shape
+    b = boxes.to(device=frames.device, dtype=torch.float32)
+    theta = torch.zeros(n, 2, 3, device=frames.device, dtype=torch.float32)
+    theta[:, 0, 0] = (b[:, 2] - b[:, 0]) / w
+    theta[:, 0, 2] = (b[:, 0] + b[:, 2]) / w - 1
+    theta[:, 1, 1] = (b[:, 3] - b[:, 1]) / h
+    theta[:, 1, 2] = (b[:, 1] + b[:, 3]) / h - 1
+    grid = F.affine_grid(theta, [n, frames.shape[1], int(size[0]), int(size[1])], align_corners=False)
+    return F.grid_sample(frames.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _decoder_kind(decoder) -> str:
+    # Class names rather than imports: keeps older diffusers (0.29) and custom subclasses working.
+    names = {c.__name__ for c in type(decoder).__mro__}
+    if "AutoencoderKLTemporalDecoder" in names:
+        return "temporal"
+    if "AutoencoderTiny" in names or "AutoencoderKL" in names:
+        return "image"
+    if hasattr(decoder, "decode"):
+        return "image"
+    raise ValueError(
+        f"expected a decoder with .decode (AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny) or a "
+        f"decode_fn, got {type(decoder).__name__}"
+    )
+
+
+def decode_latents(
+    latents: torch.Tensor,
+    decoder=None,
+    decode_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    scaling_factor: float = 1.0,
+    shift_factor: float = 0.0,
+    chunk_size: Optional[int] = None,
+    gradient_checkpointing: bool = False,
+) -> torch.Tensor:
+    """Decode clips of latents to pixels.
+
+    Args:
+        latents: (n, T, C, h, w) scaled latents (as the denoiser sees them).
+        decoder: AutoencoderKL / AutoencoderTiny (``.decode(z)``, differentiable) or
+            AutoencoderKLTemporalDecoder (``.decode(z, num_frames=k)``; chunks never cross clips).
+        decode_fn: alternative ``(N, C, h, w) -> (N, 3, H, W)``; for pixel-space models.
+        scaling_factor, shift_factor: ``z = latents / scaling_factor + shift_factor`` before decoding.
+        chunk_size: frames per decoder call (bounds activation memory); None = all at once.
+        gradient_checkpointing: recompute decoder activations in backward instead of storing them.
+    Returns:
+        (n, T, 3, H, W) fp32 pixels as the decoder returns them (about [-1, 1]).
+    """
+    if latents.ndim != 5:
+        raise ValueError(f"expected latents (n, T, C, h, w), got {tuple(latents.shape)}")
+    n, t = latents.shape[:2]
+    z = latents.flatten(0, 1).float() / scaling_factor + shift_factor
+    if decode_fn is not None:
+        kind, dtype = "fn", z.dtype
+        fn = decode_fn
+    else:
+        if decoder is None:
+            raise ValueError("expected a decoder or a decode_fn, got neither")
+        kind = _decoder_kind(decoder)
+        dtype = next(decoder.parameters()).dtype
+
+        def fn(zc, k=None):
+            if kind == "temporal":
+                return decoder.decode(zc, num_frames=k, return_dict=False)[0]
+            return decoder.decode(zc, return_dict=False)[0]
+
+    z = z.to(dtype)
+    use_ckpt = gradient_checkpointing and torch.is_grad_enabled() and z.requires_grad
+    step = chunk_size or z.shape[0]
+
+    def run(zc, k):
+        call = (lambda a: fn(a, k)) if kind == "temporal" else fn
+        if use_ckpt:
+            return checkpoint(call, zc, use_reentrant=False)
+        return call(zc)
+
+    outs = []
+    if kind == "temporal":
+        step = min(step, t)
+        for clip in range(n):  # the temporal decoder mixes frames within a call: keep calls inside one clip
+            for s in range(0, t, step):
+                zc = z[clip * t + s: clip * t + min(s + step, t)]
+                outs.append(run(zc, zc.shape[0]))
+    else:
+        for s in range(0, z.shape[0], step):
+            outs.append(run(z[s: s + step], None))
+    px = torch.cat(outs).float()
+    return px.reshape(n, t, *px.shape[1:])
+
+
+def _unwrap(model):
+    while True:
+        if hasattr(model, "module") and isinstance(getattr(model, "module"), torch.nn.Module):
+            model = model.module  # DDP / accelerate wrappers
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # torch.compile
+        else:
+            return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Run ``model`` as its base model (peft adapters off), restoring the previous adapter state after.
+
+    The one place with peft/diffusers version-dependent code: a ``peft.PeftModel`` uses its own
+    ``disable_adapter()`` context manager; a model with adapters injected in place (diffusers
+    ``unet.add_adapter``, ``peft.inject_adapter_in_model``) has its ``BaseTunerLayer`` modules toggled.
+    """
+    inner = _unwrap(model)
+    if hasattr(inner, "disable_adapter") and hasattr(inner, "base_model") and hasattr(inner, "peft_config"):
+        with inner.disable_adapter():
+            yield model
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in inner.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise ValueError(
+            f"expected a peft-wrapped model (LoRA layers from peft, e.g. via unet.add_adapter), "
+            f"found no peft adapter layers in {type(inner).__name__}"
+        )
+    was_disabled = [bool(getattr(m, "disable_adapters", False)) for m in layers]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for m, off in zip(layers, was_disabled):
+            m.enable_adapters(not off)
+
+
+def _first_tensor(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample"):
+        return out.sample
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise ValueError(f"expected the model to return a tensor, a tuple or an output with .sample, got {type(out)}")
+
+
+def anchor_forward(model, *args, use_base_model: bool = False, **kwargs) -> torch.Tensor:
+    """The neutral-anchor prediction: ``model(*args, **kwargs)`` under ``no_grad`` (detached).
+
+    Pass the neutral conditioning in ``args``/``kwargs`` (same noisy latents, timesteps, identity,
+    audio; neutral emotion). ``use_base_model=True`` instead runs the peft model with adapters
+    disabled (the pre-fine-tuning model as anchor); both can be combined.
+    """
+    ctx = adapters_disabled(model) if use_base_model else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        return _first_tensor(model(*args, **kwargs)).detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# The stateful shell
+# ----------------------------------------------------------------------------------------------
+class STCCLRewardCallback(ConfigMixin):
+    r"""STCCL as a training-time reward: gated, decoded, scored against a neutral anchor.
+
+    Args (saved in the config):
+        gate_timestep: reward only for samples less noisy than this timestep (paper: 500); for sigma
+            schedulers it is converted to a sigma through the scheduler's 1000-step schedule.
+        weight: factor on the returned loss.
+        num_frames: frames per clip for the flat ``(B*T, C, h, w)`` layout (call argument wins).
+        frame_subset: frame indices to decode and score (None = all); bounds memory for long clips.
+        face_crop_size: output side of the face crop when ``face_boxes`` are given (None = decoded H, W).
+        decode_chunk_size: frames per decoder call (None = all gated frames at once).
+        gradient_checkpointing: checkpoint the decoder on the generated branch.
+        scaling_factor, shift_factor: latent scaling (None = read from ``decoder.config``; 1.0 / 0.0
+            with ``decode_fn``).
+        clamp_pixels: clamp decoded frames to [-1, 1] before the metric (its input contract).
+        metric_pretrained_path: ``STCCLMetric.from_pretrained`` source used when no ``metric`` is given.
+
+    Runtime objects (not in the config; pass to ``__init__`` or ``from_config``): ``metric``
+    (frozen ``STCCLMetric`` or a callable with its signature), ``scheduler``, ``decoder``, ``decode_fn``.
+    """
+
+    config_name = "stccl_callback_config.json"
+    ignore_for_config = ["metric", "scheduler", "decoder", "decode_fn"]
+
+    @register_to_config
+    def __init__(
+        self,
+        gate_timestep: float = 500,
+        weight: float = 1.0,
+        num_frames: Optional[int] = None,
+        frame_subset: Optional[list] = None,
+        face_crop_size: Optional[int] = None,
+        decode_chunk_size: Optional[int] = None,
+        gradient_checkpointing: bool = False,
+        scaling_factor: Optional[float] = None,
+        shift_factor: Optional[float] = None,
+        clamp_pixels: bool = True,
+        metric_pretrained_path: Optional[str] = None,
+        metric=None,
+        scheduler=None,
+        decoder=None,
+        decode_fn: Optional[Callable] = None,
+    ):
+        self.metric = None
+        self.scheduler = scheduler
+        self.decoder = decoder
+        self.decode_fn = decode_fn
+        self.last_stats: dict[str, Any] = {}
+        self._warned_nonfinite = False
+        if metric is None and metric_pretrained_path is not None:
+            from .metric import STCCLMetric  # lazy: the metric layer does not depend on this one
+
+            metric = STCCLMetric.from_pretrained(metric_pretrained_path)
+        if metric is not None:
+            self.set_metric(metric)
+
+    @classmethod
+    def from_config(cls, config=None, metric=None, scheduler=None, decoder=None, decode_fn=None, **kwargs):
+        """``ConfigMixin.from_config`` plus the runtime objects (which the config does not hold)."""
+        cb = super().from_config(config, **kwargs)
+        if metric is not None:
+            cb.set_metric(metric)
+        cb.scheduler = scheduler if scheduler is not None else cb.scheduler
+        cb.decoder = decoder if decoder is not None else cb.decoder
+        cb.decode_fn = decode_fn if decode_fn is not None else cb.decode_fn
+        return cb
+
+    def set_metric(self, metric) -> None:
+        """Hold ``metric`` frozen and in eval mode (it is a loss here, never trained)."""
+        if hasattr(metric, "freeze"):
+            metric.freeze()
+        if isinstance(metric, torch.nn.Module):
+            metric.eval()
+            metric.requires_grad_(False)
+        self.metric = metric
+
+    # -- gate ------------------------------------------------------------------------------------
+    def gate(self, timesteps, sigmas=None) -> torch.Tensor:
+        """(N,) bool mask, True where the reward applies. No host sync."""
+        self._require("scheduler")
+        return timestep_gate(self.scheduler, timesteps, self.config.gate_timestep, sigmas)
+
+    def needs_anchor(self, timesteps, sigmas=None) -> bool:
+        """Whether any sample is gated, so a script can skip the anchor forward (one host sync)."""
+        return bool(self.gate(timesteps, sigmas).any())
+
+    # -- main call -------------------------------------------------------------------------------
+    def __call__(
+        self,
+        model_pred: torch.Tensor,
+        anchor_pred: Optional[torch.Tensor],
+        noisy_latents: torch.Tensor,
+        timesteps,
+        num_frames: Optional[int] = None,
+        face_boxes: Optional[torch.Tensor] = None,
+        sigmas: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Weighted STCCL loss (fp32 scalar) to add to the diffusion loss.
+
+        Args:
+            model_pred: denoiser output with gradient, (B, T, C, h, w) or (B*T, C, h, w).
+            anchor_pred: the neutral-anchor output for the same noisy latents (same shape); may be
+                None only when nothing is gated (see ``needs_anchor``). Never receives gradient.
+            noisy_latents: x_t, same shape (unscaled by ``scale_model_input``).
+            timesteps: (B,) or, for the flat layout, (B*T,) timesteps given to the denoiser.
+            num_frames: T for the flat layout (default: the config's ``num_frames``, else 1).
+            face_boxes: optional (B, 4) or (B, T, 4) ``x1, y1, x2, y2`` in decoded-pixel units.
+            sigmas: optional per-sample sigmas (sigma schedulers; exact).
+            generator: forwarded to the metric's region sampling.
+        Returns:
+            ``weight * metric(anchor_px, generated_px).loss`` over the scored clips; an fp32 zero still
+            attached to ``model_pred``'s graph when no clip is scored. ``last_stats`` is updated.
+        """
+        self._require("scheduler")
+        if self.metric is None:
+            raise ValueError("expected a metric (STCCLMetric) on the callback, got none: pass metric= or "
+                             "metric_pretrained_path=")
+        if model_pred.shape != noisy_latents.shape:
+            raise ValueError(f"expected model_pred and noisy_latents of the same shape, got "
+                             f"{tuple(model_pred.shape)} and {tuple(noisy_latents.shape)}")
+        if anchor_pred is not None and anchor_pred.shape != model_pred.shape:
+            raise ValueError(f"expected anchor_pred of shape {tuple(model_pred.shape)}, got {tuple(anchor_pred.shape)}")
+        pred5, x5, t_frames, t_clip, b, t_len = self._layout(model_pred, noisy_latents, timesteps, num_frames)
+        s_frames = s_clip = None
+        if sigmas is not None:
+            _, _, s_frames, s_clip, _, _ = self._layout(model_pred, noisy_latents, sigmas, num_frames)
+
+        gate = self.gate(t_clip, s_clip)  # (B,)
+        zero = zero_loss_like(model_pred)
+        if anchor_pred is None:
+            # Cheap check first: without an anchor only an all-ungated batch is valid.
+            if bool(gate.any()):
+                raise ValueError("expected anchor_pred for a batch with gated samples, got None "
+                                 "(use callback.needs_anchor(timesteps) to decide when to run the anchor)")
+            self._set_stats(0, b, 0, 0, None, zero)
+            return zero
+
+        x0 = self._x0(model_pred, noisy_latents, t_frames, s_frames).reshape(pred5.shape)
+        with torch.no_grad():
+            x0_anchor = self._x0(anchor_pred.detach(), noisy_latents.detach(), t_frames, s_frames).reshape(pred5.shape)
+            finite = torch.isfinite(x0.detach()).flatten(1).all(1) & torch.isfinite(x0_anchor).flatten(1).all(1)
+            # One host transfer gives the gated indices and the skip count together.
+            flags = (gate.to(torch.uint8) | ((gate & ~finite).to(torch.uint8) << 1)).cpu().tolist()
+        gated = [i for i, f in enumerate(flags) if f & 1]
+        skipped = [i for i, f in enumerate(flags) if f & 2]
+        keep = sorted(set(gated) - set(skipped))
+        if skipped and not self._warned_nonfinite:
+            warnings.warn(
+                f"STCCLRewardCallback: non-finite x0-hat for {len(skipped)} gated sample(s); they are dropped "
+                "from the reward (counted in last_stats['num_skipped']). Warned once.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._warned_nonfinite = True
+        if not keep:
+            self._set_stats(len(gated), b, 0, len(skipped), None, zero)
+            return zero
+
+        idx = torch.tensor(keep, device=x0.device)
+        gen_px, anc_px = self._pixels(x0.index_select(0, idx), x0_anchor.index_select(0, idx), t_len,
+                                      face_boxes, idx)
+        out = self.metric(anc_px, gen_px, generator=generator)
+        loss = float(self.config.weight) * out.loss.float()
+        loss = torch.where(torch.isfinite(loss), loss, zero)  # a NaN never reaches the optimizer
+        self._set_stats(len(gated), b, len(keep), len(skipped), out, loss)
+        return loss
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _require(self, name):
+        if getattr(self, name) is None:
+            raise ValueError(f"expected a {name} on STCCLRewardCallback, got None")
+
+    def _layout(self, pred, x, timesteps, num_frames):
+        """-> pred as (B, T, C, h, w), x likewise, per-frame values (N,), per-clip values (B,), B, T."""
+        t = torch.as_tensor(timesteps, device=pred.device)
+        if pred.ndim == 5:
+            b, t_len = pred.shape[:2]
+            if t.ndim == 0:
+                t = t.expand(b)
+            if t.shape != (b,):
+                raise ValueError(f"expected timesteps ({b},) for latents (B, T, C, h, w) = {tuple(pred.shape)}, "
+                                 f"got {tuple(t.shape)}")
+            return pred, x, t, t, b, t_len
+        if pred.ndim != 4:
+            raise ValueError(f"expected latents (B, T, C, h, w) or (B*T, C, h, w), got {tuple(pred.shape)}")
+        t_len = int(num_frames or self.config.num_frames or 1)
+        n = pred.shape[0]
+        if n % t_len:
+            raise ValueError(f"expected a batch divisible by num_frames={t_len} for (B*T, C, h, w), got {n}")
+        b = n // t_len
+        if t.ndim == 0:
+            t = t.expand(n)
+        if t.shape == (b,):
+            t = t.repeat_interleave(t_len)
+        if t.shape != (n,):
+            raise ValueError(f"expected timesteps ({b},) or ({n},) for latents {tuple(pred.shape)} with "
+                             f"num_frames={t_len}, got {tuple(t.shape)}")
+        return pred.reshape(b, t_len, *pred.shape[1:]), x.reshape(b, t_len, *x.shape[1:]), t, t[::t_len], b, t_len
+
+    def _x0(self, pred, x, t_frames, s_frames):
+        # Flat layout: (B*T,) per-frame values; 5-D layout: (B,) broadcasts over T.
+        return predict_x0(self.scheduler, pred, x, t_frames, s_frames)
+
+    def _scaling(self):
+        cfg = getattr(self.decoder, "config", None) if self.decode_fn is None else None
+        scale = self.config.scaling_factor
+        if scale is None:
+            scale = getattr(cfg, "scaling_factor", None) if cfg is not None else None
+        shift = self.config.shift_factor
+        if shift is None:
+            shift = getattr(cfg, "shift_factor", None) if cfg is not None else None
+        return float(1.0 if scale is None else scale), float(0.0 if shift is None else shift)
+
+    def _pixels(self, x0, x0_anchor, t_len, face_boxes, idx):
+        subset = self.config.frame_subset
+        if subset is not None:
+            subset = list(subset)
+            if max(subset) >= t_len or min(subset) < -t_len:
+                raise ValueError(f"expected frame_subset indices within T={t_len}, got {subset}")
+            sub = torch.tensor(subset, device=x0.device)
+            x0, x0_anchor = x0.index_select(1, sub), x0_anchor.index_select(1, sub)
+        scale, shift = self._scaling()
+        kw = dict(decoder=self.decoder, decode_fn=self.decode_fn, scaling_factor=scale, shift_factor=shift,
+                  chunk_size=self.config.decode_chunk_size)
+        gen = decode_latents(x0, gradient_checkpointing=self.config.gradient_checkpointing, **kw)
+        with torch.no_grad():
+            anc = decode_latents(x0_anchor, **kw)
+        if face_boxes is not None:
+            boxes = torch.as_tensor(face_boxes, device=gen.device).float()
+            if boxes.ndim == 2:
+                boxes = boxes[:, None].expand(-1, t_len, 4)
+            if boxes.ndim != 3 or boxes.shape[1:] != (t_len, 4):
+                raise ValueError(f"expected face_boxes (B, 4) or (B, {t_len}, 4), got {tuple(face_boxes.shape)}")
+            boxes = boxes.index_select(0, idx)
+            if subset is not None:
+                boxes = boxes.index_select(1, sub)
+            size = self.config.face_crop_size
+            size = (size, size) if size else gen.shape[-2:]
+            n, k = gen.shape[:2]
+            flat = boxes.reshape(n * k, 4)
+            gen = crop_faces(gen.flatten(0, 1), flat, size).reshape(n, k, -1, *size)
+            anc = crop_faces(anc.flatten(0, 1), flat, size).reshape(n, k, -1, *size)
+        if self.config.clamp_pixels:
+            gen, anc = gen.clamp(-1, 1), anc.clamp(-1, 1)
+        self._move_metric(gen.device)
+        return gen, anc
+
+    def _move_metric(self, device):
+        if isinstance(self.metric, torch.nn.Module):
+            p = next(self.metric.parameters(), None)
+            if p is not None and p.device != device:
+                self.metric.to(device)
+
+    def _set_stats(self, n_gated, b, n_scored, n_skipped, out, loss):
+        dev = loss.device
+        stats = {
+            "gated_fraction": n_gated / max(b, 1),
+            "num_gated": n_gated,
+            "num_scored": n_scored,
+            "num_skipped": n_skipped,
+            "stccl_loss": loss.detach(),
+        }
+        for key in _STAT_KEYS:
+            if out is None:
+                # No clip scored: losses are 0, similarities undefined.
+                stats[key] = torch.full((), float("nan") if "sim" in key else 0.0, device=dev)
+            else:
+                stats[key] = torch.as_tensor(getattr(out, key)).detach().float()
+        self.last_stats = stats
+
+    def log_dict(self, prefix: str = "stccl/") -> dict[str, float]:
+        """``last_stats`` as plain floats for ``accelerator.log`` (one host sync; call at log intervals)."""
+        return {prefix + k: float(v) for k, v in self.last_stats.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference side: validation scores during sampling
+# ----------------------------------------------------------------------------------------------
+class STCCLValidationCallback(PipelineCallback):
+    """Records the STCCL score of x0-hat against a neutral anchor run while a pipeline samples.
+
+    Use two runs with the same seed: first the neutral run with ``mode="anchor"`` (stores the anchor
+    x0-hat per step), then the emotional run with ``mode="score"``; ``scores[step_index]`` holds the
+    ``metric(...)`` output per scored step (``out.loss`` etc.)::
+
+        cb = STCCLValidationCallback(reward=reward_callback, num_frames=T)
+        pipe(neutral_inputs, generator=g0, callback_on_step_end=cb.set_mode("anchor"))
+        pipe(emotional_inputs, generator=g1, callback_on_step_end=cb.set_mode("score"))
+
+    Pipelines hand callbacks the latents *after* each step, not the noise prediction, so x0-hat is
+    recovered from two consecutive latents of a deterministic first-order sigma sampler
+    (Euler with ``s_churn=0``, EDMEuler, FlowMatchEuler): ``x_next = x + (x - x0)/s (s_next - s)`` gives
+    ``x0 = x - s (x_next - x)/(s_next - s)``. The first step (no previous latents) is not scored.
+    Latents are ``(B, T, C, h, w)`` or ``(B*T, C, h, w)`` as in ``STCCLRewardCallback``.
+    """
+
+    tensor_inputs = ["latents"]
+    ignore_for_config = ["reward"]
+
+    @register_to_config
+    def __init__(self, cutoff_step_ratio=1.0, cutoff_step_index=None, num_frames: Optional[int] = None,
+                 every_n_steps: int = 1, reward: Optional[STCCLRewardCallback] = None):
+        super().__init__(cutoff_step_ratio=cutoff_step_ratio, cutoff_step_index=cutoff_step_index)
+        self.reward = reward
+        self.mode = "anchor"
+        self.anchor_x0: dict[int, torch.Tensor] = {}
+        self.scores: dict[int, Any] = {}
+        self._prev: Optional[torch.Tensor] = None
+
+    def set_mode(self, mode: str) -> "STCCLValidationCallback":
+        if mode not in ("anchor", "score"):
+            raise ValueError(f"expected mode 'anchor' or 'score', got {mode!r}")
+        self.mode = mode
+        self._prev = None
+        if mode == "anchor":
+            self.anchor_x0, self.scores = {}, {}
+        else:
+            self.scores = {}
+        return self
+
+    @staticmethod
+    def x0_from_consecutive(x: torch.Tensor, x_next: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+        """x0-hat of a deterministic Euler step ``x -> x_next`` between noise levels ``sigma -> sigma_next``."""
+        if sigma_next == sigma:
+            raise ValueError(f"expected distinct consecutive sigmas, got {sigma} twice")
+        xf = x.float()
+        return (xf - sigma * (x_next.float() - xf) / (sigma_next - sigma)).to(x.dtype)
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+        latents = callback_kwargs["latents"]
+        sch = pipeline.scheduler
+        if not hasattr(sch, "sigmas") or getattr(sch, "step_index", None) is None:
+            raise ValueError(
+                f"STCCLValidationCallback needs a sigma scheduler with a step index (EulerDiscreteScheduler, "
+                f"EDMEulerScheduler, FlowMatchEulerDiscreteScheduler), got {type(sch).__name__}"
+            )
+        prev, self._prev = self._prev, latents.detach().clone()
+        if prev is None or step_index % self.config.every_n_steps:
+            return callback_kwargs
+        j = int(sch.step_index) - 1  # the step just taken went sigmas[j] -> sigmas[j + 1]
+        x0 = self.x0_from_consecutive(prev, latents.detach(), float(sch.sigmas[j]), float(sch.sigmas[j + 1]))
+        if self.mode == "anchor":
+            self.anchor_x0[step_index] = x0
+        elif step_index in self.anchor_x0:
+            self.scores[step_index] = self.score(x0, self.anchor_x0[step_index])
+        return callback_kwargs
+
+    @torch.no_grad()
+    def score(self, x0: torch.Tensor, anchor_x0: torch.Tensor):
+        """Metric output for decoded x0-hat vs decoded anchor x0-hat (both latents, same layout)."""
+        r = self.reward
+        if r is None or r.metric is None:
+            raise ValueError("expected reward=STCCLRewardCallback with a metric, got none")
+        t_len = x0.shape[1] if x0.ndim == 5 else int(self.config.num_frames or r.config.num_frames or 1)
+        gen5 = x0 if x0.ndim == 5 else x0.reshape(-1, t_len, *x0.shape[1:])
+        anc5 = anchor_x0 if anchor_x0.ndim == 5 else anchor_x0.reshape(-1, t_len, *anchor_x0.shape[1:])
+        idx = torch.arange(gen5.shape[0], device=gen5.device)
+        gen, anc = r._pixels(gen5, anc5, t_len, None, idx)
+        return r.metric(anc, gen)

@@ -1,0 +1,304 @@
+"""``PairedClipDataset``: aligned (neutral anchor, emotional target) clips for metric learning.
+
+Every source is reduced to the same thing: a list of *aligned sequences*, each a DTW-style
+path ``(2, L)`` ``[[neutral_idx...], [emotional_idx...]]`` plus two frame readers. An item
+is ``T`` consecutive aligned steps of one sequence::
+
+    {"anchor": (T, 3, H, W) float32 in [-1, 1]   # neutral frames
+     "target": (T, 3, H, W) float32 in [-1, 1]}  # emotional frames saying the same thing
+
+Sources: MEAD prepared the official way (``align_img`` JPEGs + the official manifest),
+folders of paired videos (a ``stccl-pair`` manifest, or DTW on the fly), synthetic pairs
+rendered on the fly, and the tiled comparison videos of ``real_pairs/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .pairing import ClipPair, discover_pairs, manifest_frame_paths, pair_clips, read_manifest, split_pair_key
+from .video_io import VideoReadError, read_frames_dir, read_image, read_video
+
+__all__ = [
+    "AlignedSequence",
+    "PairedClipDataset",
+    "REAL_PAIR_TILES",
+    "frames_to_tensor",
+    "mead_sequences",
+    "video_sequences",
+    "real_pair_sequences",
+]
+
+# real_pairs/ tiles (x offsets of the 256-wide tiles) and the label-free square crop inside
+# a tile: the green label sits at y < 60, the face is centred, so (x0, y0, side) = (30, 60, 196).
+REAL_PAIR_TILES = {"source": 0, "reference": 256, "stccl_vd": 512, "ned": 768}
+REAL_PAIR_CROP = (30, 60, 196)
+
+
+def frames_to_tensor(frames: np.ndarray, size: Optional[int] = None) -> torch.Tensor:
+    """(T, H, W, 3) uint8 RGB -> (T, 3, size, size) float32 in [-1, 1] (area resize)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected frames (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if size is not None and frames.shape[1:3] != (size, size):
+        interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
+        frames = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@dataclass
+class AlignedSequence:
+    """One aligned clip pair. ``read_neutral(idx)`` / ``read_emotional(idx)`` return
+    (len(idx), H, W, 3) uint8 RGB; ``path`` is (2, L) int64."""
+
+    name: str
+    path: np.ndarray
+    read_neutral: Callable[[Sequence[int]], np.ndarray]
+    read_emotional: Callable[[Sequence[int]], np.ndarray]
+    emotion: str = ""
+
+
+class _VideoCache:
+    """Decoded videos, least recently used evicted (clips are small; decoding is the cost)."""
+
+    def __init__(self, capacity: int = 16):
+        self.capacity = capacity
+        self._d: "OrderedDict[str, np.ndarray]" = OrderedDict()
+
+    def get(self, path: str) -> np.ndarray:
+        if path in self._d:
+            self._d.move_to_end(path)
+            return self._d[path]
+        if os.path.isdir(path):
+            frames = read_frames_dir(path, with_audio=False).frames
+        else:
+            frames = read_video(path, with_audio=False).frames
+        self._d[path] = frames
+        if len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+        return frames
+
+
+def _take(frames: np.ndarray, idx: Sequence[int], name: str) -> np.ndarray:
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(frames)):
+        # Official manifests occasionally run one frame past a decoded clip: clamp, but only by a little.
+        if idx.max() >= len(frames) + 2:
+            raise VideoReadError(f"frame {int(idx.max())} requested but {name!r} has {len(frames)} frames")
+        idx = np.clip(idx, 0, len(frames) - 1)
+    return frames[idx]
+
+
+def mead_sequences(root: str, manifest: str, ext: str = ".jpg", emotions: Optional[Sequence[str]] = None) -> Tuple[List[AlignedSequence], List[Tuple[str, str]]]:
+    """Official MEAD preparation: ``root/<spk>/align_img/<emo>/<clip>/<idx:06d>.jpg`` + the manifest.
+
+    Returns ``(sequences, skipped)``; a pair whose first/last frame files are missing is skipped
+    with a reason (a partial MEAD download is common).
+    """
+    man = read_manifest(manifest)
+    seqs, skipped = [], []
+    for spk, es in sorted(man.items()):
+        for emo, ps in sorted(es.items()):
+            if emotions is not None and emo not in emotions:
+                continue
+            for key, path in sorted(ps.items()):
+                n_files, e_files = manifest_frame_paths(root, spk, emo, key, path, ext)
+                missing = [f for f in (n_files[0], n_files[-1], e_files[0], e_files[-1]) if not os.path.isfile(f)]
+                if missing:
+                    skipped.append((f"{spk}/{emo}/{key}", f"missing frame file {missing[0]!r}"))
+                    continue
+                n_clip, e_clip = split_pair_key(key)
+                n_dir = os.path.join(root, spk, "align_img", "neutral", n_clip)
+                e_dir = os.path.join(root, spk, "align_img", emo, e_clip)
+
+                def reader(d):
+                    return lambda idx: np.stack([read_image(os.path.join(d, f"{int(i):06d}{ext}")) for i in idx])
+
+                seqs.append(AlignedSequence(f"{spk}/{emo}/{key}", path, reader(n_dir), reader(e_dir), emo))
+    return seqs, skipped
+
+
+def video_sequences(
+    root: str,
+    manifest: Optional[str] = None,
+    layout: str = "auto",
+    level: Optional[str] = None,
+    cache: Optional[_VideoCache] = None,
+) -> Tuple[List[AlignedSequence], List[Tuple[str, str]]]:
+    """Folders of paired videos (MEAD ``video/front`` layout or emotion-named files).
+
+    With ``manifest`` (from ``stccl-pair``) pairs are looked up by (speaker, emotion, key);
+    without it each pair is DTW-aligned now. Unreadable pairs are skipped with a reason.
+    """
+    cache = cache or _VideoCache()
+    pairs = discover_pairs(root, layout, level)
+    man = read_manifest(manifest) if manifest else None
+    seqs, skipped = [], []
+    for cp in pairs:
+        name = f"{cp.speaker}/{cp.emotion}/{cp.key}"
+        if man is not None:
+            path = man.get(cp.speaker, {}).get(cp.emotion, {}).get(cp.key)
+            if path is None:
+                skipped.append((name, "not in manifest"))
+                continue
+        else:
+            try:
+                path = pair_clips(cp)
+            except ValueError as e:
+                skipped.append((name, str(e)))
+                continue
+        seqs.append(
+            AlignedSequence(
+                name,
+                path,
+                (lambda p: lambda idx: _take(cache.get(p), idx, p))(cp.neutral),
+                (lambda p: lambda idx: _take(cache.get(p), idx, p))(cp.emotional),
+                cp.emotion,
+            )
+        )
+    return seqs, skipped
+
+
+def real_pair_sequences(
+    directory: str,
+    target: str = "stccl_vd",
+    anchor: str = "source",
+    crop: Optional[Tuple[int, int, int]] = REAL_PAIR_CROP,
+    cache: Optional[_VideoCache] = None,
+    files: Optional[Sequence[str]] = None,
+) -> Tuple[List[AlignedSequence], List[Tuple[str, str]]]:
+    """The tiled comparison videos (1024x256: Source | Reference | STCCL_VD | NED).
+
+    Frame k of the ``anchor`` tile pairs with frame k of the ``target`` tile (identity path).
+    ``crop`` = (x0, y0, side) inside each tile removes the green label (y < 60).
+    """
+    for t in (target, anchor):
+        if t not in REAL_PAIR_TILES:
+            raise ValueError(f"expected a tile in {list(REAL_PAIR_TILES)}, got {t!r}")
+    cache = cache or _VideoCache()
+    names = sorted(files) if files is not None else sorted(n for n in os.listdir(directory) if n.endswith(".mp4"))
+    seqs, skipped = [], []
+    for n in names:
+        p = os.path.join(directory, n)
+        try:
+            frames = cache.get(p)
+        except VideoReadError as e:
+            skipped.append((n, str(e)))
+            continue
+        if frames.shape[1:3] != (256, 1024):
+            skipped.append((n, f"expected 1024x256 tiled frames, got {frames.shape[2]}x{frames.shape[1]}"))
+            continue
+        T = len(frames)
+
+        def tile(p, x):
+            def read(idx):
+                f = _take(cache.get(p), idx, p)[:, :, x : x + 256]
+                if crop is not None:
+                    cx, cy, s = crop
+                    f = f[:, cy : cy + s, cx : cx + s]
+                return np.ascontiguousarray(f)
+
+            return read
+
+        path = np.stack([np.arange(T), np.arange(T)])
+        emo = next((e for e in ("angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised", "neutral") if e in n), "")
+        seqs.append(AlignedSequence(n, path, tile(p, REAL_PAIR_TILES[anchor]), tile(p, REAL_PAIR_TILES[target]), emo))
+    return seqs, skipped
+
+
+class _SyntheticSequences:
+    """Marker for on-the-fly synthetic pairs (rendered per item, nothing cached)."""
+
+    def __init__(self, num_pairs: int, seed: int):
+        self.num_pairs = num_pairs
+        self.seed = seed
+
+
+class PairedClipDataset(Dataset):
+    """Aligned (anchor = neutral, target = emotional) clips of ``num_frames`` steps.
+
+    Build with one of the ``from_*`` constructors. ``size``: output frames are ``size x size``
+    (the metric resizes again to its ``input_size``). ``stride``: step between window starts
+    (default ``num_frames``: non-overlapping windows). ``aligner``: optional callable
+    ``(anchor_frames, target_frames) -> (anchor_frames, target_frames)`` on uint8 (T, H, W, 3)
+    arrays, e.g. :class:`stccl_diffusers.data.face_align.FaceAligner` (pose alignment, §4.1).
+
+    ``skipped`` lists ``(name, reason)`` of the pairs that could not be used.
+    """
+
+    def __init__(
+        self,
+        sequences,
+        num_frames: int = 4,
+        size: int = 224,
+        stride: Optional[int] = None,
+        aligner: Optional[Callable] = None,
+        skipped: Optional[List[Tuple[str, str]]] = None,
+    ):
+        if num_frames < 1:
+            raise ValueError(f"expected num_frames >= 1, got {num_frames}")
+        self.num_frames = int(num_frames)
+        self.size = int(size)
+        self.stride = int(stride or num_frames)
+        self.aligner = aligner
+        self.skipped = list(skipped or [])
+        self.synthetic = sequences if isinstance(sequences, _SyntheticSequences) else None
+        self.sequences: List[AlignedSequence] = [] if self.synthetic else list(sequences)
+        self.windows: List[Tuple[int, int]] = []
+        for s, seq in enumerate(self.sequences):
+            L = seq.path.shape[1]
+            if L < self.num_frames:
+                self.skipped.append((seq.name, f"only {L} aligned steps, need num_frames={self.num_frames}"))
+                continue
+            self.windows.extend((s, start) for start in range(0, L - self.num_frames + 1, self.stride))
+        if not self.synthetic and not self.windows:
+            raise ValueError(f"no usable clip pairs (skipped {len(self.skipped)}: {self.skipped[:3]})")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_synthetic(cls, num_pairs: int = 1000, num_frames: int = 4, size: int = 64, seed: int = 0) -> "PairedClipDataset":
+        """Synthetic pairs rendered on the fly; item ``i`` is deterministic (seed ``seed * 1_000_003 + i``)."""
+        return cls(_SyntheticSequences(int(num_pairs), int(seed)), num_frames, size)
+
+    @classmethod
+    def from_mead(cls, root: str, manifest: str, num_frames: int = 4, size: int = 224, ext: str = ".jpg", **kw) -> "PairedClipDataset":
+        seqs, skipped = mead_sequences(root, manifest, ext)
+        return cls(seqs, num_frames, size, skipped=skipped, **kw)
+
+    @classmethod
+    def from_videos(cls, root: str, manifest: Optional[str] = None, num_frames: int = 4, size: int = 224, layout: str = "auto", level: Optional[str] = None, **kw) -> "PairedClipDataset":
+        seqs, skipped = video_sequences(root, manifest, layout, level)
+        return cls(seqs, num_frames, size, skipped=skipped, **kw)
+
+    @classmethod
+    def from_real_pairs(cls, directory: str, target: str = "stccl_vd", num_frames: int = 4, size: int = 224, files: Optional[Sequence[str]] = None, **kw) -> "PairedClipDataset":
+        seqs, skipped = real_pair_sequences(directory, target, files=files)
+        return cls(seqs, num_frames, size, skipped=skipped, **kw)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return self.synthetic.num_pairs if self.synthetic else len(self.windows)
+
+    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} clips")
+        if self.synthetic:
+            from .synthetic import pair_clip_tensors
+
+            a, t = pair_clip_tensors(self.synthetic.seed * 1_000_003 + i, self.num_frames, self.size)
+            return {"anchor": a, "target": t}
+        s, start = self.windows[i]
+        seq = self.sequences[s]
+        steps = seq.path[:, start : start + self.num_frames]
+        a = seq.read_neutral(steps[0])
+        t = seq.read_emotional(steps[1])
+        if self.aligner is not None:
+            a, t = self.aligner(a, t)
+        return {"anchor": frames_to_tensor(a, self.size), "target": frames_to_tensor(t, self.size)}
