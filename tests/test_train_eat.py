@@ -90,3 +90,40 @@ def test_resume_after_kill_matches_an_uninterrupted_run(script, shared, tmp_path
     log_b = [json.loads(line) for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log_b] == [1, 2, 3, 4]
     assert [r["loss"] for r in log_b] == [r["loss"] for r in log]
+
+
+def test_talking_clip_windows_audio_and_short_clips_reported():
+    import numpy as np
+
+    from stccl_diffusers.training.talking_clips import TalkingClip, TalkingClipDataset, audio_frame_features
+
+    sr, fps = 16000, 25.0
+    t = np.arange(int(sr * 0.4)) / sr
+    # A tone that starts at frame 5: the log-mel energy of frames >= 5 is far above frames < 5.
+    audio = np.where(t >= 5 / fps, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
+    feats = audio_frame_features(audio, sr, fps, 10, n_mels=8, context=0)
+    assert feats.shape == (10, 8)
+    assert feats[7].mean() > feats[2].mean() + 0.5
+    frames = np.zeros((10, 16, 16, 3), np.uint8)
+    ref = frames[0]
+    clips = [TalkingClip(frames, audio, sr, fps, "happy", ref, np.array([2, 2, 14, 14], np.float32), "long"),
+             TalkingClip(frames[:2], audio[:1280], sr, fps, "sad", ref, np.array([2, 2, 14, 14], np.float32), "short")]
+    with pytest.warns(UserWarning, match="short"):
+        ds = TalkingClipDataset(clips, num_frames=3, n_mels=8, context=1)
+    assert len(ds) == 3 and ds.skipped == ["short (2 frames < 3)"]
+    item = ds[1]
+    assert item["frames"].shape == (3, 3, 16, 16) and item["audio"].shape == (3, 24)
+    assert item["waveform"].shape == (3 * 640,) and item["bbox"].shape == (3, 4)
+    assert float(item["frames"].min()) == -1.0
+
+
+def test_side_by_side_video_puts_target_left_and_anchor_right():
+    from stccl_diffusers.training.side_by_side import grid_image, side_by_side_frames
+
+    target = torch.ones(2, 3, 3, 32, 32)  # white
+    anchor = -torch.ones(2, 3, 3, 32, 32)  # black
+    video = side_by_side_frames(target, anchor)
+    assert video.shape == (3, 2 * 128, 2 * 128, 3)  # upscaled to >= 128 px, clips stacked
+    assert video[0, 100, 60].min() == 255 and video[0, 100, 200].max() == 0
+    grid = grid_image(target, anchor, truth=target)
+    assert grid.shape == (2 * 3 * 128, 3 * 128, 3)
