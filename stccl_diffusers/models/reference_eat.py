@@ -14,7 +14,7 @@ It mirrors the *structure* of EAT (facts §5) at a size that trains on a CPU in 
 - **Renderer** (:class:`KeypointRenderer`): face-vid2vid style. Keypoints of the source are found by
   a soft-argmax keypoint detector; the driving keypoints are source + expression offset; a mask
   network blends per-keypoint translations into a dense backward flow; the source is warped with
-  it and a residual network refines the result. Output through a sigmoid, in ``[0, 1]`` like EAT's
+  it and a residual network, FiLM-modulated by the emotion prompt, refines the result. Output through a sigmoid, in ``[0, 1]`` like EAT's
   ``OcclusionAwareSPADEGeneratorEam``.
 
 The forward returns EAT's layout: ``out["prediction"]`` is ``(B * T, 3, H, W)`` in ``[0, 1]``, so
@@ -146,11 +146,12 @@ class KeypointRenderer(nn.Module):
     """Animate a source face from keypoints: dense motion from sparse keypoint motion + residual.
 
     source ``(N, 3, H, W)`` in ``[0, 1]``, kp_source / kp_driving ``(N, K, 2)`` in ``[-1, 1]``
-    -> frame ``(N, 3, H, W)`` in ``[0, 1]``. Backward warp (face-vid2vid): a driving pixel ``p``
+    (and an optional emotion prompt ``(N, D)`` modulating the refinement) -> frame ``(N, 3, H, W)``
+    in ``[0, 1]``. Backward warp (face-vid2vid): a driving pixel ``p``
     near keypoint ``k`` samples the source at ``p + kp_source_k - kp_driving_k``.
     """
 
-    def __init__(self, num_kp: int, channels: int, sigma: float):
+    def __init__(self, num_kp: int, channels: int, sigma: float, prompt_dim: int = 0):
         super().__init__()
         self.num_kp, self.sigma = num_kp, sigma
         cin = 3 + 2 * num_kp
@@ -158,11 +159,17 @@ class KeypointRenderer(nn.Module):
                                       nn.Conv2d(channels, num_kp + 1, 3, 1, 1))
         self.refine = nn.Sequential(_conv_block(3 + 3 + num_kp, channels), _conv_block(channels, channels),
                                     _conv_block(channels, channels), nn.Conv2d(channels, 3, 3, 1, 1))
+        # Emotional adaptation of the renderer (EAT passes the prompt to its generator's `ea` modules):
+        # FiLM of the first refine features by the emotion prompt, identity at init.
+        self.prompt_film = nn.Linear(prompt_dim, 2 * channels) if prompt_dim else None
+        if self.prompt_film is not None:
+            nn.init.zeros_(self.prompt_film.weight)
+            nn.init.zeros_(self.prompt_film.bias)
         # Starts as a pure warp of the source: the residual is zero at init.
         nn.init.zeros_(self.refine[-1].weight)
         nn.init.zeros_(self.refine[-1].bias)
 
-    def forward(self, source, kp_source, kp_driving):
+    def forward(self, source, kp_source, kp_driving, prompt=None):
         n, _, h, w = source.shape
         # Motion is estimated at half resolution (as face-vid2vid does), then upsampled.
         hs, ws = max(h // 2, 8), max(w // 2, 8)
@@ -178,7 +185,11 @@ class KeypointRenderer(nn.Module):
         flow = make_grid(h, w, source.device, source.dtype).unsqueeze(0) + disp.permute(0, 2, 3, 1)
         warped = F.grid_sample(source, flow, mode="bilinear", padding_mode="border", align_corners=True)
         heat_full = gaussian_heatmaps(kp_driving, h, w, self.sigma)
-        residual = self.refine(torch.cat([warped, source, heat_full], dim=1))
+        h = self.refine[0](torch.cat([warped, source, heat_full], dim=1))
+        if prompt is not None and self.prompt_film is not None:
+            gamma, beta = self.prompt_film(prompt)[:, :, None, None].chunk(2, dim=1)
+            h = h * (1 + gamma) + beta
+        residual = self.refine[1:](h)
         return torch.sigmoid(torch.logit(warped.clamp(1e-3, 1 - 1e-3)) + residual), warped
 
 
@@ -224,7 +235,7 @@ class ReferenceEATModel(ModelMixin, ConfigMixin):
         self.prompt = EmotionPromptMapper(latent_dim, dim, num_emotions, num_deep_prompts, hidden=2 * dim)
         self.audio2exp = Audio2ExpressionTransformer(audio_dim, dim, num_layers, num_heads, num_kp,
                                                      max_frames, exp_scale)
-        self.renderer = KeypointRenderer(num_kp, c, kp_sigma)
+        self.renderer = KeypointRenderer(num_kp, c, kp_sigma, prompt_dim=dim)
 
     def _check(self, source, audio, y_trg, z_trg):
         cfg = self.config
@@ -264,7 +275,7 @@ class ReferenceEATModel(ModelMixin, ConfigMixin):
         exp = self.audio2exp(audio, prompt, deep, self.identity(source))
         kp_driving = kp_source.unsqueeze(1) + exp
         rep = lambda v: v.unsqueeze(1).expand(b, t, *v.shape[1:]).reshape(b * t, *v.shape[1:])  # noqa: E731
-        pred, warped = self.renderer(rep(source), rep(kp_source), kp_driving.reshape(b * t, -1, 2))
+        pred, warped = self.renderer(rep(source), rep(kp_source), kp_driving.reshape(b * t, -1, 2), rep(prompt))
         return {"prediction": pred, "warped": warped, "kp_source": kp_source, "kp_driving": kp_driving, "exp": exp}
 
     @staticmethod
