@@ -39,9 +39,9 @@ def shared(tmp_path_factory):
 def tiny_args(out, shared, **over):
     args = {
         "output_dir": out, "data_dir": shared / "data", "stccl_metric": shared / "metric", "report_to": "none",
-        "num_synthetic_pairs": 1, "resolution": 32, "num_frames": 3, "crop_size": 32,
-        "num_validation_clips": 1, "validation_frames": 4, "reference_render_channels": 8,
-        "train_batch_size": 2, "max_train_steps": 4, "learning_rate": 1e-3,
+        "num_synthetic_pairs": 1, "resolution": 32, "num_frames": 2, "crop_size": 32,
+        "num_validation_clips": 1, "validation_frames": 2, "reference_render_channels": 8,
+        "train_batch_size": 1, "max_train_steps": 4, "learning_rate": 1e-3,
         "stccl_weight": 0.05, "stccl_warmup_steps": 1, "stccl_ramp_steps": 1,
         "checkpointing_steps": 2, "validation_steps": 0, "validate_at_start": "false", "seed": 3,
     }
