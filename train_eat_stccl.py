@@ -4,7 +4,7 @@
     accelerate launch train_eat_stccl.py                       # embedded demo, CPU, a few minutes
     accelerate launch train_eat_stccl.py --config configs/eat_stccl.yaml \\
         --eat_root /path/to/EAT_code --eat_checkpoint ckpt/deepprompt_eam3d_all_final_313.pth.tar \\
-        --stccl_metric /path/to/stccl-metric
+        --metric_path /path/to/stccl-metric
 
 Online pseudo-pairing (paper §8.3.2): each step renders the target emotion (with gradient) and a
 neutral anchor (label 5, same audio, source and ``z_trg``, no gradient); STCCL between the cropped
@@ -25,6 +25,7 @@ import torch
 
 from stccl_diffusers import STCCLMetric
 from stccl_diffusers.adapters.eat import (
+    EAT_EMOTION_NAMES,
     EATAdapter,
     ReferenceEATGeneratorFull,
     check_eat_checkout,
@@ -33,9 +34,9 @@ from stccl_diffusers.adapters.eat import (
 )
 from stccl_diffusers.models.reference_eat import ReferenceEATModel
 from stccl_diffusers.training import TrainingConfig, build_accelerator, parse_config, train
-from stccl_diffusers.training.demo_metric import load_or_pretrain_metric
-from stccl_diffusers.training.talking_clips import TalkingClipDataset, synthetic_talking_clips
-from stccl_diffusers.training.side_by_side import make_validation_fn, write_summary
+from stccl_diffusers.training.clips import TalkingClipDataset
+from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips
+from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
 
@@ -58,8 +59,12 @@ class EATSTCCLConfig(TrainingConfig):
     """EAT trains modules in full (prompt, EAM, side-tuning); LoRA does not apply."""
 
     # -- STCCL -----------------------------------------------------------------------------
-    stccl_metric: Optional[str] = None
-    """A `save_pretrained` STCCLMetric; None pretrains a small one into `output_dir/stccl_metric`."""
+    metric_path: Optional[str] = None
+    """A `save_pretrained` STCCLMetric; None pretrains a small one into `output_dir/metric`."""
+    metric_backbone: list = field(default_factory=lambda: ["1", "1", "1", "1"])
+    """Demo metric: `r18|r34|r50|r100` or 4 stage depths."""
+    metric_input_size: int = 64
+    metric_pretrain_steps: int = 12
     stccl_weight: float = 1.0
     stccl_warmup_steps: int = 0
     """Optimizer steps without the STCCL term (no anchor render, no metric)."""
@@ -67,24 +72,27 @@ class EATSTCCLConfig(TrainingConfig):
     """Then a linear ramp of the weight over this many steps."""
     crop_size: int = 112
     """Face crops (from `bboxs`) fed to the metric; the metric resizes to its input_size."""
-    metric_backbone: list = field(default_factory=lambda: ["r50"])
-    """Demo metric: `r18|r34|r50|r100` or 4 stage depths."""
-    metric_input_size: int = 224
-    metric_pretrain_steps: int = 0
-    metric_pretrain_batch_size: int = 8
 
     # -- data ------------------------------------------------------------------------------
-    data: str = "synthetic"
-    """`synthetic` (embedded default) or `eat` (EAT's own data set from `eat_config`)."""
-    data_dir: Optional[str] = None
-    """Cache of the synthetic clips (default `output_dir/data`)."""
-    num_synthetic_pairs: int = 8
+    data: str = "clips"
+    """`clips` (a folder of labelled .mp4 clips with audio, MEAD layout; synthesized for the demo)
+    or `eat` (EAT's own data set from `eat_config`)."""
+    data_dir: str = "outputs/eat_demo_data"
+    synthesize_if_missing: bool = True
+    synth_speakers: int = 3
+    synth_clips: int = 2
+    windows_per_clip: int = 4
     resolution: int = 256
     num_frames: int = 5
     num_validation_clips: int = 2
     validation_frames: int = 25
     """Frames per validation clip (rendered num_frames at a time, one z_trg per clip)."""
     validation_seed: int = 1234
+
+
+def _backbone(value: list):
+    """`["r50"]` -> "r50"; `["1", "1", "1", "1"]` -> [1, 1, 1, 1]."""
+    return value[0] if len(value) == 1 else [int(x) for x in value]
 
 
 def _eat_config_path(cfg: EATSTCCLConfig) -> Optional[Path]:
@@ -115,27 +123,29 @@ def build_backend(cfg: EATSTCCLConfig, audio_dim: int):
     return ReferenceEATGeneratorFull(model), cfg.resolution
 
 
-def build_data(cfg: EATSTCCLConfig):
-    """(train set, collate, validation batch) for the configured data."""
-    if cfg.data == "synthetic":
-        cache = cfg.data_dir or str(Path(cfg.output_dir) / "data")
-        train_set = TalkingClipDataset(
-            synthetic_talking_clips(cfg.num_synthetic_pairs, cfg.resolution, cfg.seed, cache), cfg.num_frames)
-        held_out = TalkingClipDataset(
-            synthetic_talking_clips(cfg.num_validation_clips, cfg.resolution, cfg.validation_seed, cache),
-            cfg.validation_frames)
-        # The first window of each emotional clip of unseen identities and sentences.
-        firsts = [i for i, (c, s) in enumerate(held_out.windows) if s == 0]
-        val_items = [held_out[i] for i in firsts if held_out[i]["emotion"] != "neutral"]
-        val_batch = eat_collate(val_items[: cfg.num_validation_clips])
-        return train_set, eat_collate, val_batch, train_set.audio_dim
+def build_data(cfg: EATSTCCLConfig, progress: bool = True):
+    """(train set, collate, validation batch, audio feature size) for the configured data."""
+    if cfg.data == "clips":
+        size = max(64, cfg.resolution)
+        if cfg.synthesize_if_missing:
+            ensure_synthetic_clips(cfg.data_dir, cfg.synth_speakers, cfg.synth_clips, size=size, seed=cfg.seed)
+            # Validation: other identities and sentences than training.
+            ensure_synthetic_clips(f"{cfg.data_dir}_val", 1, 1, size=size, seed=cfg.validation_seed)
+        train_set = TalkingClipDataset(cfg.data_dir, EAT_EMOTION_NAMES, cfg.num_frames, cfg.resolution,
+                                       windows_per_clip=cfg.windows_per_clip, progress=progress)
+        val_dir = f"{cfg.data_dir}_val" if Path(f"{cfg.data_dir}_val").is_dir() else cfg.data_dir
+        held_out = TalkingClipDataset(val_dir, EAT_EMOTION_NAMES, cfg.validation_frames, cfg.resolution,
+                                      windows_per_clip=1, progress=progress)
+        emotional = [held_out[i] for i in range(len(held_out)) if int(held_out[i]["emotion"]) != 5]
+        val_batch = eat_collate((emotional or [held_out[0]])[: cfg.num_validation_clips])
+        return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1]
     if cfg.data == "eat":
         from stccl_diffusers.adapters.eat import load_eat_dataset
 
         train_set = load_eat_dataset(cfg.eat_root, _eat_config_path(cfg))
         val_batch = torch.utils.data.default_collate([train_set[i] for i in range(cfg.num_validation_clips)])
         return train_set, None, val_batch, None
-    raise ValueError(f"data must be 'synthetic' or 'eat', got {cfg.data!r}")
+    raise ValueError(f"data must be 'clips' or 'eat', got {cfg.data!r}")
 
 
 def main(argv=None, stop_after_steps: Optional[int] = None):
@@ -150,13 +160,15 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     accelerator = build_accelerator(cfg)
     torch.manual_seed(cfg.seed)
 
-    # 1. Data, 2. the frozen STCCL metric, 3. the generator behind EAT's interface.
-    train_set, collate, val_batch, audio_dim = build_data(cfg)
+    # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
+    out = Path(cfg.output_dir)
     with accelerator.main_process_first():
-        metric = load_or_pretrain_metric(cfg.stccl_metric, Path(cfg.output_dir) / "stccl_metric",
-                                         backbone=cfg.metric_backbone, input_size=cfg.metric_input_size,
-                                         steps=cfg.metric_pretrain_steps, batch_size=cfg.metric_pretrain_batch_size,
-                                         seed=cfg.seed)
+        train_set, collate, val_batch, audio_dim = build_data(cfg, progress=accelerator.is_local_main_process)
+        metric, metric_info = ensure_metric(
+            cfg.metric_path, out / "metric", backbone=_backbone(cfg.metric_backbone), input_size=cfg.metric_input_size,
+            steps=cfg.metric_pretrain_steps, seed=cfg.seed, progress=accelerator.is_local_main_process)
+
+    # 2. The generator behind EAT's interface, wrapped with the STCCL term.
     generator_full, image_size = build_backend(cfg, audio_dim)
     adapter = EATAdapter(
         generator_full, metric, weight=cfg.stccl_weight, warmup_steps=cfg.stccl_warmup_steps,
@@ -164,17 +176,30 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
         num_frames=cfg.num_frames, trainable_modules=cfg.trainable_modules,
     )
 
-    # 4. The shared loop; validation renders the fixed clips in the target emotion and in neutral.
-    validation_fn = make_validation_fn(val_batch, metric, Path(cfg.output_dir) / "validation", seed=cfg.seed,
-                                       truth_key="driving" if cfg.data == "synthetic" else None, truth_range="[0,1]")
+    # 3. Fixed validation clips, rendered in their emotion and in neutral (the adapter renders both).
+    validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_batch.get("fps", 25.0)),
+                                       seed=cfg.validation_seed, audio_key="waveform")
+
+    # 4. The shared loop: checkpoints, resume, NaN guard, trackers, validation.
     result = train(adapter, train_set, cfg, accelerator=accelerator, collate_fn=collate, validation_fn=validation_fn,
                    stop_after_steps=stop_after_steps)
 
+    # 5. The trained model, loss curves and the metrics JSON.
     if accelerator.is_main_process and result.global_step >= cfg.max_train_steps:
         if isinstance(generator_full, ReferenceEATGeneratorFull):
-            generator_full.model.save_pretrained(Path(cfg.output_dir) / "reference_eat")
-        summary = write_summary(result, cfg, Path(cfg.output_dir), wall_time_s=time.perf_counter() - started)
-        print(json.dumps({k: summary[k] for k in ("wall_time_s", "first_validation", "last_validation")}, indent=1))
+            generator_full.model.save_pretrained(out / "reference_eat")
+        plot_loss_curves(result.step_log, out / "loss_curves.png", keys=("loss", "rec", "stccl", "stccl_raw"),
+                         validations=result.validations)
+        info = {"config": cfg._config_path, **metric_info, "num_clips": len(getattr(train_set, "clips", [])),
+                "skipped_clips": getattr(train_set, "skipped", []), "global_step": result.global_step,
+                "skipped_steps": result.skipped_steps, "resumed_from": result.resumed_from,
+                "validations": result.validations,
+                "first_validation": result.validations[0] if result.validations else None,
+                "last_validation": result.validations[-1] if result.validations else None,
+                "wall_time_s": time.perf_counter() - started}
+        write_metrics_json(out / "metrics.json", info)
+        accelerator.print(json.dumps({k: info[k] for k in ("wall_time_s", "first_validation", "last_validation")},
+                                     indent=1))
     return result
 
 

@@ -38,8 +38,9 @@ def shared(tmp_path_factory):
 
 def tiny_args(out, shared, **over):
     args = {
-        "output_dir": out, "data_dir": shared / "data", "stccl_metric": shared / "metric", "report_to": "none",
-        "num_synthetic_pairs": 1, "resolution": 32, "num_frames": 2, "crop_size": 32,
+        "output_dir": out, "data_dir": shared / "data", "metric_path": shared / "metric", "report_to": "none",
+        "synth_speakers": 1, "synth_clips": 1, "windows_per_clip": 2, "resolution": 32, "num_frames": 2,
+        "crop_size": 32,
         "num_validation_clips": 1, "validation_frames": 2, "reference_render_channels": 8,
         "train_batch_size": 1, "max_train_steps": 4, "learning_rate": 1e-3,
         "stccl_weight": 0.05, "stccl_warmup_steps": 1, "stccl_ramp_steps": 1,
@@ -58,6 +59,23 @@ def test_configs_parse_with_no_unknown_keys(script):
     assert real.resolution == 256 and real.num_frames == 5 and real.data == "eat"
 
 
+def test_eat_collate_builds_eat_batches_from_talking_clips():
+    from stccl_diffusers.adapters.eat import eat_collate
+
+    g = torch.Generator().manual_seed(0)
+    items = [{"frames": torch.rand(3, 3, 16, 16, generator=g) * 2 - 1, "reference": torch.zeros(3, 16, 16),
+              "audio": torch.randn(1920, generator=g) * 0.1, "emotion": torch.tensor(e),
+              "face_box": torch.tensor([1.0, 2.0, 15.0, 16.0]), "fps": torch.tensor(25.0)} for e in (4, 5)]
+    batch = eat_collate(items)
+    assert batch["source"].shape == (2, 3, 16, 16) and float(batch["source"].max()) == 0.5  # [-1,1] -> [0,1]
+    assert torch.allclose(batch["driving"], (torch.stack([i["frames"] for i in items]) + 1) / 2)
+    assert batch["audio"].shape == (2, 3, 60) and batch["y_trg"].tolist() == [4, 5]
+    assert batch["bboxs"].shape == (2, 3, 4) and batch["bboxs"][1, 2].tolist() == [1.0, 2.0, 15.0, 16.0]
+    items[0]["emotion"] = torch.tensor(8)
+    with pytest.raises(ValueError, match=r"EAT emotion labels in \[0, 8\)"):
+        eat_collate(items)
+
+
 def test_a_wrong_eat_checkout_fails_first_naming_the_files(script, tmp_path):
     with pytest.raises(FileNotFoundError, match="modules/model_transformer.py"):
         script.main(["--eat_root", str(tmp_path), "--eat_checkpoint", str(tmp_path / "x.pth.tar"),
@@ -70,9 +88,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(script, shared, tmp_path
     assert full.global_step == 4
     # The run leaves validation media, the metrics JSON and loss curves.
     out = tmp_path / "full"
-    assert (out / "validation" / "step_000004.png").is_file() and (out / "validation" / "step_000004.mp4").is_file()
+    assert (out / "validation" / "step-000004.png").is_file() and (out / "validation" / "step-000004.mp4").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["last_validation"]["step"] == 4 and "pos_sim" in metrics["last_validation"]
+    assert metrics["first_validation"]["step"] == 4  # validate_at_start off: the end-of-run one only
     assert (out / "loss_curves.png").is_file() and (out / "reference_eat" / "config.json").is_file()
     # STCCL was off at step 1 and on afterwards (warm-up 1, ramp 1).
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -91,39 +110,3 @@ def test_resume_after_kill_matches_an_uninterrupted_run(script, shared, tmp_path
     assert [r["step"] for r in log_b] == [1, 2, 3, 4]
     assert [r["loss"] for r in log_b] == [r["loss"] for r in log]
 
-
-def test_talking_clip_windows_audio_and_short_clips_reported():
-    import numpy as np
-
-    from stccl_diffusers.training.talking_clips import TalkingClip, TalkingClipDataset, audio_frame_features
-
-    sr, fps = 16000, 25.0
-    t = np.arange(int(sr * 0.4)) / sr
-    # A tone that starts at frame 5: the log-mel energy of frames >= 5 is far above frames < 5.
-    audio = np.where(t >= 5 / fps, 0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
-    feats = audio_frame_features(audio, sr, fps, 10, n_mels=8, context=0)
-    assert feats.shape == (10, 8)
-    assert feats[7].mean() > feats[2].mean() + 0.5
-    frames = np.zeros((10, 16, 16, 3), np.uint8)
-    ref = frames[0]
-    clips = [TalkingClip(frames, audio, sr, fps, "happy", ref, np.array([2, 2, 14, 14], np.float32), "long"),
-             TalkingClip(frames[:2], audio[:1280], sr, fps, "sad", ref, np.array([2, 2, 14, 14], np.float32), "short")]
-    with pytest.warns(UserWarning, match="short"):
-        ds = TalkingClipDataset(clips, num_frames=3, n_mels=8, context=1)
-    assert len(ds) == 3 and ds.skipped == ["short (2 frames < 3)"]
-    item = ds[1]
-    assert item["frames"].shape == (3, 3, 16, 16) and item["audio"].shape == (3, 24)
-    assert item["waveform"].shape == (3 * 640,) and item["bbox"].shape == (3, 4)
-    assert float(item["frames"].min()) == -1.0
-
-
-def test_side_by_side_video_puts_target_left_and_anchor_right():
-    from stccl_diffusers.training.side_by_side import grid_image, side_by_side_frames
-
-    target = torch.ones(2, 3, 3, 32, 32)  # white
-    anchor = -torch.ones(2, 3, 3, 32, 32)  # black
-    video = side_by_side_frames(target, anchor)
-    assert video.shape == (3, 2 * 128, 2 * 128, 3)  # upscaled to >= 128 px, clips stacked
-    assert video[0, 100, 60].min() == 255 and video[0, 100, 200].max() == 0
-    grid = grid_image(target, anchor, truth=target)
-    assert grid.shape == (2 * 3 * 128, 3 * 128, 3)

@@ -57,6 +57,7 @@ __all__ = [
     "load_eat_generator_full",
     "set_eat_trainable",
     "EMOTION_TO_EAT",
+    "EAT_EMOTION_NAMES",
     "eat_collate",
     "load_eat_dataset",
 ]
@@ -168,24 +169,35 @@ def stccl_on_frames(
     return metric(anchor.float() * 2 - 1, target.float() * 2 - 1, generator=generator)
 
 
-def eat_collate(items: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Talking-clip items (:class:`~stccl_diffusers.training.talking_clips.TalkingClipDataset`) -> an
-    EAT-style batch: ``source`` ``(B, 3, H, W)`` and ``driving`` ``(B, T, 3, H, W)`` in ``[0, 1]``,
-    ``audio`` ``(B, T, F)``, ``y_trg`` ``(B,)`` EAT labels, ``bboxs`` ``(B, T, 4)`` pixels, plus
-    ``waveform``, ``sample_rate``, ``fps`` for validation videos."""
-    unknown = sorted({it["emotion"] for it in items if it["emotion"] not in EMOTION_TO_EAT})
-    if unknown:
-        raise ValueError(f"expected emotions from {list(EMOTION_TO_EAT)}, got {unknown}")
-    stack = lambda k: torch.stack([it[k] for it in items])  # noqa: E731
+#: The emotion vocabulary in EAT's label order (MEAD spellings, as the data folders are named):
+#: ``TalkingClipDataset(root, EAT_EMOTION_NAMES, ...)`` then yields EAT labels directly.
+EAT_EMOTION_NAMES = tuple(EMOTION_TO_EAT)
+
+
+def eat_collate(items: Sequence[Dict[str, Any]], n_mels: int = 20, context: int = 1) -> Dict[str, Any]:
+    """Talking-clip items (:class:`~stccl_diffusers.training.clips.TalkingClipDataset` built with
+    :data:`EAT_EMOTION_NAMES`) -> an EAT-style batch: ``source`` ``(B, 3, H, W)`` and ``driving``
+    ``(B, T, 3, H, W)`` in ``[0, 1]``, ``audio`` ``(B, T, n_mels * (2 * context + 1))`` per-frame
+    log-mel, ``y_trg`` ``(B,)`` EAT labels, ``bboxs`` ``(B, T, 4)`` pixels, ``waveform`` ``(B, N)``
+    (for validation videos), ``fps``."""
+    from ..models.reference_dice import audio_frame_features
+
+    stack = lambda k: torch.stack([torch.as_tensor(it[k]) for it in items])  # noqa: E731
+    frames = stack("frames")
+    b, t = frames.shape[:2]
+    fps = float(items[0]["fps"])
+    waveform = stack("audio")
+    y = stack("emotion").long().view(b)
+    if int(y.min()) < 0 or int(y.max()) >= len(EAT_EMOTIONS):
+        raise ValueError(f"expected EAT emotion labels in [0, 8) ({EAT_EMOTION_NAMES}), got {y.tolist()}")
     return {
         "source": stack("reference").add(1).div(2),
-        "driving": stack("frames").add(1).div(2),
-        "audio": stack("audio"),
-        "y_trg": torch.tensor([EMOTION_TO_EAT[it["emotion"]] for it in items]),
-        "bboxs": stack("bbox"),
-        "waveform": stack("waveform"),
-        "sample_rate": int(items[0]["sample_rate"]),
-        "fps": float(items[0]["fps"]),
+        "driving": frames.add(1).div(2),
+        "audio": audio_frame_features(waveform, 16000, fps, t, n_mels=n_mels, context=context),
+        "y_trg": y,
+        "bboxs": stack("face_box").float().view(b, 1, 4).expand(b, t, 4).contiguous(),
+        "waveform": waveform,
+        "fps": fps,
     }
 
 
