@@ -27,6 +27,7 @@ setup(
         "imageio",
         "imageio-ffmpeg",
         "tensorboard",
+        "threadpoolctl",
     ],
     extras_require={
         "face": ["insightface>=0.7", "onnxruntime"],
@@ -35,6 +36,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "stccl-eval=stccl_diffusers.eval.cli:main",
         ],
     },
 )

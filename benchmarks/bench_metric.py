@@ -1,7 +1,7 @@
 """Forward+backward time and peak memory of the STCCL loss: ours vs a straightforward loop version.
 
-The reference below is written the way research code usually is: a Python loop over layers,
-samples and anchor regions, one small InfoNCE per region. It uses the same backbone, heads and
+The reference below is written the way research code usually is: Python loops over layers,
+samples and frame pairs, one small InfoNCE per sample. It uses the same backbone, heads and
 sampling rule, so both compute the same quantity; only the vectorisation differs.
 
     python benchmarks/bench_metric.py                      # B=2, T=5, 224x224, iresnet50, VD and CM
@@ -9,15 +9,13 @@ sampling rule, so both compute the same quantity; only the vectorisation differs
 
 Prints, for each correlation, the time of the full step (backbone + loss, forward+backward), the
 time of the loss alone on precomputed features, and the peak memory, with ratios reference/ours.
-Peak memory is CUDA's max_memory_allocated on a GPU; on CPU each variant runs in a fresh process
-and the peak RSS growth over the process's state before the step is reported.
+Memory is CUDA's max_memory_allocated of one step on a GPU; on CPU, the bytes autograd saves for
+backward in the forward pass, each storage counted once (the activation memory at a step's peak).
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import statistics
 import time
 
@@ -29,56 +27,50 @@ from stccl_diffusers import correlation as corr
 
 
 def reference_loss(metric: STCCLMetric, fx, fy, batch: int, frames: int, seed: int = 0) -> torch.Tensor:
-    """STCCL with explicit loops (per layer, per sample, per region), paper-style negatives."""
+    """STCCL as research code writes it: a Python loop over layers and over samples (frames for
+    SCC, clips for TCC), with each sample's regions indexed directly, paper-style negatives, CAAS
+    per region, and a separate InfoNCE per sample and layer."""
     cfg = metric.config
     g = torch.Generator().manual_seed(seed)
+    ring = torch.tensor(corr.NEIGHBOUR_OFFSETS)
     total = 0.0
     for l in cfg.layers:
         x, y = fx[l - 1], fy[l - 1]
         n, c, h, w = x.shape
-        head = metric.scc_heads[l - 1]
-        count = metric._num_samples[l - 1]
-        for b in range(n):
-            anchors = corr.sample_anchor_locations(1, h, w, count, cfg.sample_window, g)[0].tolist()
-            for a in anchors:
-                r, col = divmod(a, w)
-                zx, zy = [], []
-                for dy, dx in corr.NEIGHBOUR_OFFSETS:
-                    j = (r + dy, col + dx)
-                    zx.append(corr.correlate(cfg.correlation, x[b, :, r, col], x[b, :, j[0], j[1]]))
-                    zy.append(corr.correlate(cfg.correlation, y[b, :, r, col], y[b, :, j[0], j[1]]))
-                negs = []
-                for _ in range(cfg.num_negatives):
-                    k = int(torch.randint(0, h * w, (1,), generator=g))
-                    negs.append(corr.correlate(cfg.correlation, y[b, :, r, col], y[b, :, k // w, k % w]))
-                q, kpos, kneg = head(torch.stack(zx)), head(torch.stack(zy)), head(torch.stack(negs))
-                wts = corr.caas_weights(corr.caas_strength(torch.stack(zx)))
-                for j in range(8):
-                    qn = F.normalize(q[j], dim=0)
-                    lp = qn @ F.normalize(kpos[j], dim=0)
-                    ln = F.normalize(kneg, dim=1) @ qn
-                    logits = torch.cat([lp[None], ln]) / cfg.tau
-                    total = total + wts[j] * (torch.logsumexp(logits, 0) - logits[0]) / (n * len(anchors) * 8)
+        for b in range(n):  # SCC, one image at a time
+            anchors = corr.sample_anchor_locations(1, h, w, metric._num_samples[l - 1], cfg.sample_window, g)[0]
+            r, col = anchors // w, anchors % w
+            nr, nc = r[:, None] + ring[:, 0], col[:, None] + ring[:, 1]          # (S, 8)
+            zx = corr.correlate(cfg.correlation, x[b, :, r, col].T[:, None], x[b, :, nr, nc].permute(1, 2, 0))
+            zy = corr.correlate(cfg.correlation, y[b, :, r, col].T[:, None], y[b, :, nr, nc].permute(1, 2, 0))
+            k = torch.randint(0, h * w, (len(anchors), cfg.num_negatives), generator=g)
+            zn = corr.correlate(cfg.correlation, y[b, :, r, col].T[:, None], y[b, :, k // w, k % w].permute(1, 2, 0))
+            head = metric.scc_heads[l - 1]
+            q, kp, kn = (F.normalize(head(z), dim=-1) for z in (zx, zy, zn))
+            lp = (q * kp).sum(-1)                                                 # (S, 8)
+            ln = torch.einsum("sjd,smd->sjm", q, kn)
+            logits = torch.cat([lp[..., None], ln], -1) / cfg.tau
+            wts = corr.caas_weights(corr.caas_strength(zx))
+            total = total + (wts * (torch.logsumexp(logits, -1) - logits[..., 0])).mean() / n
         if cfg.use_tcc:
-            head = metric.tcc_heads[l - 1]
             xs, ys = x.view(batch, frames, c, h, w), y.view(batch, frames, c, h, w)
-            for b in range(batch):
-                locs = corr.sample_anchor_locations(1, h, w, metric._temporal_samples[l - 1], cfg.sample_window, g)[0].tolist()
-                for p in locs:
-                    r, col = divmod(p, w)
-                    for i in range(frames):
-                        for j in range(i + 1, frames):
-                            zx = corr.correlate(cfg.correlation, xs[b, i, :, r, col], xs[b, j, :, r, col])
-                            zy = corr.correlate(cfg.correlation, ys[b, i, :, r, col], ys[b, j, :, r, col])
-                            negs = []
-                            for _ in range(cfg.num_negatives):
-                                k = int(torch.randint(0, h * w, (1,), generator=g))
-                                negs.append(corr.correlate(cfg.correlation, ys[b, i, :, k // w, k % w], ys[b, j, :, k // w, k % w]))
-                            qn = F.normalize(head(zx), dim=0)
-                            lp = qn @ F.normalize(head(zy), dim=0)
-                            ln = F.normalize(head(torch.stack(negs)), dim=1) @ qn
-                            logits = torch.cat([lp[None], ln]) / cfg.tau
-                            total = total + (torch.logsumexp(logits, 0) - logits[0]) / (batch * len(locs) * frames * (frames - 1) / 2)
+            head = metric.tcc_heads[l - 1]
+            for b in range(batch):  # TCC, one clip at a time, one frame pair at a time
+                locs = corr.sample_anchor_locations(1, h, w, metric._temporal_samples[l - 1], cfg.sample_window, g)[0]
+                r, col = locs // w, locs % w
+                k = torch.randint(0, h * w, (len(locs), cfg.num_negatives), generator=g)
+                pair_losses = []
+                for i in range(frames):
+                    for j in range(i + 1, frames):
+                        zx = corr.correlate(cfg.correlation, xs[b, i, :, r, col].T, xs[b, j, :, r, col].T)
+                        zy = corr.correlate(cfg.correlation, ys[b, i, :, r, col].T, ys[b, j, :, r, col].T)
+                        zn = corr.correlate(cfg.correlation, ys[b, i, :, k // w, k % w].permute(1, 2, 0),
+                                            ys[b, j, :, k // w, k % w].permute(1, 2, 0))
+                        q, kp, kn = (F.normalize(head(z), dim=-1) for z in (zx, zy, zn))
+                        logits = torch.cat([(q * kp).sum(-1, keepdim=True), torch.einsum("pd,pmd->pm", q, kn)], -1) / cfg.tau
+                        wts = corr.caas_weights(corr.caas_strength(zx))
+                        pair_losses.append((wts * (torch.logsumexp(logits, -1) - logits[:, 0])).mean())
+                total = total + torch.stack(pair_losses).mean() / batch
     return total
 
 
@@ -98,15 +90,18 @@ def build(args, correlation, device):
     return metric
 
 
+def forward(kind, metric, anchor, gen):
+    if kind == "ours":
+        return metric(anchor, gen, generator=torch.Generator(device=anchor.device).manual_seed(0)).loss
+    with torch.no_grad():
+        fx = metric.extract_features(anchor)
+    fy = metric.extract_features(gen)
+    return reference_loss(metric, fx, fy, anchor.shape[0], anchor.shape[1])
+
+
 def step(kind, metric, anchor, generated):
     gen = generated.clone().requires_grad_(True)
-    if kind == "ours":
-        loss = metric(anchor, gen, generator=torch.Generator(device=anchor.device).manual_seed(0)).loss
-    else:
-        with torch.no_grad():
-            fx = metric.extract_features(anchor)
-        fy = metric.extract_features(gen)
-        loss = reference_loss(metric, fx, fy, anchor.shape[0], anchor.shape[1])
+    loss = forward(kind, metric, anchor, gen)
     loss.backward()
     return loss
 
@@ -134,30 +129,28 @@ def timed(fn, repeats, device):
     return statistics.median(times)
 
 
-def _peak_worker(args, correlation, kind, queue):
-    device = torch.device("cpu")
-    torch.set_num_threads(args.threads)
-    metric = build(args, correlation, device)
-    anchor, generated = make_inputs(args, device)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(kind, metric, anchor, generated)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0)
-
-
-def peak_memory_mb(args, correlation, kind, device) -> float:
+def peak_memory_mb(args, metric, anchor, generated, kind, device) -> float:
+    """CUDA: peak allocated memory of one step. CPU: the bytes autograd saves for backward during
+    the forward pass, each storage once (the activation memory a step holds at its peak)."""
     if device.type == "cuda":
-        metric = build(args, correlation, device)
-        anchor, generated = make_inputs(args, device)
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step(kind, metric, anchor, generated)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_worker, args=(args, correlation, kind, queue))
-    proc.start()
-    proc.join()
-    return queue.get()
+    storages = {}
+
+    def pack(t):
+        # Count each underlying storage once: expanded views and shared inputs cost no memory.
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    gen = generated.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward(kind, metric, anchor, gen)
+    loss.backward()
+    return sum(storages.values()) / 2**20
 
 
 def main():
@@ -192,9 +185,10 @@ def main():
             ref = timed(fn_of("reference"), args.repeats, device)
             ours = timed(fn_of("ours"), args.repeats, device)
             rows.append((label, ref, ours))
-        ref_mem = peak_memory_mb(args, correlation, "reference", device)
-        our_mem = peak_memory_mb(args, correlation, "ours", device)
-        rows.append(("peak memory of step (MiB)", ref_mem, our_mem))
+        ref_mem = peak_memory_mb(args, metric, anchor, generated, "reference", device)
+        our_mem = peak_memory_mb(args, metric, anchor, generated, "ours", device)
+        label = "peak step memory (MiB)" if device.type == "cuda" else "saved for backward (MiB)"
+        rows.append((label, ref_mem, our_mem))
         for label, ref, ours in rows:
             print(f"{correlation:4} {label:26} {ref:12.3f} {ours:12.3f} {ref / max(ours, 1e-9):15.2f}")
 

@@ -442,6 +442,7 @@ class STCCLRewardCallback(ConfigMixin):
             subset = list(subset)
             if max(subset) >= t_len or min(subset) < -t_len:
                 raise ValueError(f"expected frame_subset indices within T={t_len}, got {subset}")
+            subset = [i % t_len for i in subset]  # index_select takes no negative indices
             sub = torch.tensor(subset, device=x0.device)
             x0, x0_anchor = x0.index_select(1, sub), x0_anchor.index_select(1, sub)
         scale, shift = self._scaling()
@@ -490,7 +491,9 @@ class STCCLRewardCallback(ConfigMixin):
                 # No clip scored: losses are 0, similarities undefined.
                 stats[key] = torch.full((), float("nan") if "sim" in key else 0.0, device=dev)
             else:
-                stats[key] = torch.as_tensor(getattr(out, key)).detach().float()
+                val = getattr(out, key, None)
+                stats[key] = (torch.full((), float("nan"), device=dev) if val is None
+                              else torch.as_tensor(val).detach().float())
         self.last_stats = stats
 
     def log_dict(self, prefix: str = "stccl/") -> dict[str, float]:
@@ -560,7 +563,7 @@ class STCCLValidationCallback(PipelineCallback):
                 f"EDMEulerScheduler, FlowMatchEulerDiscreteScheduler), got {type(sch).__name__}"
             )
         prev, self._prev = self._prev, latents.detach().clone()
-        if prev is None or step_index % self.config.every_n_steps:
+        if prev is None or step_index % self.config.every_n_steps or step_index >= self._cutoff(pipeline):
             return callback_kwargs
         j = int(sch.step_index) - 1  # the step just taken went sigmas[j] -> sigmas[j + 1]
         x0 = self.x0_from_consecutive(prev, latents.detach(), float(sch.sigmas[j]), float(sch.sigmas[j + 1]))
@@ -569,6 +572,13 @@ class STCCLValidationCallback(PipelineCallback):
         elif step_index in self.anchor_x0:
             self.scores[step_index] = self.score(x0, self.anchor_x0[step_index])
         return callback_kwargs
+
+    def _cutoff(self, pipeline) -> float:
+        """PipelineCallback's cutoff: no scoring from this step index on (ratio of the pipeline's steps)."""
+        if self.config.cutoff_step_index is not None:
+            return self.config.cutoff_step_index
+        total = getattr(pipeline, "num_timesteps", None)
+        return float("inf") if total is None else int(total * self.config.cutoff_step_ratio)
 
     @torch.no_grad()
     def score(self, x0: torch.Tensor, anchor_x0: torch.Tensor):

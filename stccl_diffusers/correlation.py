@@ -149,10 +149,11 @@ def sample_negative_locations(
 def gather_locations(feat: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
     """Features at flat locations: feat (N, C, H, W), locations (N, *L) -> (N, *L, C)."""
     n, c = feat.shape[:2]
-    flat = feat.reshape(n, c, -1)
-    idx = locations.reshape(n, 1, -1).expand(n, c, -1)
-    out = flat.gather(2, idx)
-    return out.permute(0, 2, 1).reshape(*locations.shape, c)
+    # Gathering along the location axis of a channel-last view returns a contiguous (N, K, C):
+    # the mapping heads then run as plain GEMMs instead of broadcast batched matmuls.
+    flat = feat.flatten(2).transpose(1, 2)
+    idx = locations.reshape(n, -1, 1).expand(-1, -1, c)
+    return flat.gather(1, idx).view(*locations.shape, c)
 
 
 def frame_pairs(num_frames: int, span: Optional[int] = None, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +177,9 @@ def info_nce(
     Two layouts:
 
     - explicit negatives (the paper: ``m`` sampled negatives per query): ``query``/``positive``
-      (..., D), ``negatives`` (..., M, D);
+      (..., D), ``negatives`` (..., M, D) with one set per query, or (..., Q, D) / (..., M, D)
+      with ``negatives.ndim == query.ndim``: one set shared by the Q queries of a group (SCC's
+      8 neighbours of one anchor share its negatives), computed as one matmul;
     - ``negatives=None`` (the official PatchNCE form): ``query``/``positive`` (G, Q, D); for each
       query the positives of the other ``Q - 1`` queries in the same group are its negatives.
 
@@ -188,7 +191,10 @@ def info_nce(
     l_pos = (q * k).sum(-1)
     if negatives is not None:
         kn = F.normalize(negatives.float(), dim=-1)
-        l_neg = torch.einsum("...d,...md->...m", q, kn)
+        if kn.ndim == q.ndim:  # shared by the queries of a group: no broadcast copy of the negatives
+            l_neg = q @ kn.transpose(-1, -2)
+        else:
+            l_neg = torch.einsum("...d,...md->...m", q, kn)
         neg_sim = l_neg.mean(-1)
     else:
         if q.ndim != 3:

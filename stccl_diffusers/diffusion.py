@@ -48,6 +48,7 @@ __all__ = [
     "timesteps_to_sigmas",
     "gate_threshold",
     "gate_threshold_table",
+    "gate_threshold_markdown",
     "SUPPORTED_SCHEDULERS",
 ]
 
@@ -344,3 +345,14 @@ def gate_threshold_table(gate_timestep: float = 500) -> list[dict]:
         unit, thr = gate_threshold(sch, gate_timestep)
         rows.append({"scheduler": name, "setting": setting, "unit": unit, "threshold": thr})
     return rows
+
+
+def gate_threshold_markdown(gate_timestep: float = 500) -> str:
+    """``gate_threshold_table`` as the Markdown table in docs/callback.md (a test keeps the two equal)."""
+    lines = [
+        f"| scheduler | setting | compares | threshold at t = {gate_timestep:g} |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in gate_threshold_table(gate_timestep):
+        lines.append(f"| {r['scheduler']} | {r['setting']} | {r['unit']} | {r['threshold']:.4f} |")
+    return "\n".join(lines)

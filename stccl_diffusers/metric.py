@@ -342,7 +342,7 @@ class STCCLMetric(ModelMixin, ConfigMixin):
             kloc = corr.sample_negative_locations(anchors, h, w, m, exclude_ring=True, generator=generator)
             yk = corr.gather_locations(y, kloc)  # (N, S, m, C)
             neg = head(corr.correlate(kind, ya[:, :, None].expand_as(yk), yk))
-            loss, pos, negs = corr.info_nce(q, k, neg[:, :, None], cfg.tau)  # negatives shared by the 8 j's of anchor i
+            loss, pos, negs = corr.info_nce(q, k, neg, cfg.tau)  # negatives shared by the 8 j's of anchor i
         else:
             s = anchors.shape[1]
             loss, pos, negs = corr.info_nce(q.reshape(n, s * 8, -1), k.reshape(n, s * 8, -1), None, cfg.tau)

@@ -28,3 +28,16 @@ class SpyMetric(torch.nn.Module):
         out = self.inner(anchor, generated, generator=generator)
         self.outputs.append(out)
         return out
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """One intra-op thread for the modules that import this: the metric's small convolutions ran ~10x
+    slower with 2 threads than with 1 on the shared, loaded 2-core test machine. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,7 +15,7 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
-from _stccl_metric_for_tests import SpyMetric, build_metric
+from _stccl_metric_for_tests import SpyMetric, build_metric, single_torch_thread  # noqa: F401 (autouse fixture)
 from stccl_diffusers.callback import (
     STCCLRewardCallback,
     STCCLValidationCallback,
@@ -202,7 +202,7 @@ def test_scaling_factor_divides_latents_before_decoding():
 
 def test_frame_subset_decodes_and_scores_only_those_frames():
     calls = []
-    cb, metric = _callback(calls, frame_subset=[0, 2])
+    cb, metric = _callback(calls, frame_subset=[0, -2])
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(2, 4, C, h, w, generator=g, requires_grad=True)
     anchor, x = torch.randn(2, 4, C, h, w, generator=g), torch.randn(2, 4, C, h, w, generator=g)
@@ -425,4 +425,28 @@ def test_validation_callback_recovers_x0_from_consecutive_euler_latents_and_scor
         torch.testing.assert_close(vcb.anchor_x0[i], want[i], atol=1e-4, rtol=1e-4)
     sample(0.1, "score")
     assert sorted(vcb.scores) == [1, 2]
+    vcb.register_to_config(cutoff_step_index=2)  # PipelineCallback's cutoff: stop scoring from step 2 on
+    sample(0.1, "score")
+    assert sorted(vcb.scores) == [1]
     assert all(torch.isfinite(o.loss) and o.loss > 0 for o in vcb.scores.values())
+
+
+# -- docs: the lines users add to diffusers' LoRA example ------------------------------------------
+def test_lora_example_patch_adds_at_most_15_lines_removes_none_and_is_shown_in_the_docs():
+    from pathlib import Path
+
+    import stccl_diffusers.callback as cbmod
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    patch = (docs / "train_text_to_image_lora.patch").read_text(encoding="utf-8")
+    body = [l for l in patch.splitlines() if not l.startswith(("+++", "---"))]
+    added = [l[1:] for l in body if l.startswith("+")]
+    assert 0 < len(added) <= 15
+    assert not [l for l in body if l.startswith("-")]
+    assert patch.rstrip("\n") in (docs / "callback.md").read_text(encoding="utf-8")
+    # the added lines only use names the package provides
+    code = "\n".join(added)
+    for name in ("STCCLRewardCallback", "anchor_forward"):
+        assert name in code and hasattr(cbmod, name)
+    for method in ("needs_anchor", "log_dict"):
+        assert f".{method}(" in code and hasattr(STCCLRewardCallback, method)

@@ -213,3 +213,12 @@ def test_gate_threshold_table_covers_every_supported_family():
                      "FlowMatchEulerDiscreteScheduler"}
     svd = [r for r in rows if "SVD" in r["setting"]][0]
     assert svd["threshold"] == pytest.approx(1.618, abs=1e-3)
+
+
+def test_docs_gate_table_is_the_one_the_code_computes():
+    from pathlib import Path
+
+    from stccl_diffusers.diffusion import gate_threshold_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "callback.md").read_text(encoding="utf-8")
+    assert gate_threshold_markdown(500) in doc

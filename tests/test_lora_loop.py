@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from _stccl_metric_for_tests import build_metric
+from _stccl_metric_for_tests import build_metric, single_torch_thread  # noqa: F401 (autouse fixture)
 from stccl_diffusers.callback import STCCLRewardCallback, anchor_forward
 
 NEUTRAL = 0  # emotion id whose embedding is the neutral conditioning

@@ -84,6 +84,7 @@ def test_caas_weights_follow_documented_formula():
 
 
 def test_caas_really_weights_regions_before_the_mean():
+    torch.manual_seed(0)
     metric = tiny_metric(use_tcc=False, layers=(2,))
     a, g = frames(), frames(seed=1)
     with torch.no_grad():
@@ -224,9 +225,9 @@ def test_too_small_input_size_is_rejected_at_construction():
 
 def test_autocast_bf16_gives_finite_fp32_loss_and_gradient():
     metric = tiny_metric()
-    g = frames(seed=1).requires_grad_(True)
+    g = frames(b=1, t=2, seed=1).requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = metric(frames(), g, generator=gen())
+        out = metric(frames(b=1, t=2), g, generator=gen())
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
     assert torch.isfinite(g.grad).all()
@@ -267,3 +268,11 @@ def test_neighbour_locations_are_the_3x3_ring():
     anchors = torch.tensor([[3 * width + 3]])
     ring = corr.neighbour_locations(anchors, width)[0, 0].tolist()
     assert ring == [(3 + dy) * width + 3 + dx for dy, dx in corr.NEIGHBOUR_OFFSETS]
+
+
+def test_shared_negatives_equal_per_query_negatives():
+    q, k, n = torch.randn(2, 8, 6), torch.randn(2, 8, 6), torch.randn(2, 5, 6)
+    shared = corr.info_nce(q, k, n)
+    per_query = corr.info_nce(q, k, n[:, None].expand(2, 8, 5, 6))
+    for a, b in zip(shared, per_query):
+        assert torch.allclose(a, b, atol=1e-6)

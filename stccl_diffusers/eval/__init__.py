@@ -1,0 +1,44 @@
+"""Evaluation for emotional talking heads: FAD, LSE-D / LSE-C, CSIM and the ``stccl-eval`` CLI.
+
+Functional core (numpy / torch, no I/O): :func:`frechet_distance`, :func:`fad_from_embeddings`,
+:func:`sync_offset_search`, :func:`mfcc`, :func:`cosine_similarity_score`, :func:`align_face_112`.
+Shells: :class:`SyncNet` (public ``syncnet_v2.model`` layout), :func:`compute_lse`,
+:func:`arcface_embeddings`, :func:`run_evaluation` (pluggable per-pair / per-method metrics).
+"""
+
+from .csim import build_iresnet_encoder, cosine_similarity_score, encode_faces, resolve_csim_encoder
+from .faces import ARCFACE_TEMPLATE_112, align_face_112, landmarks_from_box, syncnet_crop, umeyama_similarity
+from .fad import FADResult, arcface_embeddings, fad_from_embeddings, frechet_distance
+from .lse import LSEResult, compute_lse, sync_offset_search, syncnet_features
+from .mfcc import mfcc
+from .runner import ClipPair, EvalConfig, EvalContext, MetricSkipped, run_evaluation
+from .syncnet import SyncNet, build_syncnet, load_syncnet_state_dict
+
+__all__ = [
+    "ARCFACE_TEMPLATE_112",
+    "ClipPair",
+    "EvalConfig",
+    "EvalContext",
+    "FADResult",
+    "LSEResult",
+    "MetricSkipped",
+    "SyncNet",
+    "align_face_112",
+    "arcface_embeddings",
+    "build_iresnet_encoder",
+    "build_syncnet",
+    "compute_lse",
+    "cosine_similarity_score",
+    "encode_faces",
+    "fad_from_embeddings",
+    "frechet_distance",
+    "landmarks_from_box",
+    "load_syncnet_state_dict",
+    "mfcc",
+    "resolve_csim_encoder",
+    "run_evaluation",
+    "sync_offset_search",
+    "syncnet_crop",
+    "syncnet_features",
+    "umeyama_similarity",
+]

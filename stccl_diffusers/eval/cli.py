@@ -1,0 +1,320 @@
+"""``stccl-eval``: FAD, LSE-D, LSE-C and CSIM for folders of generated talking-head clips.
+
+Two input layouts:
+
+* folders: ``--reference_dir REAL --generated NAME=DIR [--generated NAME2=DIR2 ...]``. Each
+  folder holds videos (``clip.mp4`` with audio) or frame folders (``clip/000001.png ...``, audio
+  from ``clip/audio.wav`` or ``clip.wav`` beside it, frame rate ``--fps``). Clips are paired by
+  name; names present on one side only are listed in the output.
+* ``--tiled DIR`` for comparison videos made of four 256x256 tiles, left to right
+  Source | Reference | method 1 | method 2 (``../shared/data/real_pairs``): the Source tile is the
+  real clip (FAD's real set, the speech), Reference the emotion reference for CSIM, the other
+  tiles the generated methods; the green tile labels (y < 60) are inpainted away.
+
+Writes ``results.json``, ``results.md`` (Table I: FAD↓ LSE-D↓ LSE-C↑ CSIM↑) and PNG plots to
+``--output_dir``. Every metric needs real weights (``--arcface_weights``, ``--syncnet_weights``,
+``--csim_weights``); ``--random_init`` allows missing ones for a demo, and then every output says
+loudly that the numbers are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .csim import build_iresnet_encoder, resolve_csim_encoder
+from .eval_io import VIDEO_EXTS, extract_audio_16k, read_frame_folder, read_video, read_wav_16k
+from .faces import find_label_mask, mask_tile_label
+from .report import format_table, random_init_banner, write_json, write_markdown, write_plots
+from .runner import ClipPair, EvalConfig, EvalContext, run_evaluation
+from .syncnet import build_syncnet
+
+__all__ = ["main", "build_parser", "tiled_groups", "folder_groups", "TILE_NAMES"]
+
+TILE_NAMES = ("Source", "Reference", "STCCL_VD", "NED")
+TILE_SIZE = 256
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stccl-eval", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("inputs")
+    src.add_argument("--tiled", type=str, help="folder (or one file) of 4-tile comparison videos Source|Reference|method|method")
+    src.add_argument("--tile_names", type=str, default=",".join(TILE_NAMES), help="names of the four tiles, left to right")
+    src.add_argument("--reference_dir", type=str, help="real clips (videos or frame folders)")
+    src.add_argument("--generated", action="append", default=[], metavar="NAME=DIR", help="generated clips of one method (repeatable)")
+    src.add_argument("--emotion_reference_dir", type=str, help="CSIM references (default: --reference_dir)")
+    src.add_argument("--audio_from", choices=("generated", "reference"), default="generated", help="whose audio track drives LSE")
+    src.add_argument("--fps", type=float, default=25.0, help="frame rate of frame folders")
+    src.add_argument("--aligned", action="store_true", help="frames are already face crops: resize instead of detecting and aligning")
+    src.add_argument("--no_real_row", action="store_true", help="do not evaluate the real clips as a row of their own")
+    w = p.add_argument_group("weights")
+    w.add_argument("--arcface_weights", type=str, help="insightface backbone.pth for FAD (depth read from the file)")
+    w.add_argument("--arcface_arch", type=str, default="r50", help="iResNet used with --random_init when no --arcface_weights")
+    w.add_argument("--syncnet_weights", type=str, help="syncnet_v2.model for LSE-D/LSE-C")
+    w.add_argument("--csim_encoder", type=str, default="iresnet", help="'iresnet' (default) or 'package.module:factory'")
+    w.add_argument("--csim_weights", type=str, help="weights of the CSIM expression encoder")
+    w.add_argument("--csim_arch", type=str, default="r50", help="iResNet used with --random_init when no --csim_weights")
+    w.add_argument("--random_init", action="store_true", help="DEMO ONLY: allow missing weights (random networks, meaningless numbers)")
+    w.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("run")
+    r.add_argument("--output_dir", type=str, required=True)
+    r.add_argument("--metrics", type=str, default="fad,lse,csim", help="comma list of fad, lse, csim")
+    r.add_argument("--max_frames", type=int, default=None, help="decode only the first N frames of each clip (said in the output)")
+    r.add_argument("--frame_stride", type=int, default=1, help="FAD/CSIM use every k-th frame (said in the output)")
+    r.add_argument("--max_clips", type=int, default=None, help="evaluate only the first N clips (said in the output)")
+    r.add_argument("--csim_mode", choices=("frame", "clip"), default="frame")
+    r.add_argument("--vshift", type=int, default=15)
+    r.add_argument("--batch_size", type=int, default=32)
+    r.add_argument("--device", type=str, default="cpu")
+    r.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    r.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def _audio_or_note(path: Path, notes: List[str]) -> Optional[np.ndarray]:
+    try:
+        return extract_audio_16k(path)
+    except ValueError as e:
+        notes.append(str(e))
+        return None
+
+
+def tiled_groups(files: Sequence[Path], tile_names: Sequence[str], max_frames: Optional[int], real_row: bool = True) -> Iterator:
+    """Yield, per comparison video, the ClipPairs of its generated tiles (or an error tuple)."""
+    src_name, ref_name, *methods = tile_names
+    for f in files:
+        name = f.stem
+        try:
+            frames, fps = read_video(f, max_frames=max_frames)
+            if frames.shape[1] != TILE_SIZE or frames.shape[2] != TILE_SIZE * len(tile_names):
+                raise ValueError(f"expected {TILE_SIZE}x{TILE_SIZE * len(tile_names)} frames ({len(tile_names)} tiles), got {frames.shape[1]}x{frames.shape[2]}")
+            notes: List[str] = []
+            audio = _audio_or_note(f, notes)
+            tiles = {}
+            for k, t in enumerate(tile_names):
+                tile = frames[:, :, k * TILE_SIZE:(k + 1) * TILE_SIZE]
+                mask = find_label_mask(tile[0])  # labels are static: one mask per tile
+                tiles[t] = np.stack([mask_tile_label(x, mask) for x in tile])
+        except Exception as e:  # noqa: BLE001 -- any decode failure is reported by clip name
+            yield (name, str(f), e)
+            continue
+        keys = {t: f"{name}/{t}" for t in tile_names}
+        pairs = []
+        if real_row:
+            pairs.append(ClipPair(name, f"{src_name} (real)", tiles[src_name], fps, reference=tiles[ref_name], audio=audio,
+                                  generated_key=keys[src_name], reference_key=keys[ref_name], is_real=True, notes=list(notes)))
+        for m in methods:
+            pairs.append(ClipPair(name, m, tiles[m], fps, real=tiles[src_name], reference=tiles[ref_name], audio=audio,
+                                  generated_key=keys[m], real_key=keys[src_name], reference_key=keys[ref_name], notes=list(notes)))
+        yield pairs
+
+
+def _index_clips(folder: Path) -> Dict[str, Path]:
+    if not folder.is_dir():
+        raise ValueError(f"not a folder: {folder}")
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_dir() or p.suffix.lower() in VIDEO_EXTS:
+            out[p.stem if p.is_file() else p.name] = p
+    return out
+
+
+def _load_clip(path: Path, fps: float, max_frames: Optional[int], want_audio: bool, notes: List[str]):
+    if path.is_dir():
+        frames = read_frame_folder(path, max_frames=max_frames)
+        audio = None
+        if want_audio:
+            for cand in (path / "audio.wav", path.with_suffix(".wav")):
+                if cand.is_file():
+                    audio = read_wav_16k(cand)
+                    break
+            else:
+                notes.append(f"no audio for frame folder {path} (looked for {path / 'audio.wav'} and {path.with_suffix('.wav')})")
+        return frames, fps, audio
+    frames, vfps = read_video(path, max_frames=max_frames)
+    return frames, vfps, (_audio_or_note(path, notes) if want_audio else None)
+
+
+def folder_groups(ref_dir: Path, generated: Dict[str, Path], emo_dir: Optional[Path], audio_from: str, fps: float,
+                  max_frames: Optional[int], names: Sequence[str], real_row: bool = True) -> Iterator:
+    ref_index = _index_clips(ref_dir)
+    gen_index = {m: _index_clips(d) for m, d in generated.items()}
+    emo_index = _index_clips(emo_dir) if emo_dir else None
+    for name in names:
+        notes: List[str] = []
+        try:
+            real, rfps, raudio = _load_clip(ref_index[name], fps, max_frames, audio_from == "reference" or real_row, notes)
+            emo = None
+            if emo_index is not None:
+                if name in emo_index:
+                    emo = _load_clip(emo_index[name], fps, max_frames, False, notes)[0]
+                else:
+                    notes.append(f"no emotion reference named {name} in {emo_dir}: CSIM uses the real clip")
+        except Exception as e:  # noqa: BLE001
+            yield (name, str(ref_index[name]), e)
+            continue
+        reference = emo if emo is not None else real
+        ref_key = f"emotion/{name}" if emo is not None else f"real/{name}"
+        pairs = []
+        if real_row:
+            pairs.append(ClipPair(name, "reference (real)", real, rfps, reference=emo, audio=raudio, generated_key=f"real/{name}",
+                                  reference_key=ref_key, is_real=True, notes=list(notes)))
+        for m, idx in gen_index.items():
+            if name not in idx:
+                continue
+            gnotes = list(notes)
+            try:
+                frames, gfps, gaudio = _load_clip(idx[name], fps, max_frames, audio_from == "generated", gnotes)
+            except Exception as e:  # noqa: BLE001
+                yield (f"{m}/{name}", str(idx[name]), e)
+                continue
+            if abs(gfps - rfps) > 1e-6:
+                gnotes.append(f"generated {gfps:g} fps vs real {rfps:g} fps: FAD/CSIM pair frames by index")
+            pairs.append(ClipPair(name, m, frames, gfps, real=real, reference=reference, audio=gaudio if audio_from == "generated" else raudio,
+                                  generated_key=f"{m}/{name}", real_key=f"real/{name}", reference_key=ref_key, notes=gnotes))
+        yield pairs
+
+
+def _build_models(args, metrics) -> tuple:
+    random_parts, models = [], {"arcface": None, "syncnet": None, "csim": None}
+    torch.manual_seed(args.seed)
+    if "fad" in metrics:
+        models["arcface"] = build_iresnet_encoder(args.arcface_weights, random_init=args.random_init, flag="--arcface_weights", arch=args.arcface_arch)
+        if args.arcface_weights is None:
+            random_parts.append(f"ArcFace {args.arcface_arch} for FAD: no --arcface_weights")
+    if "lse" in metrics:
+        models["syncnet"] = build_syncnet(args.syncnet_weights, random_init=args.random_init)
+        if args.syncnet_weights is None:
+            random_parts.append("SyncNet for LSE: no --syncnet_weights")
+    if "csim" in metrics:
+        default = args.csim_encoder in (None, "", "iresnet")
+        if default and args.csim_weights is None and not args.random_init:
+            raise ValueError("CSIM needs an expression encoder: pass --csim_weights /path/to/encoder.pth (default encoder 'iresnet'), "
+                             "or --csim_encoder package.module:factory, or --metrics without csim (or --random_init for a demo)")
+        models["csim"] = resolve_csim_encoder(args.csim_encoder, args.csim_weights, random_init=args.random_init, arch=args.csim_arch)
+        if default and args.csim_weights is None:
+            random_parts.append(f"CSIM encoder iResNet {args.csim_arch}: no --csim_weights")
+    return models, random_parts
+
+
+def main(argv: Optional[Sequence[str]] = None, extra_pair_metrics: Sequence = (), extra_set_metrics: Sequence = ()) -> int:
+    """Entry point of ``stccl-eval``. ``extra_pair_metrics`` (``fn(pair, ctx) -> dict``) and
+    ``extra_set_metrics`` (``fn(method, ctx) -> dict``) add sections after the built-in ones;
+    their numbers appear in the JSON and in a second Markdown table."""
+    args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    try:
+        return _run(args, list(extra_pair_metrics), list(extra_set_metrics))
+    finally:
+        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
+
+
+def _run(args, extra_pair: list, extra_set: list) -> int:
+    t0 = time.time()
+    metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    bad = [m for m in metrics if m not in ("fad", "lse", "csim")]
+    if bad or not metrics:
+        raise SystemExit(f"--metrics: expected a comma list of fad, lse, csim, got {args.metrics!r}")
+    if bool(args.tiled) == bool(args.reference_dir):
+        raise SystemExit("give either --tiled DIR or --reference_dir DIR with --generated NAME=DIR")
+    try:
+        models, random_parts = _build_models(args, metrics)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"stccl-eval: {e}")
+
+    notes: List[str] = []
+    real_row = not args.no_real_row
+    if args.tiled:
+        tiled = Path(args.tiled)
+        files = sorted(p for p in tiled.iterdir() if p.suffix.lower() in VIDEO_EXTS) if tiled.is_dir() else [tiled]
+        if not files:
+            raise SystemExit(f"--tiled: no videos ({', '.join(VIDEO_EXTS)}) in {tiled}")
+        if args.max_clips:
+            notes.append(f"--max_clips {args.max_clips}: {min(args.max_clips, len(files))} of {len(files)} clips evaluated")
+            files = files[: args.max_clips]
+        tile_names = [t.strip() for t in args.tile_names.split(",")]
+        if len(tile_names) < 3:
+            raise SystemExit(f"--tile_names: expected Source,Reference,method[,method...], got {args.tile_names!r}")
+        groups, total = tiled_groups(files, tile_names, args.max_frames, real_row), len(files)
+        real_methods = [f"{tile_names[0]} (real)"] if real_row else []
+        methods = real_methods + tile_names[2:]
+        notes.append("tiled input: the green tile labels (y < 60) are inpainted before face detection")
+    else:
+        if not args.generated:
+            raise SystemExit("--reference_dir needs at least one --generated NAME=DIR")
+        generated = {}
+        for spec in args.generated:
+            if "=" not in spec:
+                raise SystemExit(f"--generated: expected NAME=DIR, got {spec!r}")
+            k, v = spec.split("=", 1)
+            generated[k] = Path(v)
+        try:
+            ref_names = set(_index_clips(Path(args.reference_dir)))
+            gen_names = {m: set(_index_clips(d)) for m, d in generated.items()}
+        except ValueError as e:
+            raise SystemExit(f"stccl-eval: {e}")
+        names = sorted(n for n in ref_names if any(n in g for g in gen_names.values()))
+        for m, g in gen_names.items():
+            if g - ref_names:
+                notes.append(f"{m}: {len(g - ref_names)} clips without a real clip of the same name (not evaluated): {sorted(g - ref_names)[:10]}")
+        if not names:
+            raise SystemExit("no clip name appears both in --reference_dir and a --generated folder")
+        if args.max_clips:
+            notes.append(f"--max_clips {args.max_clips}: {min(args.max_clips, len(names))} of {len(names)} clips evaluated")
+            names = names[: args.max_clips]
+        emo = Path(args.emotion_reference_dir) if args.emotion_reference_dir else None
+        groups, total = folder_groups(Path(args.reference_dir), generated, emo, args.audio_from, args.fps, args.max_frames, names, real_row), len(names)
+        real_methods = ["reference (real)"] if real_row else []
+        methods = real_methods + list(generated)
+    if args.max_frames:
+        notes.append(f"--max_frames {args.max_frames}: only the first {args.max_frames} frames of each clip are decoded")
+    if args.frame_stride > 1:
+        notes.append(f"--frame_stride {args.frame_stride}: FAD and CSIM use every {args.frame_stride}th frame")
+    if not args.aligned:
+        notes.append("faces: one OpenCV Haar box per clip; ArcFace alignment places the 5-point template in that box (approximate, no landmark detector)")
+    if "lse" in metrics:
+        notes.append("LSE: video resampled to 25 fps by nearest-frame index where the clip has another frame rate; SyncNet crops from the clip's face box")
+
+    cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
+                     csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device)
+    ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
+    from .runner import DEFAULT_PAIR_METRICS, DEFAULT_SET_METRICS
+
+    pair_metrics = [DEFAULT_PAIR_METRICS[m] for m in metrics] + extra_pair
+    set_metrics = [DEFAULT_SET_METRICS[m] for m in metrics if m in DEFAULT_SET_METRICS] + extra_set
+    result = run_evaluation(groups, ctx, pair_metrics=pair_metrics, set_metrics=set_metrics, methods=methods,
+                            progress=not args.no_progress, total=total)
+    result.update({
+        "real_methods": real_methods,
+        "random_weights": random_parts,
+        "notes": notes,
+        "weights": {"arcface": args.arcface_weights, "syncnet": args.syncnet_weights, "csim_encoder": args.csim_encoder, "csim": args.csim_weights},
+        "config": vars(args),
+        "wall_seconds": time.time() - t0,
+    })
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "results.json")
+    write_markdown(result, out / "results.md")
+    plots = write_plots(result, out)
+    result["wall_seconds"] = time.time() - t0
+    write_json(result, out / "results.json")
+    if random_parts:
+        print("\n" + random_init_banner(random_parts) + "\n")
+    print(format_table(result))
+    n_bad = len(result["unreadable"])
+    print(f"\n{len(result['clips'])} clip pairs, {n_bad} unreadable/failed{' (see results.md)' if n_bad else ''}; "
+          f"wrote {out / 'results.json'}, {out / 'results.md'}, {', '.join(Path(p).name for p in plots)}; {result['wall_seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

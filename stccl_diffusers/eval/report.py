@@ -1,0 +1,150 @@
+"""Writers for ``stccl-eval`` results: JSON, a Markdown table shaped like the paper's Table I, PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+__all__ = ["TABLE_COLUMNS", "format_table", "write_json", "write_markdown", "write_plots", "random_init_banner"]
+
+# (result key, header, higher is better)
+TABLE_COLUMNS = [("FAD", "FAD↓", False), ("LSE-D", "LSE-D↓", False), ("LSE-C", "LSE-C↑", True), ("CSIM", "CSIM↑", True)]
+_CORE_KEYS = {"num_clips", "FAD", "LSE-D", "LSE-C", "CSIM", "offset_median", "lse_curve_mean", "fad_note", "fad_eps", "lse_windows"}
+
+
+def random_init_banner(random_parts: List[str]) -> str:
+    return (
+        "**WARNING: RANDOM WEIGHTS (" + ", ".join(random_parts) + "). These numbers are NOT metrics; "
+        "they only show that the pipeline runs. Pass real checkpoints to evaluate a model.**"
+    )
+
+
+def _fmt(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+
+def format_table(result: dict) -> str:
+    """Markdown Table I: rows = methods, columns FAD↓ LSE-D↓ LSE-C↑ CSIM↑ (best non-real value in bold)."""
+    methods = result["method_order"]
+    per = result["methods"]
+    header = "| Method | " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " | clips |"
+    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    real_rows = set(result.get("real_methods", []))
+    best = {}
+    for key, _, higher in TABLE_COLUMNS:
+        vals = [per[m].get(key) for m in methods if m not in real_rows and per[m].get(key) is not None]
+        if len(vals) > 1:
+            best[key] = max(vals) if higher else min(vals)
+    for m in methods:
+        cells = []
+        for key, _, _ in TABLE_COLUMNS:
+            v = per[m].get(key)
+            s = _fmt(v)
+            if m not in real_rows and key in best and v is not None and v == best[key]:
+                s = f"**{s}**"
+            cells.append(s)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {per[m].get('num_clips', 0)} |")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(result, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _extra_table(result: dict) -> Optional[str]:
+    """Numbers from plug-in metrics (anything beyond Table I), one row per method."""
+    per = result["methods"]
+    keys = sorted({k for m in per.values() for k, v in m.items()
+                   if isinstance(v, (int, float)) and not k.endswith("_n") and k not in _CORE_KEYS and not k.startswith(("fad_", "lse_"))})
+    if not keys:
+        return None
+    lines = ["| Method | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for m in result["method_order"]:
+        lines.append(f"| {m} | " + " | ".join(_fmt(per[m].get(k)) if isinstance(per[m].get(k), float) else str(per[m].get(k, "—")) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(result: dict, path: str | os.PathLike) -> str:
+    parts = ["# stccl-eval results", ""]
+    if result.get("random_weights"):
+        parts += [random_init_banner(result["random_weights"]), ""]
+    parts += ["## Table I", "", format_table(result), ""]
+    real_rows = result.get("real_methods", [])
+    if real_rows:
+        parts.append(f"Rows {', '.join(real_rows)} are real clips (FAD is measured against them, so it is not reported for them).")
+    for m in result["method_order"]:
+        note = result["methods"][m].get("fad_note")
+        if note:
+            parts.append(f"- FAD {m}: {note}")
+    parts += [f"- {n}" for n in result.get("notes", [])]
+    parts.append("")
+    extra = _extra_table(result)
+    if extra:
+        parts += ["## Further measures (averaged per method)", "", extra, ""]
+    parts += ["## Per clip", "", "| Clip | Method | LSE-D | LSE-C | offset | CSIM |", "|---|---|---|---|---|---|"]
+    for c in result["clips"]:
+        parts.append(f"| {c['clip']} | {c['method']} | {_fmt(c.get('LSE-D'))} | {_fmt(c.get('LSE-C'))} | {c.get('offset', '—')} | {_fmt(c.get('CSIM'))} |")
+    parts.append("")
+    unread = result.get("unreadable", [])
+    parts += [f"## Unreadable or failed ({len(unread)})", ""]
+    parts += [f"- {u.get('clip')} {u.get('method', '')} {u.get('metric', '')}: {u['reason']} ({u.get('path', '')})" for u in unread] or ["none"]
+    skipped = result.get("skipped", [])
+    if skipped:
+        parts += ["", f"## Skipped metrics ({len(skipped)})", ""]
+        parts += [f"- {s['clip']} {s['method']} {s['metric']}: {s['reason']}" for s in skipped]
+    text = "\n".join(parts) + "\n"
+    Path(path).write_text(text)
+    return text
+
+
+def write_plots(result: dict, out_dir: str | os.PathLike) -> List[str]:
+    """``metrics.png``: Table I as bars (per-clip dots); ``lse_offsets.png``: mean SyncNet distance vs offset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    methods = result["method_order"]
+    written = []
+    fig, axes = plt.subplots(1, len(TABLE_COLUMNS), figsize=(4 * len(TABLE_COLUMNS), 3.6))
+    for ax, (key, head, _) in zip(axes, TABLE_COLUMNS):
+        vals = [result["methods"][m].get(key) for m in methods]
+        xs = np.arange(len(methods))
+        ax.bar(xs, [v if v is not None else 0 for v in vals], color=[f"C{i}" for i in range(len(methods))], alpha=0.7)
+        for i, m in enumerate(methods):
+            pts = [c[key] for c in result["clips"] if c["method"] == m and c.get(key) is not None]
+            if pts:
+                ax.scatter(np.full(len(pts), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(pts)), pts, s=8, color="k")
+            if vals[i] is None:
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(xs, methods, rotation=20, fontsize=8)
+        ax.set_title(head)
+    if result.get("random_weights"):
+        fig.suptitle("RANDOM WEIGHTS — not meaningful", color="red")
+    fig.tight_layout()
+    p = out_dir / "metrics.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(str(p))
+    curves = {m: result["methods"][m].get("lse_curve_mean") for m in methods if result["methods"][m].get("lse_curve_mean")}
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for m, c in curves.items():
+            vshift = (len(c) - 1) // 2
+            ax.plot(vshift - np.arange(len(c)), c, label=m)  # x = offset (vshift - k)
+        ax.set_xlabel("AV offset (frames)")
+        ax.set_ylabel("mean SyncNet distance")
+        ax.legend(fontsize=8)
+        if result.get("random_weights"):
+            ax.set_title("RANDOM WEIGHTS — not meaningful", color="red")
+        fig.tight_layout()
+        p = out_dir / "lse_offsets.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(str(p))
+    return written
