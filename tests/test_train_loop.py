@@ -178,3 +178,66 @@ def test_config_yaml_then_cli_override_and_unknown_key(tmp_path):
         config_from_dict(TrainingConfig, {"train_batch_size": "two"})
     with pytest.raises(SystemExit):
         parse_config(TrainingConfig, ["--no_such_flag", "1"])
+
+
+# ------------------------------------------------------------------ gated vs ungated (DICE adapter)
+def _dice_adapter(p_mean: float, weight: float = 1.0):
+    from stccl_diffusers import STCCLMetric
+    from stccl_diffusers.adapters.dice import DiceTrainingConfig, build_callback, build_reference_adapter
+    from stccl_diffusers.models.reference_dice import ReferenceDICE
+
+    torch.manual_seed(0)
+    cfg = config_from_dict(DiceTrainingConfig, dict(num_frames=2, resolution=16, p_mean=p_mean, p_std=0.0,
+                                                    stccl_weight=weight, drop_reference=0.0, drop_audio=0.0,
+                                                    drop_emotion=0.0))
+    model = ReferenceDICE(resolution=16, num_frames=2)
+    metric = STCCLMetric(backbone=(1, 1, 1, 1), input_size=48)
+    adapter = build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
+    calls = []
+    original = adapter.denoise
+
+    def counting_denoise(x_t, sigma, cond):
+        calls.append(torch.is_grad_enabled())
+        return original(x_t, sigma, cond)
+
+    adapter.denoise = counting_denoise
+    return adapter, calls
+
+
+def _dice_batch():
+    g = torch.Generator().manual_seed(0)
+    return {"frames": torch.rand(2, 2, 3, 16, 16, generator=g) * 2 - 1,
+            "reference": torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
+            "audio": torch.randn(2, 1280, generator=g) * 0.1, "emotion": torch.tensor([4, 6]),
+            "face_box": torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 2)}
+
+
+def test_ungated_step_skips_the_anchor_and_adds_nothing():
+    adapter, calls = _dice_adapter(p_mean=3.0)  # sigma = e^3 ~ 20 > 1.62: t > 500 for every sample
+    out = adapter.training_step(_dice_batch(), 0, torch.Generator().manual_seed(0))
+    assert calls == [True]  # the target forward only; no neutral-anchor forward
+    assert out["anchor_forward"] == 0.0 and float(out["stccl"]) == 0.0
+    assert float(out["loss"].detach()) == float(out["diffusion"])
+    assert out["stccl_gated_fraction"] == 0
+
+
+def test_gated_step_runs_a_no_grad_neutral_anchor_and_adds_the_reward():
+    adapter, calls = _dice_adapter(p_mean=-1.0)  # sigma = e^-1 ~ 0.37 < 1.62: every sample gated
+    adapter.requires_grad_(False)
+    adapter.model.unet.requires_grad_(True)
+    out = adapter.training_step(_dice_batch(), 0, torch.Generator().manual_seed(0))
+    assert calls == [True, False]  # target with grad, anchor without
+    assert out["anchor_forward"] == 1.0 and out["stccl_gated_fraction"] == 1.0
+    assert float(out["stccl"]) > 0
+    torch.testing.assert_close(out["loss"].detach(), out["diffusion"] + out["stccl"])
+    # The reward's gradient reaches the denoiser (through x0-hat, the decoder and the metric).
+    adapter.zero_grad()
+    (out["loss"] - out["diffusion"]).backward()  # gradient of the STCCL term alone (diffusion is detached here)
+    grads = [p.grad for p in adapter.model.unet.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_stccl_weight_zero_never_calls_the_callback():
+    adapter, calls = _dice_adapter(p_mean=-1.0, weight=0.0)
+    out = adapter.training_step(_dice_batch(), 0, torch.Generator().manual_seed(0))
+    assert calls == [True] and float(out["stccl"]) == 0.0

@@ -65,6 +65,11 @@ def build_accelerator(cfg: TrainingConfig):
     kwargs = {}
     if cfg.mixed_precision is not None:
         kwargs["mixed_precision"] = cfg.mixed_precision
+    # Under torchrun on a machine without CUDA, accelerate picks gloo DDP only when told `cpu=True`
+    # (otherwise each process silently trains alone).
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    if multi_cpu:
+        kwargs["cpu"] = True
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
