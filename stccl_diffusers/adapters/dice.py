@@ -221,7 +221,7 @@ class DiceTrainingConfig(TrainingConfig):
     metric_path: Optional[str] = None
     """`STCCLMetric.from_pretrained` source; None: pretrain a small one into output_dir/metric."""
     metric_backbone: list = field(default_factory=lambda: ["1", "1", "1", "1"])
-    metric_input_size: int = 48
+    metric_input_size: int = 64
     metric_pretrain_steps: int = 12
     stccl_weight: float = 0.1
     gate_timestep: float = 500
