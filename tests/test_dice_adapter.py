@@ -179,7 +179,7 @@ def _metric():
     from stccl_diffusers import STCCLMetric
 
     torch.manual_seed(0)
-    return STCCLMetric(backbone=(1, 1, 1, 1), input_size=48)
+    return STCCLMetric(backbone=(1, 1, 1, 1), input_size=64, embedding_head=False)
 
 
 def _batch(B=1, T=4, H=32):

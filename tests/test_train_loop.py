@@ -191,7 +191,7 @@ def _dice_adapter(p_mean: float, weight: float = 1.0):
                                                     stccl_weight=weight, drop_reference=0.0, drop_audio=0.0,
                                                     drop_emotion=0.0))
     model = ReferenceDICE(resolution=16, num_frames=2)
-    metric = STCCLMetric(backbone=(1, 1, 1, 1), input_size=48)
+    metric = STCCLMetric(backbone=(1, 1, 1, 1), input_size=64, embedding_head=False)
     adapter = build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
     calls = []
     original = adapter.denoise
