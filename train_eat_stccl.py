@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -33,7 +33,7 @@ from stccl_diffusers.adapters.eat import (
     load_eat_generator_full,
 )
 from stccl_diffusers.models.reference_eat import ReferenceEATModel
-from stccl_diffusers.training import TrainingConfig, build_accelerator, parse_config, train
+from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset
 from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
@@ -42,8 +42,8 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml
 
 
 @dataclass
-class EATSTCCLConfig(TrainingConfig):
-    """`TrainingConfig` (diffusers' argument names) plus what EAT needs."""
+class EATSTCCLConfig(TalkingClipsConfig):
+    """`TalkingClipsConfig` (diffusers' argument names, clips, metric) plus what EAT needs."""
 
     # -- backend: the user's EAT checkout, or the built-in reference model -------------------
     eat_root: Optional[str] = None
@@ -58,13 +58,7 @@ class EATSTCCLConfig(TrainingConfig):
     train_mode: str = "full"
     """EAT trains modules in full (prompt, EAM, side-tuning); LoRA does not apply."""
 
-    # -- STCCL -----------------------------------------------------------------------------
-    metric_path: Optional[str] = None
-    """A `save_pretrained` STCCLMetric; None pretrains a small one into `output_dir/metric`."""
-    metric_backbone: list = field(default_factory=lambda: ["1", "1", "1", "1"])
-    """Demo metric: `r18|r34|r50|r100` or 4 stage depths."""
-    metric_input_size: int = 64
-    metric_pretrain_steps: int = 12
+    # -- STCCL (metric_path, metric_backbone, ...: TalkingClipsConfig) ------------------------
     stccl_weight: float = 1.0
     stccl_warmup_steps: int = 0
     """Optimizer steps without the STCCL term (no anchor render, no metric)."""
@@ -78,16 +72,11 @@ class EATSTCCLConfig(TrainingConfig):
     """`clips` (a folder of labelled .mp4 clips with audio, MEAD layout; synthesized for the demo)
     or `eat` (EAT's own data set from `eat_config`)."""
     data_dir: str = "outputs/eat_demo_data"
-    synthesize_if_missing: bool = True
-    synth_speakers: int = 3
-    synth_clips: int = 2
-    windows_per_clip: int = 4
     resolution: int = 256
     num_frames: int = 5
     num_validation_clips: int = 2
     validation_frames: int = 25
     """Frames per validation clip (rendered num_frames at a time, one z_trg per clip)."""
-    validation_seed: int = 1234
 
 
 def _backbone(value: list):

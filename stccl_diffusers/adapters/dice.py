@@ -192,38 +192,25 @@ class ReferenceDiceAdapter(DiceStepMixin, TalkingHeadAdapter):
 # ----------------------------------------------------------------------------------------------
 # Configuration and assembly (used by train_dice_stccl.py)
 # ----------------------------------------------------------------------------------------------
-from dataclasses import dataclass, field, replace  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
-from ..training.config import TrainingConfig  # noqa: E402
+from ..training.config import TalkingClipsConfig  # noqa: E402
 
 
 @dataclass
-class DiceTrainingConfig(TrainingConfig):
+class DiceTrainingConfig(TalkingClipsConfig):
     """`train_dice_stccl.py` options on top of the shared ones (see configs/dice_stccl*.yaml)."""
 
     backend: str = "reference"
     """`reference` (built-in ReferenceDICE) or `dice_talk` (your DICE-Talk checkout and weights)."""
-    # -- data --
-    data_dir: str = "outputs/demo_data"
-    """Folder of .mp4 clips (with audio) under emotion-named folders (MEAD layout works)."""
-    synthesize_if_missing: bool = True
-    synth_speakers: int = 3
-    synth_clips: int = 2
-    resolution: int = 32
-    num_frames: int = 8
-    windows_per_clip: int = 4
+    # -- data (fields shared with EAT live in TalkingClipsConfig) --
+    data_dir: str = "outputs/dice_demo_data"
     validation_emotion: str = "happy"
     validation_num_frames: int = 24
     """Frames of the validation clip (longer than training windows, so the video shows speech)."""
-    # -- metric and reward --
-    metric_path: Optional[str] = None
-    """`STCCLMetric.from_pretrained` source; None: pretrain a small one into output_dir/metric."""
-    metric_backbone: list = field(default_factory=lambda: ["1", "1", "1", "1"])
-    metric_input_size: int = 64
-    metric_pretrain_steps: int = 12
-    stccl_weight: float = 0.1
+    # -- reward (stccl_weight: TalkingClipsConfig) --
     gate_timestep: float = 500
     frame_subset: Optional[list] = None
     decode_chunk_size: Optional[int] = None
@@ -236,7 +223,6 @@ class DiceTrainingConfig(TrainingConfig):
     drop_emotion: float = 0.05
     num_inference_steps: int = 10
     guidance_scale: float = 1.0
-    validation_seed: int = 1234
     # -- reference model --
     pretrained_model_name_or_path: Optional[str] = None
     """A saved ReferenceDICE (`save_pretrained` folder); None: build one and pre-train it here."""

@@ -1,7 +1,7 @@
 """Shared training machinery for the STCCL training scripts (DICE-Talk, EAT)."""
 
 from .adapter import TalkingHeadAdapter
-from .config import TrainingConfig, config_from_dict, load_yaml_config, parse_config
+from .config import TalkingClipsConfig, TrainingConfig, config_from_dict, load_yaml_config, parse_config
 from .loop import (
     EpochShuffleSampler,
     TrainResult,
@@ -16,6 +16,7 @@ from .loop import (
 __all__ = [
     "TalkingHeadAdapter",
     "TrainingConfig",
+    "TalkingClipsConfig",
     "parse_config",
     "config_from_dict",
     "load_yaml_config",

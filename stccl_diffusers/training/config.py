@@ -90,6 +90,33 @@ class TrainingConfig:
     """Also validate before the first step, so the note has a 'before' number."""
 
 
+@dataclass
+class TalkingClipsConfig(TrainingConfig):
+    """What both talking-head scripts add: labelled clips (synthesized for the demos) and the
+    frozen STCCL metric. Each script subclasses it and overrides the defaults it needs."""
+
+    # -- data ------------------------------------------------------------------------------
+    data_dir: str = "outputs/demo_data"
+    """Folder of .mp4 clips (with audio) under emotion-named folders (MEAD layout works)."""
+    synthesize_if_missing: bool = True
+    """Write synthetic talking-face clips into `data_dir` when it holds none (the demos)."""
+    synth_speakers: int = 3
+    synth_clips: int = 2
+    windows_per_clip: int = 4
+    resolution: int = 32
+    num_frames: int = 8
+    validation_seed: int = 1234
+
+    # -- the STCCL metric ------------------------------------------------------------------
+    metric_path: Optional[str] = None
+    """A `save_pretrained` STCCLMetric (`stccl-pretrain`); None pretrains a small one into `output_dir/metric`."""
+    metric_backbone: list = field(default_factory=lambda: ["1", "1", "1", "1"])
+    """Pretrained-here metric: `r18|r34|r50|r100` or 4 stage depths."""
+    metric_input_size: int = 64
+    metric_pretrain_steps: int = 12
+    stccl_weight: float = 0.1
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
