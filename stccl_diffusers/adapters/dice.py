@@ -1,0 +1,288 @@
+"""DICE-Talk adapters: EDM training with the STCCL reward on a neutral-anchor stream.
+
+Two backends, one interface (:class:`~stccl_diffusers.training.adapter.TalkingHeadAdapter`):
+
+- :class:`ReferenceDiceAdapter` wraps the built-in :class:`~stccl_diffusers.models.reference_dice.ReferenceDICE`
+  (trainable on a CPU; the demo and the tests).
+- :class:`DiceTalkAdapter` (in :mod:`stccl_diffusers.adapters.dice_talk`) wraps the user's own
+  DICE-Talk checkout and weights.
+
+Both share :class:`DiceStepMixin`: SVD's EDM training step (ln sigma ~ N(P_mean, P_std),
+v-prediction, weight (s^2+1)/s^2, condition dropout) and the STCCL term through
+`STCCLRewardCallback` with the t < 500 gate: the neutral-anchor forward (same noisy latents,
+sigma, reference, audio and face mask; the *neutral prior* as emotion) runs only when some
+sample of the batch is gated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import edm
+from ..models.reference_dice import ReferenceDICE, audio_frame_features, fit_autoencoder
+from ..training.adapter import TalkingHeadAdapter
+
+
+def make_svd_scheduler():
+    """SVD-xt's EulerDiscreteScheduler (v-prediction, continuous timesteps = 0.25 ln sigma,
+    scaled-linear 0.00085..0.012 so that the t < 500 gate is sigma < ~1.62)."""
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="v_prediction", timestep_type="continuous", use_karras_sigmas=True,
+        sigma_min=0.002, sigma_max=700.0, interpolation_type="linear",
+    )
+
+
+def condition_dropout(batch_size: int, probs: tuple[float, float, float], generator, device) -> tuple[torch.Tensor, ...]:
+    """Independent per-sample drop masks (B,) bool for (reference, audio, emotion)."""
+    u = torch.rand(3, batch_size, generator=generator, device=generator.device if generator is not None else device)
+    u = u.to(device)
+    return tuple(u[i] < p for i, p in enumerate(probs))
+
+
+class DiceStepMixin:
+    """The EDM + STCCL step both DICE backends share. Subclasses provide:
+
+    - `encode_latents(batch) -> x0 (B, T, C, h, w)` (scaled latents, no grad),
+    - `conditions(batch, prior, drops) -> cond` and `neutral_prior(batch) -> prior`,
+      `target_prior(batch) -> prior`,
+    - `denoise(x_t, sigma, cond) -> v (B, T, C, h, w)`.
+    """
+
+    callback = None
+    p_mean: float = 0.7
+    p_std: float = 1.6
+    dropout_probs: tuple[float, float, float] = (0.05, 0.05, 0.05)
+    use_face_boxes: bool = True
+
+    def edm_step(self, batch: dict[str, Any], step: int, generator: torch.Generator | None) -> dict[str, Any]:
+        x0 = self.encode_latents(batch)
+        B, device = x0.shape[0], x0.device
+        gdev = generator.device if generator is not None else device
+        sigma = edm.sample_sigmas(B, self.p_mean, self.p_std, generator=generator, device=gdev).to(device)
+        noise = torch.randn(x0.shape, generator=generator, device=gdev).to(device, x0.dtype)
+        x_t = edm.add_noise(x0, noise, sigma)
+        drops = condition_dropout(B, self.dropout_probs, generator, device)
+        cond = self.conditions(batch, self.target_prior(batch), drops)
+        v = self.denoise(x_t, sigma, cond)
+        diffusion = edm.edm_loss(edm.x0_from_v(v.float(), x_t, sigma), x0, sigma).mean()
+
+        logs: dict[str, Any] = {"diffusion": diffusion.detach()}
+        stccl = torch.zeros((), device=device)
+        cb = self.callback
+        if cb is not None and float(cb.config.weight) > 0:
+            timesteps = edm.c_noise(sigma)
+            anchor_v = None
+            if cb.needs_anchor(timesteps, sigmas=sigma):
+                with torch.no_grad():
+                    # Same noisy latents, sigma, reference, audio, face mask and dropout; neutral prior.
+                    anchor_cond = self.conditions(batch, self.neutral_prior(batch), (drops[0], drops[1], None))
+                    anchor_v = self.denoise(x_t, sigma, anchor_cond).detach()
+            boxes = batch.get("face_box") if self.use_face_boxes else None
+            stccl = cb(model_pred=v, anchor_pred=anchor_v, noisy_latents=x_t, timesteps=timesteps, sigmas=sigma,
+                       face_boxes=boxes, generator=generator)
+            logs["anchor_forward"] = float(anchor_v is not None)
+            for k, val in cb.last_stats.items():
+                if k != "stccl_loss":
+                    logs[f"stccl_{k}"] = val
+        logs["stccl"] = stccl.detach()
+        return {"loss": diffusion + stccl, **logs}
+
+
+class ReferenceDiceAdapter(DiceStepMixin, TalkingHeadAdapter):
+    """The built-in ReferenceDICE behind the adapter interface.
+
+    Batch: {"frames": (B, T, 3, H, W) in [-1, 1], "reference": (B, 3, H, W), "audio": (B, N)
+    waveform, "emotion": (B,) label index, "face_box": (B, 4) pixels (optional)}.
+    """
+
+    lora_prefix = "unet"
+
+    def __init__(
+        self,
+        model: ReferenceDICE,
+        callback=None,
+        p_mean: float = 0.7,
+        p_std: float = 1.6,
+        dropout_probs: tuple[float, float, float] = (0.05, 0.05, 0.05),
+        num_inference_steps: int = 10,
+        guidance_scale: float = 1.0,
+        sigma_max: float = 80.0,
+        use_face_boxes: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.callback = callback
+        self.p_mean, self.p_std, self.dropout_probs = p_mean, p_std, tuple(dropout_probs)
+        self.num_inference_steps, self.guidance_scale, self.sigma_max = num_inference_steps, guidance_scale, sigma_max
+        self.use_face_boxes = use_face_boxes
+        model.vae.requires_grad_(False)
+
+    # -- TalkingHeadAdapter ----------------------------------------------------------------
+    def lora_model(self) -> torch.nn.Module:
+        return self.model.unet
+
+    def set_weight_dtype(self, dtype: torch.dtype) -> None:
+        # Frozen parts run in the mixed-precision dtype; what is trained stays fp32 (cast_training_params).
+        if dtype == torch.float32:
+            return
+        for module in (self.model.vae, self.model.unet, self.model.image_encoder, self.model.audio_model,
+                       self.model.emotion_model):
+            if not any(p.requires_grad for p in module.parameters()):
+                module.to(dtype)
+
+    def training_step(self, batch, step, generator):
+        self._check_batch(batch)
+        return self.edm_step(batch, step, generator)
+
+    @torch.no_grad()
+    def render_validation(self, batch, generator=None):
+        self._check_batch(batch)
+        ref, feats = batch["reference"], self.audio_features(batch)
+        B, T = feats.shape[:2]
+        m = self.model
+        lat = m.config.resolution // 2 ** (len(m.config.vae_block_out_channels) - 1)
+        gdev = generator.device if generator is not None else ref.device
+        noise = torch.randn(B, T, m.config.latent_channels, lat, lat, generator=generator, device=gdev).to(ref.device)
+        kw = dict(num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                  sigma_max=self.sigma_max, noise=noise)
+        target = m.sample(ref, feats, self.target_prior(batch), **kw)
+        anchor = m.sample(ref, feats, self.neutral_prior(batch), **kw)
+        return {"target": target, "anchor": anchor}
+
+    # -- DiceStepMixin ---------------------------------------------------------------------
+    def audio_features(self, batch) -> torch.Tensor:
+        T = batch["frames"].shape[1] if "frames" in batch else self.model.config.num_frames
+        return audio_frame_features(batch["audio"], self.model.config.sample_rate, self.model.config.fps, T)
+
+    def encode_latents(self, batch) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.encode_frames(batch["frames"]).float()
+
+    def target_prior(self, batch) -> torch.Tensor:
+        return self.model.emotion_prior(batch["emotion"])
+
+    def neutral_prior(self, batch) -> torch.Tensor:
+        return self.model.neutral_prior(batch["emotion"].shape[0])
+
+    def conditions(self, batch, prior, drops):
+        m = self.model
+        lat = m.config.resolution // 2 ** (len(m.config.vae_block_out_channels) - 1)
+        return m.encode_conditions(batch["reference"], self.audio_features(batch), prior, (lat, lat),
+                                   drop_reference=drops[0], drop_audio=drops[1], drop_emotion=drops[2])
+
+    def denoise(self, x_t, sigma, cond):
+        return self.model(x_t, sigma, cond)
+
+    def _check_batch(self, batch) -> None:
+        need = ("reference", "audio", "emotion")
+        missing = [k for k in need if k not in batch]
+        if missing:
+            raise ValueError(f"expected batch keys {need} (+ 'frames' for training), missing {missing}")
+        frames = batch.get("frames")
+        res = self.model.config.resolution
+        if frames is not None and (frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[-1] != res):
+            raise ValueError(f"expected frames (B, T, 3, {res}, {res}) in [-1, 1], got {tuple(frames.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration and assembly (used by train_dice_stccl.py)
+# ----------------------------------------------------------------------------------------------
+from dataclasses import dataclass, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+from ..training.config import TalkingClipsConfig  # noqa: E402
+
+
+@dataclass
+class DiceTrainingConfig(TalkingClipsConfig):
+    """`train_dice_stccl.py` options on top of the shared ones (see configs/dice_stccl*.yaml)."""
+
+    backend: str = "reference"
+    """`reference` (built-in ReferenceDICE) or `dice_talk` (your DICE-Talk checkout and weights)."""
+    # -- data (fields shared with EAT live in TalkingClipsConfig) --
+    data_dir: str = "outputs/dice_demo_data"
+    validation_emotion: str = "happy"
+    validation_num_frames: int = 24
+    """Frames of the validation clip (longer than training windows, so the video shows speech)."""
+    # -- reward (stccl_weight: TalkingClipsConfig) --
+    gate_timestep: float = 500
+    frame_subset: Optional[list] = None
+    decode_chunk_size: Optional[int] = None
+    use_face_boxes: bool = True
+    # -- EDM --
+    p_mean: float = 0.7
+    p_std: float = 1.6
+    drop_reference: float = 0.05
+    drop_audio: float = 0.05
+    drop_emotion: float = 0.05
+    num_inference_steps: int = 10
+    guidance_scale: float = 1.0
+    # -- reference model --
+    pretrained_model_name_or_path: Optional[str] = None
+    """A saved ReferenceDICE (`save_pretrained` folder); None: build one and pre-train it here."""
+    vae_fit_steps: int = 160
+    base_train_steps: int = 300
+    base_learning_rate: float = 2e-3
+    # -- real DICE-Talk --
+    dice_talk_root: Optional[str] = None
+    dice_checkpoints: Optional[str] = None
+    svd_path: Optional[str] = None
+    whisper_path: Optional[str] = None
+
+
+def build_callback(cfg: DiceTrainingConfig, metric, decoder=None, decode_fn=None):
+    """`STCCLRewardCallback` for SVD's scheduler with the configured gate, weight and decoding."""
+    from ..callback import STCCLRewardCallback
+
+    return STCCLRewardCallback(
+        metric=metric, scheduler=make_svd_scheduler(), decoder=decoder, decode_fn=decode_fn,
+        gate_timestep=cfg.gate_timestep, weight=cfg.stccl_weight, num_frames=cfg.num_frames,
+        frame_subset=[int(i) for i in cfg.frame_subset] if cfg.frame_subset else None,
+        decode_chunk_size=cfg.decode_chunk_size,
+    )
+
+
+def build_reference_adapter(cfg: DiceTrainingConfig, model: ReferenceDICE, callback=None) -> ReferenceDiceAdapter:
+    return ReferenceDiceAdapter(
+        model, callback, p_mean=cfg.p_mean, p_std=cfg.p_std,
+        dropout_probs=(cfg.drop_reference, cfg.drop_audio, cfg.drop_emotion),
+        num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+        use_face_boxes=cfg.use_face_boxes,
+    )
+
+
+def pretrain_reference_dice(cfg: DiceTrainingConfig, dataset, save_dir: str | Path) -> tuple[ReferenceDICE, dict]:
+    """Build a ReferenceDICE and train it from scratch (VAE fit, then the EDM loss in full, no STCCL).
+
+    Deterministic for `cfg.seed`, so every rank of a multi-process run builds the same model.
+    """
+    import time
+
+    from ..training.loop import train
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = ReferenceDICE(resolution=cfg.resolution, num_frames=cfg.num_frames)
+    frames = torch.cat([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for c in dataset.clips])
+    info = {"vae": fit_autoencoder(model, frames, steps=cfg.vae_fit_steps, batch_size=16, seed=cfg.seed)}
+    base_cfg = replace(
+        cfg, output_dir=str(Path(save_dir) / "base_run"), train_mode="full",
+        trainable_modules=["model.unet", "model.image_encoder", "model.audio_model", "model.emotion_model"],
+        max_train_steps=cfg.base_train_steps, learning_rate=cfg.base_learning_rate, checkpointing_steps=0,
+        validation_steps=0, validate_at_start=False, report_to="none", resume_from_checkpoint=None,
+        lr_scheduler="cosine", lr_warmup_steps=min(20, cfg.base_train_steps // 10),
+    )
+    adapter = build_reference_adapter(base_cfg, model, callback=None)
+    result = train(adapter, dataset, base_cfg)
+    model.requires_grad_(False)
+    model.save_pretrained(str(save_dir))
+    info.update(base_steps=result.global_step, base_loss_first=result.step_log[0]["loss"] if result.step_log else None,
+                base_loss_last=result.step_log[-1]["loss"] if result.step_log else None,
+                base_pretrain_s=time.perf_counter() - t0)
+    return model, info

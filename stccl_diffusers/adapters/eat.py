@@ -1,0 +1,582 @@
+"""STCCL for EAT (Gan et al., ICCV 2023) with online pseudo-pairing (paper §8.3.2, facts §5).
+
+Every training step renders two streams from the same batch (audio, pose, source frame and deep
+prompt latent ``z_trg``): the **target** stream with the batch's emotion ``y_trg`` (with gradient)
+and the **neutral anchor** stream with ``y_trg = 5`` (under ``no_grad``). Faces are cropped from
+both with the batch's ``bboxs`` and STCCL pulls the target's spatial/temporal correlations onto
+the anchor's:
+
+    loss_values["stccl"] = w(step) * STCCL(anchor = crop(neutral) * 2 - 1, generated = crop(target) * 2 - 1)
+
+with ``w(step)`` from :func:`stccl_diffusers.training.warmup.warmup_weight` (EAT has no diffusion
+timestep, so there is no t < 500 gate; the term is switched on by step instead).
+
+Two backends share this code, both seen through EAT's stage-2 interface
+``generator_full(x, train_with_img) -> (loss_values, generated)`` with
+``generated["prediction"]`` ``(B * T, 3, H, W)`` in ``[0, 1]``:
+
+- the **real EAT** ``GeneratorFullModelBatchDeepPromptSTEAM3D`` imported from the user's own
+  checkout (:func:`load_eat_generator_full`; EAT's code is never vendored), wrapped by
+  :class:`EATWithSTCCL`, which is a drop-in replacement inside EAT's own
+  ``train_batch_deepprompt_eam3d_sidetuning`` loop;
+- the built-in :class:`~stccl_diffusers.models.reference_eat.ReferenceEATModel` through
+  :class:`ReferenceEATGeneratorFull`.
+
+:class:`EATAdapter` plugs either into the shared training loop (``train_eat_stccl.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.reference_eat import NEUTRAL_INDEX, ReferenceEATModel
+from ..training.adapter import TalkingHeadAdapter
+from ..training.warmup import warmup_weight
+
+__all__ = [
+    "EAT_EMOTIONS",
+    "NEUTRAL_INDEX",
+    "EAT_REQUIRED_FILES",
+    "neutral_batch",
+    "check_prediction",
+    "crop_faces",
+    "stccl_on_frames",
+    "EATWithSTCCL",
+    "ReferenceEATGeneratorFull",
+    "EATAdapter",
+    "check_eat_checkout",
+    "load_eat_generator_full",
+    "set_eat_trainable",
+    "EMOTION_TO_EAT",
+    "EAT_EMOTION_NAMES",
+    "eat_collate",
+    "load_eat_dataset",
+]
+
+EAT_EMOTIONS = ("ang", "con", "dis", "fea", "hap", "neu", "sad", "sur")
+#: MEAD emotion names (as the synthetic data and MEAD folders spell them) -> EAT label.
+EMOTION_TO_EAT = {"angry": 0, "contempt": 1, "disgusted": 2, "fear": 3, "happy": 4, "neutral": 5, "sad": 6,
+                  "surprised": 7}
+_RANGE_TOLERANCE = 1e-3
+
+
+# ----------------------------------------------------------------------------- functional core
+
+
+def neutral_batch(x: Dict[str, Any]) -> Dict[str, Any]:
+    """The neutral-anchor batch: a shallow copy of ``x`` with ``y_trg`` set to 5 (neutral).
+
+    Everything else, ``z_trg`` included, is the *same object*, so both streams share audio, pose,
+    source frame and deep-prompt latent (facts §5: never a None prompt, which breaks EAT's
+    positional encoding).
+    """
+    if "y_trg" not in x or "z_trg" not in x or x["z_trg"] is None:
+        raise ValueError(
+            "expected an EAT batch with 'y_trg' (B,) emotion indices and 'z_trg' (B, 16) deep-prompt "
+            f"latents; got keys {sorted(x)}"
+        )
+    y = x["y_trg"]
+    out = dict(x)
+    out["y_trg"] = torch.full_like(y, NEUTRAL_INDEX) if isinstance(y, torch.Tensor) else [NEUTRAL_INDEX] * len(y)
+    return out
+
+
+def check_prediction(
+    prediction: Any, batch_size: int, num_frames: int, image_size: Optional[int] = None
+) -> torch.Tensor:
+    """Validate EAT's ``generated["prediction"]`` and return it as ``(B, T, 3, H, W)``.
+
+    Expected ``(B * T, 3, H, W)`` (``H = W = image_size`` when given; 256 for EAT) in ``[0, 1]``
+    (EAT's renderer ends in a sigmoid). Anything else is a ``ValueError`` naming both.
+    """
+    size = "H, W" if image_size is None else f"{image_size}, {image_size}"
+    want = f"generated['prediction'] of shape ({batch_size}*{num_frames}, 3, {size}) in [0, 1]"
+    if not isinstance(prediction, torch.Tensor):
+        raise ValueError(f"expected {want}, got {type(prediction).__name__}")
+    shape = tuple(prediction.shape)
+    ok = prediction.ndim == 4 and shape[0] == batch_size * num_frames and shape[1] == 3
+    if ok and image_size is not None:
+        ok = shape[2] == image_size and shape[3] == image_size
+    if not ok:
+        raise ValueError(f"expected {want}, got {shape}")
+    lo, hi, finite = torch.stack(
+        [prediction.detach().amin().float(), prediction.detach().amax().float(),
+         prediction.detach().isfinite().all().float()]
+    ).tolist()
+    if finite < 1:
+        raise ValueError(f"expected {want}, got NaN or inf values")
+    if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        raise ValueError(f"expected {want}, got values in [{lo:.3g}, {hi:.3g}]")
+    return prediction.view(batch_size, num_frames, *shape[1:])
+
+
+def crop_faces(frames: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Differentiable bilinear face crops.
+
+    frames: ``(N, C, H, W)``; boxes: ``(N, 4)`` as ``[x0, y0, x1, y1]`` in pixels of the frame (as
+    EAT's ``x['bboxs']``, which it divides by 256). Returns ``(N, C, size, size)``: the box
+    resampled on a ``size x size`` grid (``x = x0 + (x1 - x0) * u``, ``u`` in ``[0, 1]``).
+    """
+    if frames.ndim != 4 or boxes.shape != (frames.shape[0], 4):
+        raise ValueError(
+            f"expected frames (N, C, H, W) and boxes (N, 4) [x0, y0, x1, y1] in pixels, got "
+            f"{tuple(frames.shape)} and {tuple(boxes.shape)}"
+        )
+    n, _, h, w = frames.shape
+    b = boxes.to(frames.dtype)
+    x0, y0, x1, y1 = b[:, 0] / w, b[:, 1] / h, b[:, 2] / w, b[:, 3] / h
+    if bool(((x1 <= x0) | (y1 <= y0)).any()):
+        raise ValueError(f"expected boxes with x1 > x0 and y1 > y0, got {boxes.tolist()}")
+    theta = torch.zeros(n, 2, 3, dtype=frames.dtype, device=frames.device)
+    # affine_grid maps [-1, 1] output coords to input coords: scale by the box size, shift to its centre.
+    theta[:, 0, 0] = x1 - x0
+    theta[:, 0, 2] = x0 + x1 - 1
+    theta[:, 1, 1] = y1 - y0
+    theta[:, 1, 2] = y0 + y1 - 1
+    grid = F.affine_grid(theta, [n, frames.shape[1], size, size], align_corners=False)
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def stccl_on_frames(
+    metric: nn.Module,
+    target: torch.Tensor,
+    anchor: torch.Tensor,
+    bboxs: Optional[torch.Tensor],
+    crop_size: Optional[int],
+    generator: Optional[torch.Generator] = None,
+):
+    """STCCL between the target and the neutral-anchor stream, faces cropped.
+
+    target, anchor: ``(B, T, 3, H, W)`` in ``[0, 1]`` (EAT's range; gradient through ``target``);
+    bboxs: ``(B, T, 4)`` pixel boxes or None (whole frame). The metric takes ``[-1, 1]``:
+    ``x -> 2x - 1``. Returns the metric's output (``.loss``, ``.pos_sim``, ``.neg_sim``, ...).
+    """
+    b, t = target.shape[:2]
+    if bboxs is not None and crop_size:
+        boxes = torch.as_tensor(bboxs, device=target.device).reshape(b * t, 4)
+        target = crop_faces(target.flatten(0, 1), boxes, crop_size).view(b, t, 3, crop_size, crop_size)
+        anchor = crop_faces(anchor.flatten(0, 1), boxes, crop_size).view(b, t, 3, crop_size, crop_size)
+    # The metric casts to its own dtype; keep the loss in fp32 under mixed precision (no fp16 NaNs).
+    return metric(anchor.float() * 2 - 1, target.float() * 2 - 1, generator=generator)
+
+
+#: The emotion vocabulary in EAT's label order (MEAD spellings, as the data folders are named):
+#: ``TalkingClipDataset(root, EAT_EMOTION_NAMES, ...)`` then yields EAT labels directly.
+EAT_EMOTION_NAMES = tuple(EMOTION_TO_EAT)
+
+
+def eat_collate(items: Sequence[Dict[str, Any]], n_mels: int = 20, context: int = 1) -> Dict[str, Any]:
+    """Talking-clip items (:class:`~stccl_diffusers.training.clips.TalkingClipDataset` built with
+    :data:`EAT_EMOTION_NAMES`) -> an EAT-style batch: ``source`` ``(B, 3, H, W)`` and ``driving``
+    ``(B, T, 3, H, W)`` in ``[0, 1]``, ``audio`` ``(B, T, n_mels * (2 * context + 1))`` per-frame
+    log-mel, ``y_trg`` ``(B,)`` EAT labels, ``bboxs`` ``(B, T, 4)`` pixels, ``waveform`` ``(B, N)``
+    (for validation videos), ``fps``."""
+    from ..models.reference_dice import audio_frame_features
+
+    stack = lambda k: torch.stack([torch.as_tensor(it[k]) for it in items])  # noqa: E731
+    frames = stack("frames")
+    b, t = frames.shape[:2]
+    fps = float(items[0]["fps"])
+    waveform = stack("audio")
+    y = stack("emotion").long().view(b)
+    if int(y.min()) < 0 or int(y.max()) >= len(EAT_EMOTIONS):
+        raise ValueError(f"expected EAT emotion labels in [0, 8) ({EAT_EMOTION_NAMES}), got {y.tolist()}")
+    return {
+        "source": stack("reference").add(1).div(2),
+        "driving": frames.add(1).div(2),
+        "audio": audio_frame_features(waveform, 16000, fps, t, n_mels=n_mels, context=context),
+        "y_trg": y,
+        "bboxs": stack("face_box").float().view(b, 1, 4).expand(b, t, 4).contiguous(),
+        "waveform": waveform,
+        "fps": fps,
+    }
+
+
+# ----------------------------------------------------------------------------- the EAT hook
+
+
+class EATWithSTCCL(nn.Module):
+    """Adds ``loss_values['stccl']`` to an EAT stage-2 generator-full model; nothing else changes.
+
+    ``generator_full(x, train_with_img) -> (loss_values, generated)`` is EAT's
+    ``GeneratorFullModelBatchDeepPromptSTEAM3D`` (or :class:`ReferenceEATGeneratorFull`). In EAT's
+    own training loop, wrap the model *outside* ``DataParallelWithCallback`` (its replicas would
+    lose the step counter)::
+
+        generator_full = EATWithSTCCL(DataParallelWithCallback(generator_full), metric, weight=1.0)
+        losses_generator, generated = generator_full(x, train_params['train_with_img'])
+
+    Args:
+        generator_full: the wrapped model.
+        metric: a frozen :class:`~stccl_diffusers.STCCLMetric`.
+        weight: full weight of the STCCL term.
+        warmup_steps / ramp_steps: steps without the term, then a linear ramp (see
+            :func:`~stccl_diffusers.training.warmup.warmup_weight`).
+        crop_size: side of the face crops fed to the metric (None: whole frames).
+        image_size: expected side of ``generated['prediction']`` (256 for EAT; None: any).
+        num_frames: frames per clip when ``x`` carries no ``bboxs`` (EAT: 5).
+    """
+
+    def __init__(
+        self,
+        generator_full: nn.Module,
+        metric: nn.Module,
+        weight: float = 1.0,
+        warmup_steps: int = 0,
+        ramp_steps: int = 0,
+        crop_size: Optional[int] = 112,
+        image_size: Optional[int] = 256,
+        num_frames: int = 5,
+    ):
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"expected a non-negative STCCL weight, got {weight}")
+        self.generator_full = generator_full
+        self.metric = metric
+        self.weight, self.warmup_steps, self.ramp_steps = float(weight), int(warmup_steps), int(ramp_steps)
+        warmup_weight(0, self.weight, self.warmup_steps, self.ramp_steps)  # validates the schedule
+        self.crop_size, self.image_size, self.num_frames = crop_size, image_size, num_frames
+        self.num_updates = 0  # training calls seen, the step when none is passed
+        self.last: Dict[str, float] = {}
+
+    def current_weight(self, step: int) -> float:
+        return warmup_weight(step, self.weight, self.warmup_steps, self.ramp_steps)
+
+    def _shape(self, x: Dict[str, Any]):
+        if "source" not in x:
+            raise ValueError(f"expected an EAT batch with 'source' (B, 3, H, W), got keys {sorted(x)}")
+        b = int(x["source"].shape[0])
+        t = int(x["bboxs"].shape[1]) if x.get("bboxs") is not None else self.num_frames
+        return b, t
+
+    def forward(self, x: Dict[str, Any], train_with_img: bool = True, step: Optional[int] = None,
+                generator: Optional[torch.Generator] = None):
+        """EAT's signature plus an optional ``step`` (default: the count of training calls so far)."""
+        if step is None:
+            step = self.num_updates
+            if torch.is_grad_enabled():
+                self.num_updates += 1
+        w = self.current_weight(step)
+        loss_values, generated = self.generator_full(x, train_with_img)
+        if not isinstance(loss_values, dict) or not isinstance(generated, dict):
+            raise ValueError(
+                "expected generator_full(x, train_with_img) to return (loss_values: dict, generated: dict), "
+                f"got ({type(loss_values).__name__}, {type(generated).__name__})"
+            )
+        if "stccl" in loss_values:
+            raise ValueError("generator_full already returned a 'stccl' loss; refusing to overwrite it")
+        b, t = self._shape(x)
+        target = check_prediction(generated.get("prediction"), b, t, self.image_size)
+        self.last = {"stccl_weight": w}
+        if w == 0.0:
+            # Warm-up: no anchor forward, no metric; a zero keeps the log columns stable.
+            loss_values["stccl"] = target.new_zeros(())
+            return loss_values, generated
+        with torch.no_grad():
+            _, gen_neutral = self.generator_full(neutral_batch(x), train_with_img)
+        anchor = check_prediction(gen_neutral.get("prediction"), b, t, self.image_size)
+        out = stccl_on_frames(self.metric, target, anchor.detach(), x.get("bboxs"), self.crop_size, generator)
+        loss_values["stccl"] = w * out.loss
+        self.last.update(stccl_raw=float(out.loss.detach()), pos_sim=float(out.pos_sim), neg_sim=float(out.neg_sim))
+        return loss_values, generated
+
+
+class ReferenceEATGeneratorFull(nn.Module):
+    """The built-in :class:`ReferenceEATModel` behind EAT's stage-2 interface.
+
+    Batch keys (EAT's names where EAT has them): ``source`` ``(B, 3, H, W)`` in ``[0, 1]``;
+    ``audio`` ``(B, T, A)``; ``y_trg`` ``(B,)``; ``z_trg`` ``(B, 16)``; ``driving``
+    ``(B, T, 3, H, W)`` in ``[0, 1]`` (ground truth, only needed for the losses); ``bboxs``
+    ``(B, T, 4)`` pixel face boxes. Returns ``(loss_values, generated)`` like EAT.
+    """
+
+    def __init__(self, model: ReferenceEATModel, exp_weight: float = 0.01):
+        super().__init__()
+        self.model = model
+        self.exp_weight = exp_weight
+
+    def forward(self, x: Dict[str, Any], train_with_img: bool = True):
+        generated = self.model(x["source"], x["audio"], x["y_trg"], x["z_trg"])
+        loss_values = {}
+        if train_with_img and x.get("driving") is not None:
+            loss_values = ReferenceEATModel.reconstruction_losses(generated, x["driving"], self.exp_weight)
+        return loss_values, generated
+
+
+# ----------------------------------------------------------------------------- adapter
+
+
+class EATAdapter(TalkingHeadAdapter):
+    """EAT backend of the shared training loop (:func:`stccl_diffusers.training.loop.train`).
+
+    ``training_step`` draws ``z_trg ~ N(0, I_16)`` when the batch has none (EAT's data set supplies
+    it), runs :class:`EATWithSTCCL` and sums the loss dict as EAT's loop does
+    (``sum(v.mean() for v in loss_values.values())``).
+
+    Args:
+        generator_full: EAT's generator-full model or a :class:`ReferenceEATGeneratorFull`.
+        metric: frozen STCCL metric. Other args as :class:`EATWithSTCCL`.
+        trainable_modules: names of sub-modules of ``generator_full`` trained in full (empty: keep
+            the parameters that already require grad: all of the reference model; EAT's own choice
+            of prompt/EAM/side-tuning for the real model). LoRA does not apply to EAT.
+        latent_dim: size of ``z_trg``.
+    """
+
+    def __init__(
+        self,
+        generator_full: nn.Module,
+        metric: nn.Module,
+        weight: float = 1.0,
+        warmup_steps: int = 0,
+        ramp_steps: int = 0,
+        crop_size: Optional[int] = 112,
+        image_size: Optional[int] = 256,
+        num_frames: int = 5,
+        trainable_modules: Sequence[str] = (),
+        latent_dim: int = 16,
+    ):
+        super().__init__()
+        self.stccl = EATWithSTCCL(generator_full, metric, weight, warmup_steps, ramp_steps, crop_size,
+                                  image_size, num_frames)
+        self.latent_dim = latent_dim
+        metric.requires_grad_(False)
+        # EAT trains a hand-picked subset (prompt, EAM, side-tuning; see `load_eat_generator_full`),
+        # chosen parameter by parameter: the adapter sets it here and tells the shared loop's
+        # `configure_trainable` (module-level on/off) to leave it as is.
+        self._trainable_configured = True
+        if trainable_modules:
+            generator_full.requires_grad_(False)
+            named = dict(generator_full.named_modules())
+            missing = [m for m in trainable_modules if m not in named]
+            if missing:
+                raise ValueError(f"trainable_modules {missing} not found in {type(generator_full).__name__}; "
+                                 f"top-level modules: {[n for n, _ in generator_full.named_children()]}")
+            for m in trainable_modules:
+                named[m].requires_grad_(True)
+
+    @property
+    def generator_full(self) -> nn.Module:
+        return self.stccl.generator_full
+
+    @property
+    def metric(self) -> nn.Module:
+        return self.stccl.metric
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.metric.eval()  # a frozen loss stays in eval mode (BatchNorm statistics untouched)
+        return self
+
+    def _with_latent(self, batch: Dict[str, Any], generator: Optional[torch.Generator]) -> Dict[str, Any]:
+        if batch.get("z_trg") is not None:
+            return batch
+        src = batch["source"]
+        z = torch.randn(src.shape[0], self.latent_dim, generator=generator,
+                        device=generator.device if generator is not None else "cpu")
+        return {**batch, "z_trg": z.to(src.device, src.dtype)}
+
+    def training_step(self, batch: Dict[str, Any], step: int, generator: Optional[torch.Generator]) -> Dict[str, Any]:
+        batch = self._with_latent(batch, generator)
+        loss_values, _ = self.stccl(batch, True, step=step, generator=generator)
+        terms = {k: v.mean() for k, v in loss_values.items()}
+        logs: Dict[str, Any] = {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
+        logs.update(self.stccl.last)
+        return logs
+
+    @torch.no_grad()
+    def render_validation(self, batch: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """Target and neutral-anchor frames ``(B, T, 3, H, W)`` in ``[-1, 1]``.
+
+        A clip longer than ``num_frames`` (the window EAT renders at once) is rendered window by
+        window: every tensor whose dim 1 is the clip length is split along time; one ``z_trg`` per
+        clip for all windows.
+        """
+        batch = self._with_latent(batch, generator)
+        b, t = self.stccl._shape(batch)
+        n = self.stccl.num_frames
+        if t <= n or "bboxs" not in batch:
+            return self._render_pair(batch, b, t)
+        parts = []
+        for s in range(0, t, n):
+            e = min(t, s + n)
+            chunk = {k: (v[:, s:e] if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[1] == t else v)
+                     for k, v in batch.items()}
+            parts.append(self._render_pair(chunk, b, e - s))
+        return {k: torch.cat([p[k] for p in parts], dim=1) for k in ("target", "anchor")}
+
+    def _render_pair(self, batch: Dict[str, Any], b: int, t: int) -> Dict[str, torch.Tensor]:
+        _, gen = self.generator_full(batch, False)
+        _, gen_n = self.generator_full(neutral_batch(batch), False)
+        size = self.stccl.image_size
+        target = check_prediction(gen.get("prediction"), b, t, size)
+        anchor = check_prediction(gen_n.get("prediction"), b, t, size)
+        return {"target": target * 2 - 1, "anchor": anchor * 2 - 1}
+
+
+# ----------------------------------------------------------------------------- real EAT
+
+
+#: Files of the user's EAT checkout that the generator-full model is built from.
+EAT_REQUIRED_FILES = (
+    "modules/model_transformer.py",
+    "modules/generator.py",
+    "modules/discriminator.py",
+    "modules/keypoint_detector.py",
+    "modules/transformer.py",
+    "modules/prompt.py",
+)
+
+#: Checkpoint entries (EAT's Logger saves one state_dict per module name).
+EAT_CHECKPOINT_KEYS = ("generator", "kp_detector", "audio2kptransformer", "emotionprompt", "sidetuning")
+
+
+def check_eat_checkout(eat_root: Union[str, os.PathLike], eat_checkpoint: Optional[Union[str, os.PathLike]] = None,
+                       eat_config: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """Raise ``FileNotFoundError`` naming every missing file of the EAT checkout; return its root."""
+    root = Path(eat_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"EAT checkout not found: --eat_root {root} is not a directory")
+    missing = [str(root / f) for f in EAT_REQUIRED_FILES if not (root / f).is_file()]
+    for name, path in (("--eat_checkpoint", eat_checkpoint), ("--eat_config", eat_config)):
+        if path is not None and not Path(path).is_file():
+            missing.append(f"{path} ({name})")
+    if missing:
+        raise FileNotFoundError("EAT checkout is missing: " + ", ".join(missing))
+    return root
+
+
+@contextlib.contextmanager
+def _on_path(root: Path):
+    # EAT's modules import each other as `modules.x` from the checkout root.
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(root))
+
+
+def _purge_foreign_modules(root: Path, package: str = "modules") -> None:
+    """Forget a cached ``modules`` package that does not live in ``root`` (another checkout)."""
+    cached = sys.modules.get(package)
+    paths = [Path(p).resolve() for p in getattr(cached, "__path__", [])] if cached is not None else []
+    if cached is not None and root.resolve() not in [p.parent for p in paths]:
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+
+
+def _import_from_checkout(root: Path, module: str):
+    _purge_foreign_modules(root, module.split(".")[0])
+    with _on_path(root):
+        mod = importlib.import_module(module)
+    origin = Path(getattr(mod, "__file__", "") or "").resolve()
+    if root.resolve() not in origin.parents:
+        raise ImportError(f"{module} was imported from {origin}, not from the EAT checkout {root}; "
+                          "another package named 'modules' shadows it")
+    return mod
+
+
+def load_eat_generator_full(
+    eat_root: Union[str, os.PathLike],
+    eat_checkpoint: Union[str, os.PathLike],
+    eat_config: Union[str, os.PathLike],
+    device: Union[str, torch.device] = "cpu",
+) -> nn.Module:
+    """Build EAT's stage-2 ``GeneratorFullModelBatchDeepPromptSTEAM3D`` from the user's checkout.
+
+    Follows EAT's ``prompt_st_dp_eam3d.py``: ``OcclusionAwareSPADEGeneratorEam``,
+    ``MultiScaleDiscriminator``, ``KPDetector`` (from ``generator_params``,
+    ``discriminator_params``, ``kp_detector_params`` + ``common_params``),
+    ``Audio2kpTransformerBBoxQDeepPrompt(**audio2kp_params, face_ea=True)``, ``EmotionDeepPrompt()``,
+    ``EmotionalDeformationTransformer(**audio2kp_params)``; weights from the checkpoint's
+    per-module state_dicts (``torch.load(weights_only=True)``). EAT's config is read with
+    ``yaml.safe_load``. What trains is EAT's stage-2 choice (:func:`set_eat_trainable`).
+    """
+    import yaml
+
+    root = check_eat_checkout(eat_root, eat_checkpoint, eat_config)
+    with open(eat_config, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    try:
+        mp, train_params = config["model_params"], config["train_params"]
+        common = mp["common_params"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{eat_config}: expected EAT's config with model_params.common_params and train_params, "
+                         f"missing {e}") from None
+    with _on_path(root):
+        gen_mod = _import_from_checkout(root, "modules.generator")
+        disc_mod = _import_from_checkout(root, "modules.discriminator")
+        kp_mod = _import_from_checkout(root, "modules.keypoint_detector")
+        tr_mod = _import_from_checkout(root, "modules.transformer")
+        pr_mod = _import_from_checkout(root, "modules.prompt")
+        mt_mod = _import_from_checkout(root, "modules.model_transformer")
+        generator = gen_mod.OcclusionAwareSPADEGeneratorEam(**mp["generator_params"], **common)
+        discriminator = disc_mod.MultiScaleDiscriminator(**mp["discriminator_params"], **common)
+        kp_detector = kp_mod.KPDetector(**mp["kp_detector_params"], **common)
+        audio2kp = tr_mod.Audio2kpTransformerBBoxQDeepPrompt(**mp["audio2kp_params"], face_ea=True)
+        emotionprompt = pr_mod.EmotionDeepPrompt()
+        sidetuning = pr_mod.EmotionalDeformationTransformer(**mp["audio2kp_params"])
+
+    state = torch.load(eat_checkpoint, map_location="cpu", weights_only=True)
+    missing = [k for k in EAT_CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{eat_checkpoint}: expected EAT checkpoint entries {list(EAT_CHECKPOINT_KEYS)}, "
+                         f"missing {missing} (found {sorted(state)[:10]})")
+    modules = {"generator": generator, "kp_detector": kp_detector, "audio2kptransformer": audio2kp,
+               "emotionprompt": emotionprompt, "sidetuning": sidetuning, "discriminator": discriminator}
+    for name, module in modules.items():
+        if name in state:
+            module.load_state_dict(state[name])
+    # EAT's model reads `./expPCAnorm_fin/*.npy` relative to the working directory.
+    with _on_path(root), contextlib.chdir(root):
+        full = mt_mod.GeneratorFullModelBatchDeepPromptSTEAM3D(
+            kp_detector, audio2kp, emotionprompt, sidetuning, generator, discriminator, train_params,
+            estimate_jacobian=common.get("estimate_jacobian", True),
+        )
+    set_eat_trainable(full)
+    return full.to(device)
+
+
+def set_eat_trainable(full: nn.Module) -> None:
+    """EAT's stage-2 choice of what trains (its ``prompt_st_dp_eam3d.py``), parameter by parameter.
+
+    Trainable: the renderer's emotional adaptation (``ea1``, ``ea2``, ``ea3d`` in the name), the
+    audio encoder's decode norms and the ``fea`` module of ``audio2kptransformer``, all of
+    ``emotionprompt`` and ``sidetuning``. Everything else (keypoint detector, perceptual nets, the
+    rest of the generator and transformer) is frozen.
+    """
+    full.requires_grad_(False)
+    for name, p in full.generator.named_parameters():
+        p.requires_grad_(any(k in name for k in ("ea1", "ea2", "ea3d")))
+    a2kp = full.audio2kptransformer
+    if hasattr(a2kp, "audioencoder"):
+        for name, p in a2kp.audioencoder.named_parameters():
+            p.requires_grad_("decode" in name and "norm" in name)
+    if hasattr(a2kp, "fea"):
+        a2kp.fea.requires_grad_(True)
+    full.emotionprompt.requires_grad_(True)
+    full.sidetuning.requires_grad_(True)
+
+
+def load_eat_dataset(eat_root: Union[str, os.PathLike], eat_config: Union[str, os.PathLike]):
+    """EAT's own stage-2 training set (``FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt`` from its
+    ``frames_dataset_transformer25.py``, built from ``dataset_params`` as EAT's script does)."""
+    import yaml
+
+    root = Path(eat_root)
+    if not (root / "frames_dataset_transformer25.py").is_file():
+        raise FileNotFoundError(f"EAT checkout is missing: {root / 'frames_dataset_transformer25.py'}")
+    with open(eat_config, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    mod = _import_from_checkout(root, "frames_dataset_transformer25")
+    with _on_path(root), contextlib.chdir(root):
+        return mod.FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt(is_train=True, **config["dataset_params"])

@@ -1,0 +1,138 @@
+"""Talking-head training clips: video + audio + emotion label, for the generator training scripts.
+
+A folder is read recursively for `.mp4` files; a clip's emotion is the nearest parent folder
+whose name is in the emotion vocabulary (MEAD layout: `<speaker>/video/front/<emotion>/level_1/
+001.mp4`; also `<emotion>/<anything>.mp4`). Clips are decoded once into memory at the training
+resolution. A clip that cannot be read, has no audio, has no emotion folder or is shorter than
+`num_frames` is reported by name and counted (`dataset.skipped`), never silently dropped; if no
+clip is usable the error lists why.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class _Clip:
+    name: str
+    frames: np.ndarray  # (T, H, W, 3) uint8 at the training resolution
+    audio: np.ndarray  # (N,) float32 in [-1, 1]
+    fps: float
+    emotion: int
+
+
+def _resize(frames: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+
+
+class TalkingClipDataset(Dataset):
+    """Windows of `num_frames` frames from a folder of labelled talking-head clips.
+
+    Item: {"frames": (T, 3, H, W) float32 in [-1, 1], "reference": (3, H, W) (the clip's first
+    frame: the identity image), "audio": (T * sr / fps,) float32 waveform of the window,
+    "emotion": int index into `emotions`, "face_box": (4,) x1, y1, x2, y2 in pixels (the whole
+    frame: clips are face crops), "clip_index": int}.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        emotions: Sequence[str],
+        num_frames: int = 8,
+        resolution: int = 32,
+        sample_rate: int = 16000,
+        windows_per_clip: int = 4,
+        max_clips: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        from ..data.video_io import read_video
+
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"training data folder not found: {root}")
+        if num_frames < 1 or resolution < 8:
+            raise ValueError(f"expected num_frames >= 1 and resolution >= 8, got {num_frames}, {resolution}")
+        self.emotions = list(emotions)
+        self.num_frames, self.resolution, self.sample_rate = num_frames, resolution, sample_rate
+        self.windows_per_clip = windows_per_clip
+        files = sorted(root.rglob("*.mp4"))
+        if max_clips is not None:
+            files = files[:max_clips]
+        self.clips: list[_Clip] = []
+        self.skipped: list[tuple[str, str]] = []
+        for path in tqdm(files, desc=f"reading clips in {root.name}", disable=not progress):
+            emo = next((p.name for p in path.relative_to(root).parents if p.name in self.emotions), None)
+            if emo is None:
+                self.skipped.append((str(path), f"no parent folder named one of {self.emotions}"))
+                continue
+            try:
+                clip = read_video(str(path), sample_rate=sample_rate, require_audio=True)
+            except ValueError as err:  # VideoReadError / NoAudioError are ValueErrors
+                self.skipped.append((str(path), str(err)))
+                continue
+            if clip.frames.shape[0] < num_frames:
+                self.skipped.append((str(path), f"{clip.frames.shape[0]} frames < num_frames={num_frames}"))
+                continue
+            self.clips.append(_Clip(str(path), _resize(clip.frames, resolution), clip.audio.astype(np.float32),
+                                    clip.fps, self.emotions.index(emo)))
+        if self.skipped:
+            warnings.warn(
+                f"{len(self.skipped)} of {len(files)} clips in {root} skipped: "
+                + "; ".join(f"{n} ({why})" for n, why in self.skipped[:5])
+                + (" ..." if len(self.skipped) > 5 else "")
+            )
+        if not self.clips:
+            raise ValueError(f"no usable .mp4 clip with audio under {root} (found {len(files)} files; "
+                             f"skipped: {self.skipped[:3]})")
+
+    def __len__(self) -> int:
+        return len(self.clips) * self.windows_per_clip
+
+    def window(self, index: int) -> tuple[_Clip, int]:
+        clip = self.clips[index % len(self.clips)]
+        k = index // len(self.clips)
+        span = clip.frames.shape[0] - self.num_frames
+        start = int(round(span * k / max(1, self.windows_per_clip - 1))) if self.windows_per_clip > 1 else span // 2
+        return clip, start
+
+    def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, num_frames: int | None = None) -> dict:
+        """Like `dataset[index]`, optionally with a longer window (validation videos), clamped to the clip."""
+        clip, start = self.window(index)
+        T, H = self.num_frames, self.resolution
+        if num_frames is not None:
+            T = min(int(num_frames), clip.frames.shape[0])
+            start = min(start, clip.frames.shape[0] - T)
+        frames = torch.from_numpy(clip.frames[start:start + T]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        reference = torch.from_numpy(clip.frames[0]).permute(2, 0, 1).float() / 127.5 - 1.0
+        spf = self.sample_rate / clip.fps
+        a0, n = int(round(start * spf)), int(round(T * spf))
+        audio = np.zeros(n, np.float32)
+        seg = clip.audio[a0:a0 + n]
+        audio[: len(seg)] = seg
+        return {
+            "frames": frames,
+            "reference": reference,
+            "audio": torch.from_numpy(audio),
+            "emotion": torch.tensor(clip.emotion),
+            "face_box": torch.tensor([0.0, 0.0, float(H), float(H)]),
+            "fps": torch.tensor(float(clip.fps)),
+            "clip_index": torch.tensor(index % len(self.clips)),
+        }

@@ -1,0 +1,266 @@
+"""Flat training configuration: a YAML file of `key: value` lines plus command-line overrides.
+
+nanoGPT-style: one flat set of values, no nesting, no framework. The shared fields carry the
+argument names of diffusers' example training scripts (`--train_batch_size`,
+`--gradient_accumulation_steps`, `--mixed_precision`, `--checkpoints_total_limit`,
+`--resume_from_checkpoint latest`, ...), so a diffusers user already knows them. A training
+script subclasses :class:`TrainingConfig` with its own fields and calls :func:`parse_config`.
+
+Precedence: dataclass default < YAML file (``--config``) < command line. A key in the YAML file
+that is not a field is an error naming the file, the key and the closest field names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+_NONE_WORDS = {"none", "null", "~", ""}
+_TRUE_WORDS = {"1", "true", "yes", "on", "y"}
+_FALSE_WORDS = {"0", "false", "no", "off", "n"}
+
+
+@dataclass
+class TrainingConfig:
+    """Fields shared by every STCCL training script (names as in diffusers' example scripts)."""
+
+    # -- run -------------------------------------------------------------------------------
+    output_dir: str = "outputs"
+    """Where checkpoints, weights, validation media, logs and the metrics JSON go."""
+    logging_dir: str = "logs"
+    """TensorBoard directory, relative to `output_dir`."""
+    seed: int = 0
+    """Seeds weights, data order and the per-step noise generator (resume-exact)."""
+    report_to: str = "tensorboard"
+    """`tensorboard`, `wandb`, `all` or `none`."""
+    tracker_project_name: str = "stccl"
+
+    # -- optimisation --------------------------------------------------------------------
+    train_batch_size: int = 1
+    """Clips per device per micro-batch."""
+    max_train_steps: int = 1000
+    """Optimizer steps (after gradient accumulation)."""
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    learning_rate: float = 1e-4
+    scale_lr: bool = False
+    """Multiply the learning rate by accumulation steps x batch size x processes."""
+    lr_scheduler: str = "constant"
+    """Any name accepted by `diffusers.optimization.get_scheduler`."""
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: Optional[str] = None
+    """`no`, `fp16` or `bf16`; None keeps what `accelerate config` chose."""
+    allow_tf32: bool = False
+    dataloader_num_workers: int = 0
+    enable_xformers_memory_efficient_attention: bool = False
+    ddp_find_unused_parameters: bool = False
+
+    # -- what is trained -----------------------------------------------------------------
+    train_mode: str = "lora"
+    """`lora` (peft LoRA on the adapter's denoiser) or `full` (named modules in full)."""
+    rank: int = 16
+    """LoRA rank."""
+    lora_alpha: Optional[int] = None
+    """LoRA alpha; None means alpha = rank (the diffusers examples' choice)."""
+    lora_target_modules: list = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    trainable_modules: list = field(default_factory=list)
+    """With `train_mode: full`: adapter sub-module names trained in full (empty = all of the denoiser)."""
+
+    # -- checkpoints and validation -------------------------------------------------------
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: Optional[int] = None
+    resume_from_checkpoint: Optional[str] = None
+    """A `checkpoint-{step}` path or `latest`."""
+    validation_steps: int = 100
+    """Validate every N optimizer steps (and once at the end); 0 disables periodic validation."""
+    validate_at_start: bool = True
+    """Also validate before the first step, so the note has a 'before' number."""
+
+
+@dataclass
+class TalkingClipsConfig(TrainingConfig):
+    """What both talking-head scripts add: labelled clips (synthesized for the demos) and the
+    frozen STCCL metric. Each script subclasses it and overrides the defaults it needs."""
+
+    # -- data ------------------------------------------------------------------------------
+    data_dir: str = "outputs/demo_data"
+    """Folder of .mp4 clips (with audio) under emotion-named folders (MEAD layout works)."""
+    synthesize_if_missing: bool = True
+    """Write synthetic talking-face clips into `data_dir` when it holds none (the demos)."""
+    synth_speakers: int = 3
+    synth_clips: int = 2
+    windows_per_clip: int = 4
+    resolution: int = 32
+    num_frames: int = 8
+    validation_seed: int = 1234
+
+    # -- the STCCL metric ------------------------------------------------------------------
+    metric_path: Optional[str] = None
+    """A `save_pretrained` STCCLMetric (`stccl-pretrain`); None pretrains a small one into `output_dir/metric`."""
+    metric_backbone: list = field(default_factory=lambda: ["1", "1", "1", "1"])
+    """Pretrained-here metric: `r18|r34|r50|r100` or 4 stage depths."""
+    metric_input_size: int = 64
+    metric_pretrain_steps: int = 12
+    stccl_weight: float = 0.1
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _convert(name: str, tp: Any, value: Any, source: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, or raise ValueError."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS and base is not str):
+        if optional or base in (list, dict):
+            return None if optional else base()
+        raise ValueError(f"{source}: `{name}` expects {getattr(base, '__name__', base)}, got None")
+    if isinstance(value, str) and optional and base is str and value.strip().lower() in {"none", "null", "~"}:
+        return None
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in _TRUE_WORDS:
+                return True
+            if word in _FALSE_WORDS:
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # YAML reads `1e-4` as a string; float() accepts it
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if base in (list, typing.List) or typing.get_origin(base) is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, (list, tuple)):
+                return list(value)
+            raise ValueError
+        if base in (dict,) or typing.get_origin(base) is dict:
+            if isinstance(value, dict):
+                return dict(value)
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{source}: `{name}` expects {getattr(base, '__name__', base)}, got {value!r} "
+            f"({type(value).__name__})"
+        ) from None
+    return value
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping with `yaml.safe_load`; anything else is a ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a flat mapping of `key: value`, got {type(data).__name__}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ValueError(f"{path}: `{key}` is a nested mapping; the config is flat (one `key: value` per line)")
+    return data
+
+
+def config_from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
+    """Build `cls` from a dict, converting types; unknown keys raise ValueError with suggestions."""
+    types_ = _field_types(cls)
+    unknown = [k for k in values if k not in types_]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), list(types_), n=3)
+            hints.append(f"`{k}`" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(f"{source}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(sorted(types_))}")
+    kwargs = {k: _convert(k, types_[k], v, source) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def build_argument_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser.add_argument("--config", type=str, default=None, help="flat YAML config; flags override it")
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(_field_types(cls)[f.name])
+        doc = f"(type {getattr(tp, '__name__', tp)})"
+        if tp is list or typing.get_origin(tp) is list:
+            parser.add_argument(f"--{f.name}", type=str, nargs="+", default=argparse.SUPPRESS, help=doc)
+        elif tp is bool:
+            # `--flag` alone means true (diffusers style); `--flag false` is also accepted.
+            parser.add_argument(f"--{f.name}", type=str, nargs="?", const="true", default=argparse.SUPPRESS, help=doc)
+        else:
+            parser.add_argument(f"--{f.name}", type=str, default=argparse.SUPPRESS, help=doc)
+    return parser
+
+
+def parse_config(
+    cls: type,
+    argv: Sequence[str] | None = None,
+    default_config: str | Path | None = None,
+    description: str | None = None,
+) -> Any:
+    """Parse `--config file.yaml` plus `--key value` overrides into an instance of `cls`.
+
+    `default_config` is used when no `--config` is given (the embedded demo). Unknown
+    command-line flags make argparse exit with its usual message; unknown YAML keys raise
+    ValueError naming the file.
+    """
+    parser = build_argument_parser(cls, description)
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config", None) or default_config
+    values: dict[str, Any] = {}
+    source = "command line"
+    if config_path is not None:
+        values.update(load_yaml_config(config_path))
+        source = str(config_path)
+    config_from_dict(cls, values, source=source)  # validate the file alone, so errors name it
+    cli = {}
+    for key, value in args.items():
+        if isinstance(value, list) and len(value) == 1 and "," in value[0]:
+            value = value[0]
+        cli[key] = value
+    config_from_dict(cls, cli, source="command line")
+    merged = {**values, **cli}
+    cfg = config_from_dict(cls, merged, source=source)
+    cfg._config_path = str(config_path) if config_path is not None else None
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
