@@ -44,7 +44,7 @@ __all__ = [
 
 # insightface's 5-point template for 112x112 crops (eyes, nose, mouth corners).
 ARCFACE_TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], np.float32
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], np.float64
 )
 # Our 3 points on the same template: the two eyes and the mouth centre.
 TEMPLATE_3PT_112 = np.array([ARCFACE_TEMPLATE_112[0], ARCFACE_TEMPLATE_112[1], ARCFACE_TEMPLATE_112[3:].mean(0)], np.float32)

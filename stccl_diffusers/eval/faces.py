@@ -18,6 +18,9 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+# insightface's 5-point template for 112x112 ArcFace crops (facts §3), defined once for the package.
+from ..data.face_align import ARCFACE_TEMPLATE_112
+
 __all__ = [
     "ARCFACE_TEMPLATE_112",
     "umeyama_similarity",
@@ -30,11 +33,6 @@ __all__ = [
     "mask_tile_label",
 ]
 
-# insightface's 5-point template for 112x112 ArcFace crops (facts §3).
-ARCFACE_TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float64,
-)
 
 # Where the template's eyes sit inside a frontal Haar box, measured by eye on MEAD faces:
 # left eye at (0.31 w, 0.38 h), inter-ocular distance 0.38 w. The other points follow the template.

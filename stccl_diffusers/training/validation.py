@@ -99,12 +99,6 @@ def stccl_scores(metric, target: torch.Tensor, anchor: torch.Tensor, seed: int =
     g = torch.Generator(device=device).manual_seed(seed)
     out = metric(anchor.to(device).clamp(-1, 1), target.to(device).clamp(-1, 1), generator=g)
     scores = {"stccl": float(out.loss), "pos_sim": float(out.pos_sim), "neg_sim": float(out.neg_sim)}
-    per_layer = getattr(out, "per_layer", None) or {}
-    for key in ("pos_sim", "neg_sim"):
-        if not np.isfinite(scores[key]) and per_layer:
-            # A layer whose map is too small for negatives reports NaN; average the layers that have them.
-            vals = [float(v[key]) for v in per_layer.values() if key in v and np.isfinite(float(v[key]))]
-            scores[key] = float(np.mean(vals)) if vals else float("nan")
     scores["pos_minus_neg"] = scores["pos_sim"] - scores["neg_sim"]
     return scores
 
