@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..callback import crop_faces as crop_box
 from ..models.reference_eat import NEUTRAL_INDEX, ReferenceEATModel
 from ..training.adapter import TalkingHeadAdapter
 from ..training.warmup import warmup_weight
@@ -131,19 +132,10 @@ def crop_faces(frames: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
             f"expected frames (N, C, H, W) and boxes (N, 4) [x0, y0, x1, y1] in pixels, got "
             f"{tuple(frames.shape)} and {tuple(boxes.shape)}"
         )
-    n, _, h, w = frames.shape
-    b = boxes.to(frames.dtype)
-    x0, y0, x1, y1 = b[:, 0] / w, b[:, 1] / h, b[:, 2] / w, b[:, 3] / h
-    if bool(((x1 <= x0) | (y1 <= y0)).any()):
+    if bool((boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any()):
         raise ValueError(f"expected boxes with x1 > x0 and y1 > y0, got {boxes.tolist()}")
-    theta = torch.zeros(n, 2, 3, dtype=frames.dtype, device=frames.device)
-    # affine_grid maps [-1, 1] output coords to input coords: scale by the box size, shift to its centre.
-    theta[:, 0, 0] = x1 - x0
-    theta[:, 0, 2] = x0 + x1 - 1
-    theta[:, 1, 1] = y1 - y0
-    theta[:, 1, 2] = y0 + y1 - 1
-    grid = F.affine_grid(theta, [n, frames.shape[1], size, size], align_corners=False)
-    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # The crop-and-resize itself is the reward callback's; EAT only adds the box-order check.
+    return crop_box(frames, boxes, (size, size)).to(frames.dtype)
 
 
 def stccl_on_frames(
