@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..callback import crop_faces as crop_box
