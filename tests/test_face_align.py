@@ -114,3 +114,27 @@ def test_real_pair_tiles_are_detected_and_aligned(shared_data, detector):
                 moved_less += np.linalg.norm(le.points[:2] - lsrc.points[:2], axis=1).mean() < 4.0
     assert found >= 0.8 * total, f"faces found in {found}/{total} real frames"
     assert moved_less >= 0.6 * found
+
+
+def test_face_track_follows_a_moving_face_and_counts_frames_without_one(astronaut):
+    from stccl_diffusers.data.face_align import face_track
+
+    img = cv2.resize(astronaut, (256, 256))
+    frames = [np.roll(img, 4 * i, axis=1) for i in range(6)]
+    frames[3] = np.full_like(img, 128)  # no face in frame 3
+    boxes, found = face_track(frames, window=1)
+    assert found.tolist() == [True, True, True, False, True, True]
+    assert boxes.shape == (6, 4)
+    # The box moves with the face (4 px a frame); the faceless frame takes a neighbour's box.
+    assert boxes[5, 0] - boxes[0, 0] == pytest.approx(20, abs=4)
+    assert any(np.allclose(boxes[3], boxes[j]) for j in (2, 4))
+    with pytest.raises(NoFaceError, match="any of the 2 frames"):
+        face_track([frames[3], frames[3]])
+
+
+def test_eval_faces_reexports_the_one_face_module():
+    from stccl_diffusers.data import face_align
+    from stccl_diffusers.eval import faces
+
+    for name in ("umeyama_similarity", "detect_face_box", "clip_face_box", "face_track", "ARCFACE_TEMPLATE_112"):
+        assert getattr(faces, name) is getattr(face_align, name)

@@ -39,7 +39,11 @@ __all__ = [
     "ARCFACE_TEMPLATE_112",
     "TEMPLATE_3PT_112",
     "similarity_transform",
+    "umeyama_similarity",
     "make_detector",
+    "detect_face_box",
+    "face_track",
+    "clip_face_box",
 ]
 
 # insightface's 5-point template for 112x112 crops (eyes, nose, mouth corners).
@@ -86,10 +90,11 @@ class HaarLandmarkDetector:
             raise RuntimeError(f"could not load Haar cascades from {root!r}")
         self.min_face = min_face
 
-    def _face_box(self, gray: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
+    def _face_box(self, gray: np.ndarray, min_size: Optional[int] = None) -> Optional[Tuple[int, int, int, int]]:
         side = min(gray.shape)
+        min_size = int(self.min_face * side) if min_size is None else int(min_size)
         for casc in self.faces:
-            boxes = casc.detectMultiScale(gray, scaleFactor=1.08, minNeighbors=4, minSize=(int(self.min_face * side),) * 2)
+            boxes = casc.detectMultiScale(gray, scaleFactor=1.08, minNeighbors=4, minSize=(min_size,) * 2)
             if len(boxes):
                 return tuple(int(v) for v in max(boxes, key=lambda b: b[2] * b[3]))
         return None
@@ -187,17 +192,95 @@ def make_detector(backend: str = "haar", insightface_root: Optional[str] = None)
     raise ValueError(f"expected backend 'haar' or 'insightface', got {backend!r}")
 
 
+def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst.
+
+    Args: src, dst: (K, 2) points, K >= 2. Returns the (2, 3) float64 matrix for ``cv2.warpAffine``.
+    (Umeyama 1991; the same estimate as skimage's ``SimilarityTransform.estimate`` used by
+    insightface's ``norm_crop``.) The package's one similarity estimator.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"expected two (K, 2) point sets of equal shape with K >= 2, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s ** 2).sum() / len(src)
+    if var_s <= 1e-12:
+        raise ValueError("could not estimate a similarity transform (degenerate points: all source points coincide)")
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = (sig * np.diag(sign)).sum() / var_s
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """(2, 3) similarity (rotation, uniform scale, translation) mapping points ``src`` -> ``dst``,
-    both (K, 2), K >= 2, least squares (``cv2.estimateAffinePartial2D``)."""
-    src = np.asarray(src, np.float32)
-    dst = np.asarray(dst, np.float32)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
-        raise ValueError(f"expected two (K, 2) point sets with K >= 2, got {src.shape} and {dst.shape}")
-    M, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
-    if M is None:
-        raise ValueError("could not estimate a similarity transform (degenerate points)")
-    return M.astype(np.float32)
+    """(2, 3) float32 similarity mapping points ``src`` -> ``dst``, both (K, 2), K >= 2
+    (:func:`umeyama_similarity`, least squares)."""
+    return umeyama_similarity(src, dst).astype(np.float32)
+
+
+_HAAR: Optional[HaarLandmarkDetector] = None
+
+
+def _haar() -> HaarLandmarkDetector:
+    global _HAAR
+    if _HAAR is None:
+        _HAAR = HaarLandmarkDetector()
+    return _HAAR
+
+
+def detect_face_box(image_rgb: np.ndarray, min_size: int = 40, detector=None) -> Optional[np.ndarray]:
+    """Largest face (x, y, w, h) float64 in an RGB uint8 frame, or None.
+
+    ``detector``: any landmark detector of this module (its ``Landmarks.box``); by default the
+    Haar face cascades (``min_size`` pixels at least)."""
+    if detector is not None:
+        lm = detector(image_rgb)
+        return None if lm is None else np.asarray(lm.box, np.float64)
+    box = _haar()._face_box(_to_gray(image_rgb), min_size=min_size)
+    return None if box is None else np.asarray(box, np.float64)
+
+
+def face_track(frames: Sequence[np.ndarray], detector=None, window: int = 5, min_size: int = 40):
+    """Per-frame face boxes over a clip, smoothed: ``(boxes, found)``.
+
+    ``boxes``: (T, 4) float64 (x, y, w, h), a running median over ``window`` frames of the
+    detected boxes; frames without a detection get the nearest detected frame's smoothed box.
+    ``found``: (T,) bool, which frames had a face (count the misses; nothing is hidden).
+    A clip without any face raises :class:`NoFaceError`.
+    """
+    raw = [detect_face_box(np.asarray(f), min_size=min_size, detector=detector) for f in frames]
+    found = np.array([b is not None for b in raw], bool)
+    if not found.any():
+        raise NoFaceError(f"no face found in any of the {len(raw)} frames of the clip")
+    det_idx = np.nonzero(found)[0]
+    det = np.stack([raw[i] for i in det_idx])
+    half = max(int(window), 1) // 2
+    smooth = np.stack([np.median(det[max(0, j - half):j + half + 1], 0) for j in range(len(det))])
+    nearest = np.abs(np.arange(len(raw))[:, None] - det_idx[None]).argmin(1)
+    return smooth[nearest], found
+
+
+def clip_face_box(frames: Sequence[np.ndarray], num_probe: int = 8, detector=None) -> Optional[np.ndarray]:
+    """One face box (x, y, w, h) for a clip: the median of the boxes found on ``num_probe`` evenly
+    spaced frames, or None when none has a face. For a per-frame track use :func:`face_track`.
+
+    Talking-head clips are roughly face-centred, so one box per clip is steadier than per-frame
+    Haar boxes. DICE-Talk's face box is this box enlarged 1.1x about its centre.
+    """
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(num_probe, len(frames))).round().astype(int))
+    boxes = [b for b in (detect_face_box(np.asarray(frames[i]), detector=detector) for i in idx) if b is not None]
+    if not boxes:
+        return None
+    return np.median(np.stack(boxes), axis=0)
 
 
 class FaceAligner:

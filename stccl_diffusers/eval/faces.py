@@ -4,7 +4,7 @@
   five landmarks (eyes, nose tip, mouth corners) onto insightface's ArcFace template (facts §3),
   exactly what ``insightface.utils.face_align.norm_crop`` does.
 - Without a landmark detector, :func:`landmarks_from_box` places the template inside a face
-  detector box (OpenCV Haar cascade, :func:`detect_face_box`). That is an APPROXIMATE alignment
+  detector box (:func:`stccl_diffusers.data.face_align.detect_face_box`). That is an APPROXIMATE alignment
   (no per-frame landmark precision); pass real landmarks when you have them.
 - :func:`syncnet_crop` follows the crop geometry of syncnet_python's pipeline (crop_scale 0.4
   around a face box of half-size ``s``), resized to 224x224.
@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-# insightface's 5-point template for 112x112 ArcFace crops (facts §3), defined once for the package.
-from ..data.face_align import ARCFACE_TEMPLATE_112
+# The face module of the package (one detector family, one similarity estimator) lives in
+# data.face_align; these names are re-exported here for the evaluation code.
+from ..data.face_align import ARCFACE_TEMPLATE_112, clip_face_box, detect_face_box, face_track, umeyama_similarity
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -27,6 +28,7 @@ __all__ = [
     "align_face_112",
     "detect_face_box",
     "clip_face_box",
+    "face_track",
     "landmarks_from_box",
     "syncnet_crop",
     "find_label_mask",
@@ -38,32 +40,6 @@ __all__ = [
 # left eye at (0.31 w, 0.38 h), inter-ocular distance 0.38 w. The other points follow the template.
 _BOX_LEFT_EYE = (0.31, 0.38)
 _BOX_EYE_DIST = 0.38
-
-
-def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst.
-
-    Args: src, dst: (K, 2) points, K >= 2. Returns the (2, 3) affine matrix for ``cv2.warpAffine``.
-    (Umeyama 1991; the same estimate as skimage's ``SimilarityTransform.estimate`` used by insightface.)
-    """
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
-        raise ValueError(f"expected two (K>=2, 2) point sets of equal shape, got {src.shape} and {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1, 1] = -1
-    rot = u @ sign @ vt
-    var_s = (s ** 2).sum() / len(src)
-    scale = (sig * np.diag(sign)).sum() / var_s
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
-    return m
 
 
 def align_face_112(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -81,37 +57,6 @@ def landmarks_from_box(box: Sequence[float]) -> np.ndarray:
     scale = _BOX_EYE_DIST * w / (ARCFACE_TEMPLATE_112[1, 0] - ARCFACE_TEMPLATE_112[0, 0])
     origin = np.array([x + _BOX_LEFT_EYE[0] * w, y + _BOX_LEFT_EYE[1] * h])
     return origin + (ARCFACE_TEMPLATE_112 - ARCFACE_TEMPLATE_112[0]) * scale
-
-
-_CASCADE = None
-
-
-def detect_face_box(image_rgb: np.ndarray, min_size: int = 40) -> Optional[np.ndarray]:
-    """Largest frontal face (x, y, w, h) found by OpenCV's Haar cascade, or None."""
-    global _CASCADE
-    if _CASCADE is None:
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-        _CASCADE = cv2.CascadeClassifier(path)
-        if _CASCADE.empty():
-            raise RuntimeError(f"could not load the OpenCV Haar cascade {path} (opencv-python-headless 4.x needed)")
-    gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
-    faces = _CASCADE.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))
-    if len(faces) == 0:
-        return None
-    return np.asarray(max(faces, key=lambda f: f[2] * f[3]), dtype=np.float64)
-
-
-def clip_face_box(frames: np.ndarray, num_probe: int = 8) -> Optional[np.ndarray]:
-    """One face box for a clip: the median of the boxes found on ``num_probe`` evenly spaced frames.
-
-    Talking-head clips here are already roughly face-centred, so one smoothed box per clip is
-    steadier than per-frame Haar boxes (syncnet_python also smooths its track boxes).
-    """
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(num_probe, len(frames))).round().astype(int))
-    boxes = [b for b in (detect_face_box(frames[i]) for i in idx) if b is not None]
-    if not boxes:
-        return None
-    return np.median(np.stack(boxes), axis=0)
 
 
 def syncnet_crop(image: np.ndarray, box: Sequence[float], crop_scale: float = 0.4, size: int = 224) -> np.ndarray:
