@@ -138,3 +138,21 @@ def test_eval_faces_reexports_the_one_face_module():
 
     for name in ("umeyama_similarity", "detect_face_box", "clip_face_box", "face_track", "ARCFACE_TEMPLATE_112"):
         assert getattr(faces, name) is getattr(face_align, name)
+
+
+def test_syncnet_crops_follow_the_face_track_and_note_faceless_frames(astronaut):
+    from stccl_diffusers.eval.runner import EvalConfig, prepare_faces
+
+    img = cv2.resize(astronaut, (256, 256))
+    frames = np.stack([np.roll(img, 3 * i, axis=1) for i in range(10)])
+    frames[4] = 128
+    crops = prepare_faces(frames, 25.0, EvalConfig(metrics=("lse",)))
+    assert crops.sync_bgr.shape == (10, 224, 224, 3)
+    assert any("no face in 1 of 10 frames" in n for n in crops.notes)
+    # Frame 9's face moved 27 px: the tracked crop matches frame 0's crop better than a crop of
+    # frame 9 at frame 0's box (what one box per clip would give).
+    from stccl_diffusers.eval.faces import detect_face_box, syncnet_crop
+
+    fixed = syncnet_crop(frames[9], detect_face_box(frames[0]))[..., ::-1]
+    ref = crops.sync_bgr[0].astype(int)
+    assert np.abs(crops.sync_bgr[9].astype(int) - ref).mean() < np.abs(fixed.astype(int) - ref).mean()

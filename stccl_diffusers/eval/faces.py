@@ -20,7 +20,7 @@ import numpy as np
 
 # The face module of the package (one detector family, one similarity estimator) lives in
 # data.face_align; these names are re-exported here for the evaluation code.
-from ..data.face_align import ARCFACE_TEMPLATE_112, clip_face_box, detect_face_box, face_track, umeyama_similarity
+from ..data.face_align import ARCFACE_TEMPLATE_112, NoFaceError, clip_face_box, detect_face_box, face_track, umeyama_similarity
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",

@@ -20,7 +20,7 @@ import torch
 
 from .csim import cosine_similarity_score, encode_faces
 from .eval_io import nearest_frame_indices
-from .faces import align_face_112, clip_face_box, landmarks_from_box, syncnet_crop
+from .faces import NoFaceError, align_face_112, clip_face_box, face_track, landmarks_from_box, syncnet_crop
 from .fad import arcface_embeddings, fad_from_embeddings
 from .lse import SYNCNET_FPS, compute_lse
 
@@ -131,8 +131,10 @@ class EvalContext:
 
 def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig) -> FaceCrops:
     """Face crops of one clip: ArcFace-aligned 112x112 (every ``frame_stride``-th frame) and
-    SyncNet 224x224 BGR crops resampled to 25 fps. One detector box per clip (see faces.clip_face_box);
-    raises ValueError when no face is found."""
+    SyncNet 224x224 BGR crops resampled to 25 fps. FAD/CSIM: one detector box per clip
+    (``clip_face_box``); SyncNet: a face track over the clip (``face_track``, running median of
+    9 frames; frames without a face take the nearest track box and are counted in the notes).
+    Raises ValueError when no face is found."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected frames (T, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
@@ -155,7 +157,13 @@ def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig) -> FaceCro
     lmk = landmarks_from_box(box)
     aligned = np.stack([align_face_112(frames[i], lmk) for i in sub])
     if "lse" in config.metrics:
-        sync = np.stack([np.ascontiguousarray(syncnet_crop(frames[i], box)[..., ::-1]) for i in idx25])
+        try:
+            track, found = face_track(frames, window=9)
+        except NoFaceError as err:
+            raise ValueError(f"no face found by the Haar detector for the SyncNet track: {err}") from err
+        if not found.all():
+            notes.append(f"SyncNet face track: no face in {int((~found).sum())} of {len(found)} frames (nearest track box used)")
+        sync = np.stack([np.ascontiguousarray(syncnet_crop(frames[i], track[i])[..., ::-1]) for i in idx25])
     else:
         sync = np.zeros((0, 224, 224, 3), np.uint8)
     return FaceCrops(aligned, sync, fps, notes)
