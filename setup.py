@@ -33,6 +33,8 @@ setup(
         # insightface itself pulls in opencv-python 5, which shadows the headless 4.x build and
         # drops the Haar cascades: install it with `pip install --no-deps insightface`.
         "face": ["onnxruntime", "onnx"],
+        # 68-point landmarks (data.face_align backend="dlib"); the models ship in the wheel.
+        "landmarks": ["dlib-bin", "face_recognition_models"],
         "xformers": ["xformers"],
         "test": ["pytest>=7", "scikit-image", "python_speech_features"],
     },

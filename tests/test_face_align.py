@@ -156,3 +156,27 @@ def test_syncnet_crops_follow_the_face_track_and_note_faceless_frames(astronaut)
     fixed = syncnet_crop(frames[9], detect_face_box(frames[0]))[..., ::-1]
     ref = crops.sync_bgr[0].astype(int)
     assert np.abs(crops.sync_bgr[9].astype(int) - ref).mean() < np.abs(fixed.astype(int) - ref).mean()
+
+
+def test_dlib_backend_finds_68_landmarks_on_a_real_mead_tile():
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    from pathlib import Path
+
+    from stccl_diffusers.data.face_align import make_detector
+
+    clips = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_pairs").glob("*.mp4"))
+    if not clips:
+        pytest.skip("../shared/data/real_pairs not found")
+    cap = cv2.VideoCapture(str(clips[0]))
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok, f"could not read a frame of {clips[0]}"
+    frame = np.ascontiguousarray(bgr[..., ::-1])
+    h, w = frame.shape[:2]
+    tile = frame[:, :h]  # the tiles are 4-up comparisons side by side: the first (source) face
+    lm = make_detector("dlib")(np.ascontiguousarray(tile))
+    assert lm is not None and lm.method == "dlib68" and lm.points68.shape == (68, 2)
+    left, right, mouth = lm.points
+    assert left[0] < right[0] and mouth[1] > max(left[1], right[1])  # eyes level-ish, mouth below
+    x, y, bw, bh = lm.box
+    assert (lm.points68[:, 0] > x - bw).all() and (lm.points68[:, 0] < x + 2 * bw).all()

@@ -11,6 +11,8 @@ is the image left. Backends:
   numpy<2 pin (mediapipe), no 100 MB model (dlib). The mouth point is placed from the eyes
   with the ArcFace template ratio (no bundled mouth cascade); when the eyes are not found the
   points come from the face box and ``Landmarks.method`` says so. Frontal faces only.
+* ``"dlib"`` (the ``landmarks`` extra: ``dlib-bin`` + ``face_recognition_models``, offline):
+  dlib's HOG detector and 68-point shape predictor; ``Landmarks.points68`` holds all 68 points.
 * ``"insightface"``: RetinaFace 5-point keypoints from a locally installed insightface model
   pack (``insightface_root/models/<name>/``); never downloads.
 
@@ -35,6 +37,7 @@ __all__ = [
     "NoFaceError",
     "HaarLandmarkDetector",
     "InsightFaceLandmarkDetector",
+    "DlibLandmarkDetector",
     "FaceAligner",
     "ARCFACE_TEMPLATE_112",
     "TEMPLATE_3PT_112",
@@ -64,11 +67,13 @@ class NoFaceError(ValueError):
 @dataclass
 class Landmarks:
     """points: (3, 2) float32 ``[left_eye, right_eye, mouth]`` in pixels; box: (x, y, w, h);
-    method: how the points were found (``"eyes"``, ``"box"``, ``"insightface"``)."""
+    method: how the points were found (``"eyes"``, ``"box"``, ``"insightface"``, ``"dlib68"``);
+    points68: the (68, 2) iBUG landmarks when the backend gives them (dlib), else None."""
 
     points: np.ndarray
     box: Tuple[int, int, int, int]
     method: str
+    points68: Optional[np.ndarray] = None
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
@@ -182,14 +187,58 @@ class InsightFaceLandmarkDetector:
         return Landmarks(np.array([k[0], k[1], k[3:].mean(0)], np.float32), (x0, y0, x1 - x0, y1 - y0), "insightface")
 
 
+def _face_recognition_models_dir() -> str:
+    # face_recognition_models' __init__ needs pkg_resources (gone from recent setuptools): find the
+    # package's model folder without importing it.
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("backend='dlib' needs the `landmarks` extra: pip install 'stccl-diffusers[landmarks]' (dlib-bin, face_recognition_models)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "models")
+
+
+class DlibLandmarkDetector:
+    """dlib's HOG face detector + the 68-point shape predictor shipped by ``face_recognition_models``
+    (the ``landmarks`` extra; nothing is downloaded). ``points``: the eye centres (mean of iBUG
+    points 36-41 and 42-47) and the mouth centre (mean of 48-67); ``points68`` keeps all 68."""
+
+    def __init__(self, upsample: int = 1):
+        try:
+            import dlib
+        except ImportError as e:
+            raise ImportError("backend='dlib' needs the `landmarks` extra: pip install 'stccl-diffusers[landmarks]' (dlib-bin, face_recognition_models)") from e
+        path = os.path.join(_face_recognition_models_dir(), "shape_predictor_68_face_landmarks.dat")
+        if not os.path.isfile(path):
+            raise ValueError(f"expected dlib's 68-point predictor at {path!r} (from face_recognition_models), it is missing")
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(path)
+        self.upsample = int(upsample)
+
+    def __call__(self, image: np.ndarray) -> Optional[Landmarks]:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB image (H, W, 3) uint8, got {image.shape} {image.dtype}")
+        image = np.ascontiguousarray(image)
+        rects = self.detector(image, self.upsample)
+        if len(rects) == 0:
+            return None
+        r = max(rects, key=lambda r: r.width() * r.height())
+        shape = self.predictor(image, r)
+        p68 = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float32)
+        points = np.stack([p68[36:42].mean(0), p68[42:48].mean(0), p68[48:68].mean(0)]).astype(np.float32)
+        return Landmarks(points, (r.left(), r.top(), r.width(), r.height()), "dlib68", p68)
+
+
 def make_detector(backend: str = "haar", insightface_root: Optional[str] = None):
     if backend == "haar":
         return HaarLandmarkDetector()
+    if backend == "dlib":
+        return DlibLandmarkDetector()
     if backend == "insightface":
         if not insightface_root:
             raise ValueError("backend='insightface' needs insightface_root (the folder holding models/<pack>/)")
         return InsightFaceLandmarkDetector(insightface_root)
-    raise ValueError(f"expected backend 'haar' or 'insightface', got {backend!r}")
+    raise ValueError(f"expected backend 'haar', 'dlib' or 'insightface', got {backend!r}")
 
 
 def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
