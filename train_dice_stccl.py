@@ -26,8 +26,8 @@ from stccl_diffusers.adapters.dice import (
 )
 from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import build_accelerator, parse_config, train
-from stccl_diffusers.training.clips import TalkingClipDataset
-from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips
+from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
+from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "dice_stccl_demo.yaml"
@@ -43,9 +43,8 @@ def main(argv=None) -> dict:
 
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     with accelerator.main_process_first():
-        if cfg.synthesize_if_missing:
-            ensure_synthetic_clips(cfg.data_dir, cfg.synth_speakers, cfg.synth_clips, size=max(64, cfg.resolution),
-                                   seed=cfg.seed)
+        prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
+                            clips=cfg.synth_clips, size=max(64, cfg.resolution), seed=cfg.seed)
         dataset = TalkingClipDataset(cfg.data_dir, DICE_EMOTIONS, cfg.num_frames, cfg.resolution,
                                      windows_per_clip=cfg.windows_per_clip,
                                      progress=accelerator.is_local_main_process)

@@ -34,9 +34,10 @@ from stccl_diffusers.adapters.eat import (
 )
 from stccl_diffusers.models.reference_eat import ReferenceEATModel
 from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, parse_config, train
-from stccl_diffusers.training.clips import TalkingClipDataset
-from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips
+from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
+from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.utils.safety import save_pretrained_atomic
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
 
@@ -116,10 +117,10 @@ def build_data(cfg: EATSTCCLConfig, progress: bool = True):
     """(train set, collate, validation batch, audio feature size) for the configured data."""
     if cfg.data == "clips":
         size = max(64, cfg.resolution)
-        if cfg.synthesize_if_missing:
-            ensure_synthetic_clips(cfg.data_dir, cfg.synth_speakers, cfg.synth_clips, size=size, seed=cfg.seed)
-            # Validation: other identities and sentences than training.
-            ensure_synthetic_clips(f"{cfg.data_dir}_val", 1, 1, size=size, seed=cfg.validation_seed)
+        if prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
+                               clips=cfg.synth_clips, size=size, seed=cfg.seed):
+            # Validation (demo only): other identities and sentences than training, in a sibling the demo owns.
+            prepare_clip_folder(f"{cfg.data_dir}_val", True, speakers=1, clips=1, size=size, seed=cfg.validation_seed)
         train_set = TalkingClipDataset(cfg.data_dir, EAT_EMOTION_NAMES, cfg.num_frames, cfg.resolution,
                                        windows_per_clip=cfg.windows_per_clip, progress=progress)
         val_dir = f"{cfg.data_dir}_val" if Path(f"{cfg.data_dir}_val").is_dir() else cfg.data_dir
@@ -176,7 +177,7 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     # 5. The trained model, loss curves and the metrics JSON.
     if accelerator.is_main_process and result.global_step >= cfg.max_train_steps:
         if isinstance(generator_full, ReferenceEATGeneratorFull):
-            generator_full.model.save_pretrained(out / "reference_eat")
+            save_pretrained_atomic(generator_full.model, out / "reference_eat")
         plot_loss_curves(result.step_log, out / "loss_curves.png", keys=("loss", "rec", "stccl", "stccl_raw"),
                          validations=result.validations)
         info = {"config": cfg._config_path, **metric_info, "num_clips": len(getattr(train_set, "clips", [])),

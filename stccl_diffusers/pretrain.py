@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import yaml
 
+from .utils.safety import save_pretrained_atomic
+
 logger = logging.getLogger("stccl_diffusers.pretrain")
 
 __all__ = ["DEFAULT_CONFIG", "load_config", "parse_args", "EpochSampler", "build_dataset", "build_metric", "evaluate_gap", "train", "main"]
@@ -458,7 +460,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(step_module).metric
         final.freeze()
-        final.save_pretrained(out_dir)
+        save_pretrained_atomic(final, out_dir)
         after = evaluate_gap(final, val_batches, seed=int(cfg["val_seed"])) if val_batches else None
         summary.update({"held_out_before": before, "held_out_after": after, "wall_time_s": time.time() - t0})
         with open(os.path.join(out_dir, "pretrain_summary.json"), "w") as f:

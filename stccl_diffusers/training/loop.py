@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .adapter import TalkingHeadAdapter
-from ..utils.safety import RunLock, verify_manifest, write_manifest
+from ..utils.safety import RunLock, verify_manifest, write_into, write_manifest
 from .config import TrainingConfig, compare_resume_config, config_to_dict
 
 logger = logging.getLogger(__name__)
@@ -320,14 +320,7 @@ def save_checkpoint(
 
 def save_final_weights(adapter: TalkingHeadAdapter, out: Path) -> None:
     """The trained weights into `out`, each file written whole elsewhere first, then renamed in."""
-    tmp = out / f".final-weights.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        adapter.save_weights(tmp)
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_into(out, adapter.save_weights)
 
 
 def _truncate_jsonl(path: Path, max_step: int) -> None:

@@ -47,11 +47,30 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_into(directory: str | os.PathLike, writer: Callable[[Path], object]) -> Path:
+    """`writer(tmp)` writes whole files into a temporary folder; each is then renamed into
+    `directory` (which may hold other things, e.g. checkpoints), `config.json` last, so a kill
+    never leaves a config without its weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".write.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        writer(tmp)
+        files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: (p.name == "config.json", str(p)))
+        for f in files:
+            dest = directory / f.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
 def save_pretrained_atomic(model, directory: str | os.PathLike, **kwargs) -> Path:
-    """`model.save_pretrained(directory)` through a temporary folder and a rename."""
-    with atomic_dir(directory) as tmp:
-        model.save_pretrained(str(tmp), **kwargs)
-    return Path(directory)
+    """`model.save_pretrained(directory)` through a temporary folder and renames (see `write_into`)."""
+    return write_into(directory, lambda tmp: model.save_pretrained(str(tmp), **kwargs))
 
 
 # ----------------------------------------------------------------------------- manifests
