@@ -29,6 +29,7 @@ from stccl_diffusers.training import build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.utils.safety import from_pretrained_local
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "dice_stccl_demo.yaml"
 
@@ -57,9 +58,9 @@ def main(argv=None) -> dict:
     # 2. The generator behind the adapter interface.
     if cfg.backend == "reference":
         if cfg.pretrained_model_name_or_path:
-            model = ReferenceDICE.from_pretrained(cfg.pretrained_model_name_or_path)
+            model = from_pretrained_local(ReferenceDICE, cfg.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
         elif (out / "reference_dice" / "config.json").is_file():
-            model = ReferenceDICE.from_pretrained(str(out / "reference_dice"))
+            model = from_pretrained_local(ReferenceDICE, out / "reference_dice", "reference model")
         else:
             model, base_info = pretrain_reference_dice(cfg, dataset, out / "reference_dice")
             info["base"] = base_info

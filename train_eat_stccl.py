@@ -37,7 +37,7 @@ from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, pars
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
-from stccl_diffusers.utils.safety import save_pretrained_atomic
+from stccl_diffusers.utils.safety import from_pretrained_local, save_pretrained_atomic
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
 
@@ -102,7 +102,7 @@ def build_backend(cfg: EATSTCCLConfig, audio_dim: int):
             raise ValueError("--eat_root needs --eat_checkpoint and --eat_config")
         return load_eat_generator_full(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg)), 256
     if cfg.reference_model:
-        model = ReferenceEATModel.from_pretrained(cfg.reference_model)
+        model = from_pretrained_local(ReferenceEATModel, cfg.reference_model, "--reference_model")
     else:
         model = ReferenceEATModel(image_size=cfg.resolution, audio_dim=audio_dim,
                                   render_channels=cfg.reference_render_channels)

@@ -86,8 +86,6 @@ def ensure_metric(path: str | Path | None, fallback_dir: str | Path, **pretrain_
     from ..metric import STCCLMetric
 
     if path:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"metric_path: no pretrained STCCL metric at {path}")
         return STCCLMetric.from_pretrained(str(path)), {"metric": str(path)}
     fallback_dir = Path(fallback_dir)
     if (fallback_dir / "config.json").is_file():
