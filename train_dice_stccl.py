@@ -29,6 +29,7 @@ from stccl_diffusers.training import build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.utils.safety import from_pretrained_local
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "dice_stccl_demo.yaml"
@@ -54,6 +55,8 @@ def main(argv=None) -> dict:
             input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
             progress=accelerator.is_local_main_process)
     info.update(metric_info, num_clips=len(dataset.clips), skipped_clips=dataset.skipped)
+    if accelerator.is_main_process:
+        write_skipped_report(dataset.skipped, str(out))
 
     # 2. The generator behind the adapter interface.
     if cfg.backend == "reference":

@@ -37,6 +37,7 @@ from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, pars
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.utils.safety import from_pretrained_local, save_pretrained_atomic
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
@@ -154,6 +155,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     out = Path(cfg.output_dir)
     with accelerator.main_process_first():
         train_set, collate, val_batch, audio_dim = build_data(cfg, progress=accelerator.is_local_main_process)
+        if accelerator.is_main_process:
+            write_skipped_report(getattr(train_set, "skipped", []), str(out))
         metric, metric_info = ensure_metric(
             cfg.metric_path, out / "metric", backbone=_backbone(cfg.metric_backbone), input_size=cfg.metric_input_size,
             steps=cfg.metric_pretrain_steps, seed=cfg.seed, progress=accelerator.is_local_main_process)

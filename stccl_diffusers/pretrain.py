@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from .data.datasets import write_skipped_report
 from .utils.safety import save_pretrained_atomic
 
 logger = logging.getLogger("stccl_diffusers.pretrain")
@@ -381,7 +382,9 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     dataset = build_dataset(cfg)
     if dataset.skipped:
-        logger.warning("skipped %d clip pairs: %s", len(dataset.skipped), "; ".join(f"{n}: {r}" for n, r in dataset.skipped[:10]))
+        report = write_skipped_report(dataset.skipped, out_dir) if accelerator.is_main_process else None
+        logger.warning("skipped %d clip pairs (all listed in %s): %s", len(dataset.skipped), report,
+                       "; ".join(f"{n}: {r}" for n, r in dataset.skipped[:10]))
     metric = build_metric(cfg)
     if cfg["use_tcc"] and int(cfg["num_frames"]) < 2:
         raise ValueError(f"use_tcc needs num_frames >= 2, got {cfg['num_frames']}")

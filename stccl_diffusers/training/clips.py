@@ -145,10 +145,12 @@ class TalkingClipDataset(Dataset):
             self.clips.append(_Clip(str(path), _resize(clip.frames, resolution), clip.audio.astype(np.float32),
                                     clip.fps, self.emotions.index(emo)))
         if self.skipped:
+            shown = min(5, len(self.skipped))
             warnings.warn(
-                f"{len(self.skipped)} of {len(files)} clips in {root} skipped: "
-                + "; ".join(f"{n} ({why})" for n, why in self.skipped[:5])
-                + (" ..." if len(self.skipped) > 5 else "")
+                f"{len(self.skipped)} of {len(files)} clips in {root} skipped"
+                + (f" (first {shown} named; all in `dataset.skipped`, written to <output_dir>/skipped_clips.tsv by "
+                   "the training scripts)" if len(self.skipped) > shown else "")
+                + ": " + "; ".join(f"{n} ({why})" for n, why in self.skipped[:shown])
             )
         if not self.clips:
             raise ValueError(f"no usable .mp4 clip with audio under {root} (found {len(files)} files; "
