@@ -30,7 +30,7 @@ from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_fold
 from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
-from stccl_diffusers.utils.safety import from_pretrained_local
+from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "dice_stccl_demo.yaml"
 
@@ -103,4 +103,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors(main)()

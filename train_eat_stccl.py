@@ -38,7 +38,7 @@ from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_fold
 from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
-from stccl_diffusers.utils.safety import from_pretrained_local, save_pretrained_atomic
+from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local, save_pretrained_atomic
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
 
@@ -197,4 +197,4 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors(main)()

@@ -497,4 +497,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    from .utils.safety import cli_errors
+
+    raise SystemExit(cli_errors(main)())

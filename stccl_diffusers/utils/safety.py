@@ -221,6 +221,11 @@ def cli_errors(main: Callable) -> Callable:
                 msg = " ".join(str(err).split()) or type(err).__name__
                 print(f"error: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
                 raise SystemExit(2) from None
+            except SystemExit as exit_:
+                if not isinstance(exit_.code, str):
+                    raise
+                print(f"error: {' '.join(exit_.code.split())}", file=sys.stderr)
+                raise SystemExit(2) from None
         return main(argv, *args, **kwargs)
 
     return wrapper
