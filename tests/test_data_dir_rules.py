@@ -49,3 +49,23 @@ def test_demo_folder_under_outputs_is_synthesized_and_marked(tmp_path, monkeypat
     before = _snapshot(folder)
     assert prepare_clip_folder("outputs/demo_data", synthesize=True, speakers=1, clips=1, size=32) is True
     assert _snapshot(folder) == before  # second run reuses, rewrites nothing
+
+
+def test_train_script_pointed_at_a_users_folder_leaves_it_unchanged(tmp_path, monkeypatch):
+    from test_train_eat import load_script
+
+    from stccl_diffusers.training import parse_config
+
+    monkeypatch.chdir(tmp_path)
+    user = tmp_path / "MEAD_clips"
+    (user / "angry").mkdir(parents=True)
+    (user / "angry" / "001.avi").write_bytes(b"user data")
+    before = _snapshot(user)
+    script = load_script()
+    cfg = parse_config(script.EATSTCCLConfig, ["--data_dir", str(user), "--output_dir", str(tmp_path / "out")],
+                       default_config=script.DEMO_CONFIG)
+    assert cfg.synthesize_if_missing  # the demo default: still never writes into a user's folder
+    with pytest.raises(ValueError, match="MEAD_clips holds no .mp4 clip"):
+        script.build_data(cfg, progress=False)
+    assert _snapshot(user) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MEAD_clips"]  # no MEAD_clips_val either
