@@ -118,7 +118,7 @@ def test_nonfinite_x0_sample_is_dropped_counted_and_warned_once():
     with torch.no_grad():
         pred[0, 0, 0, 0] = float("nan")  # clip 0, gated
     t = torch.tensor([100, 200, 900])
-    with pytest.warns(RuntimeWarning, match="non-finite x0-hat for 1"):
+    with pytest.warns(RuntimeWarning, match="non-finite x0-hat or decoded pixels for 1"):
         loss = cb(model_pred=pred, anchor_pred=anchor, noisy_latents=x, timesteps=t, num_frames=T)
     assert torch.isfinite(loss) and loss.item() > 0
     assert cb.last_stats["num_skipped"] == 1 and cb.last_stats["num_scored"] == 1
@@ -324,7 +324,7 @@ def test_missing_metric_and_bad_shapes_raise_clear_errors():
     cb, _ = _callback()
     with pytest.raises(ValueError, match="divisible by num_frames=4"):
         cb(model_pred=pred, anchor_pred=anchor, noisy_latents=x, timesteps=torch.tensor([1, 2, 3]), num_frames=4)
-    with pytest.raises(ValueError, match=r"expected timesteps \(3,\) or \(6,\)"):
+    with pytest.raises(ValueError, match=r"expected timesteps of shape \(3,\) per clip or \(6,\) per frame"):
         cb(model_pred=pred, anchor_pred=anchor, noisy_latents=x, timesteps=torch.tensor([1, 2]), num_frames=T)
 
 
