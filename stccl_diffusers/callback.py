@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -40,6 +41,7 @@ __all__ = [
     "anchor_forward",
     "crop_faces",
     "decode_latents",
+    "neutral_captions",
     "zero_loss_like",
 ]
 
@@ -79,6 +81,21 @@ def crop_faces(frames: torch.Tensor, boxes: torch.Tensor, size: Sequence[int]) -
     theta[:, 1, 2] = (b[:, 1] + b[:, 3]) / h - 1
     grid = F.affine_grid(theta, [n, frames.shape[1], int(size[0]), int(size[1])], align_corners=False)
     return F.grid_sample(frames.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# Emotion words (and their common noun / adjective forms) a caption may hold; each becomes "neutral".
+_EMOTION_WORDS = re.compile(
+    r"\b(angry|anger|contempt|contemptuous|disgusted|disgust|fear|fearful|scared|afraid|happy|happiness|joyful|"
+    r"smiling|sad|sadness|surprised|surprise|emotional)\b",
+    re.IGNORECASE,
+)
+
+
+def neutral_captions(captions: Sequence[str], neutral: str = "neutral") -> list[str]:
+    """Each caption with its emotion words swapped for ``neutral`` (the anchor keeps identity and scene)."""
+    if isinstance(captions, str):
+        raise ValueError(f"expected a list of captions (one per sample), got one string {captions!r}")
+    return [_EMOTION_WORDS.sub(neutral, c) for c in captions]
 
 
 def _decoder_kind(decoder) -> str:
@@ -433,7 +450,17 @@ class STCCLRewardCallback(ConfigMixin):
 
     def run_anchor(self, model=None, *args, **kwargs) -> torch.Tensor:
         """The anchor prediction (no grad, detached): ``anchor_fn``, else the frozen copy or the base model
-        (``model`` with peft adapters off), called with ``args`` / ``kwargs``."""
+        (``model`` with peft adapters off), called with ``args`` / ``kwargs``.
+
+        Runs under ``torch.random.fork_rng``: a model in train mode (dropout) draws from the global RNG,
+        and the script's own noise stream must not see the anchor.
+        """
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        devices = [tensors[0].device] if tensors and tensors[0].device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=devices[0].type if devices else None):
+            return self._run_anchor(model, *args, **kwargs)
+
+    def _run_anchor(self, model, *args, **kwargs) -> torch.Tensor:
         if self.anchor_fn is not None:
             with torch.no_grad():
                 return _first_tensor(self.anchor_fn(*args, **kwargs)).detach()
