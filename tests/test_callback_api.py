@@ -65,8 +65,8 @@ def _oracle_x0(name, out, x, idx):
         t = sch.timesteps[idx]
         return sch.step(out, t, x).pred_original_sample, t, None
     sch = FlowMatchEulerDiscreteScheduler()
-    sch.set_timesteps(1, sigmas=None)
-    t, s = sch.timesteps[0], sch.sigmas[0]
+    sch.set_timesteps(4)
+    t, s = sch.timesteps[-1], sch.sigmas[-2]  # the last step goes to sigma 0, so it lands on x0
     return sch.step(out, t, x).prev_sample, t, s
 
 
