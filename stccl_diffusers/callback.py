@@ -1,19 +1,26 @@
 """The diffusers reward-style STCCL callback (paper §8.3.3; ControlNet++-style single-step reward).
 
 diffusers has no training-time callback API, so this is one that feels native: a ``ConfigMixin``
-(``save_config`` / ``from_config``) that a training loop calls with the tensors it already has::
+(``save_config`` / ``from_config``) that a training loop calls once per step with the tensors it
+already has::
 
-    loss = diffusion_loss + stccl(model_pred=model_pred, anchor_pred=anchor_pred,
-                                  noisy_latents=noisy_latents, timesteps=timesteps)
+    stccl = STCCLRewardCallback(metric=metric, scheduler=noise_scheduler, decoder=vae)  # or preconditioning="edm_v"
+    loss = diffusion_loss + stccl.reward(model_pred, noisy_latents, timesteps, sigmas=sigmas,
+                                         model=unet, anchor_args=(unet_input, timesteps, neutral_cond))
 
-Per step: gate on t < 500 (``timestep_gate``), then for the gated clips only: x0-hat of the
-prediction (with gradient) and of the neutral anchor prediction (no gradient), decode both, score
-with the frozen ``STCCLMetric`` (anchor vs generated), return ``weight * loss`` in fp32.
+Per step: gate on t < 500 (``timestep_gate``), then for the gated clips only: run the anchor (the
+base model with peft adapters off, a frozen copy, or a neutral-conditioning ``anchor_fn``), x0-hat of
+the prediction (with gradient) and of the anchor (no gradient), decode both, score with the frozen
+``STCCLMetric`` (anchor vs generated) using the callback's own generator, return ``weight * loss``
+in fp32. ``__call__`` is the same without the anchor forward (pass ``anchor_pred``, or ``x0`` /
+``anchor_x0`` when the script computes the denoised latents itself).
 
-Latent layouts (video): ``(B, T, C, h, w)`` (UNetSpatioTemporalConditionModel) or ``(B*T, C, h, w)``
-with ``num_frames=T`` (frames of a clip contiguous, image UNets). Timesteps are ``(B,)`` or, for the
-flat layout, ``(B*T,)``; frames of one clip must share their noise level and the gate reads the
-clip's first frame. Images are clips of ``T = 1`` (use a metric with ``use_tcc=False``).
+Latent layouts (``layout=``): ``"btchw"`` (B, T, C, h, w) (UNetSpatioTemporalConditionModel),
+``"flat"`` (B*T, C, h, w) with ``num_frames=T`` (frames of a clip contiguous, image UNets) and
+``"bcfhw"`` (B, C, F, h, w) (UNet3D); the channel count is checked against the decoder's. Timesteps
+and sigmas are per clip or per frame, in any shape with trailing singleton dims; frames of one clip
+share their noise level. ``noisy_latents`` are the unscaled ``x0 + sigma * noise``, never the UNet
+input. Images are clips of ``T = 1`` (use a metric with ``use_tcc=False``).
 """
 
 from __future__ import annotations

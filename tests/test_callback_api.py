@@ -277,3 +277,16 @@ def test_neutral_captions_swap_each_emotion_word_and_keep_the_rest():
         "a photo of a neutral man, neutral", "an neutral woman in a park", "a cat"]
     with pytest.raises(ValueError, match="list of captions"):
         neutral_captions("a happy man")
+
+
+def test_config_round_trip_keeps_preconditioning_layout_anchor_and_seed(tmp_path):
+    cb = STCCLRewardCallback(preconditioning="edm_v", layout="bcfhw", anchor="frozen_copy", seed=5)
+    cb.save_config(tmp_path)
+    back = STCCLRewardCallback.from_config(STCCLRewardCallback.load_config(tmp_path))
+    assert (back.config.preconditioning, back.config.layout, back.config.anchor, back.config.seed) == (
+        "edm_v", "bcfhw", "frozen_copy", 5)
+    assert isinstance(back.scheduler, EulerDiscreteScheduler) and back.scheduler.config.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="expected layout one of"):
+        STCCLRewardCallback(preconditioning="edm_v", layout="bthwc")
+    with pytest.raises(ValueError, match="expected anchor one of"):
+        STCCLRewardCallback(preconditioning="edm_v", anchor="ema")
