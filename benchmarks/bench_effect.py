@@ -199,6 +199,24 @@ def _cfg(cls, demo_config: Path, overrides: dict):
     return parse_config(cls, argv, default_config=demo_config)
 
 
+def run_arms(backend, base_cfg, weight, steps, make_adapter, data, collate_fn, evaluate, seeds, run_dir, results, log):
+    """Fine-tune from the cached base once per (arm, seed): the arms differ only in the STCCL weight."""
+    for arm, w in (("without", 0.0), ("with", weight)):
+        for seed in seeds:
+            t0 = time.perf_counter()
+            cfg = replace(base_cfg, output_dir=str(run_dir / backend / f"{arm}_s{seed}"), seed=seed, stccl_weight=w,
+                          max_train_steps=steps, checkpointing_steps=0, validation_steps=0, validate_at_start=False,
+                          resume_from_checkpoint=None)
+            torch.manual_seed(seed)
+            adapter = make_adapter(cfg)
+            train(adapter, data, cfg, collate_fn=collate_fn)
+            adapter.eval()
+            r = evaluate(adapter)
+            r["train_s"] = time.perf_counter() - t0
+            results.setdefault(arm, []).append({"seed": seed, **r})
+            log(f"{backend} {arm} seed {seed}: " + ", ".join(f"{k}={r[k]:.3f}" for k in MEASURES))
+
+
 def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     from stccl_diffusers.adapters.dice import (DiceTrainingConfig, build_callback, build_reference_adapter,
                                                pretrain_reference_dice)
@@ -226,20 +244,13 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
                               list(DICE_EMOTIONS), base.resolution, collate)
-    for arm, weight in (("without", 0.0), ("with", args.dice_weight)):
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            cfg = replace(base, output_dir=str(run_dir / "dice" / f"{arm}_s{seed}"), seed=seed, stccl_weight=weight,
-                          max_train_steps=args.steps_dice, checkpointing_steps=0, validation_steps=0,
-                          validate_at_start=False, resume_from_checkpoint=None)
-            model = ReferenceDICE.from_pretrained(str(base_dir))
-            adapter = build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
-            train(adapter, data, cfg)
-            adapter.eval()
-            r = measure(adapter.render_validation, clips, probe, metric, list(DICE_EMOTIONS), cfg.resolution, collate)
-            r["train_s"] = time.perf_counter() - t0
-            results.setdefault(arm, []).append({"seed": seed, **r})
-            log(f"dice {arm} seed {seed}: " + ", ".join(f"{k}={r[k]:.3f}" for k in MEASURES))
+    def make_adapter(cfg):
+        model = ReferenceDICE.from_pretrained(str(base_dir))  # the same base and LoRA init for every arm
+        return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
+
+    run_arms("dice", base, args.dice_weight, args.steps_dice, make_adapter, data, None,
+             lambda a: measure(a.render_validation, clips, probe, metric, list(DICE_EMOTIONS), base.resolution,
+                               collate), args.seeds, run_dir, results, log)
     return results
 
 
@@ -281,21 +292,9 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
     adapter, _ = adapter_for(replace(ref, stccl_weight=0.0))
     results["base"] = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES),
                               base.resolution, eat_collate)
-    for arm, weight in (("without", 0.0), ("with", args.eat_weight)):
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            cfg = replace(ref, output_dir=str(run_dir / "eat" / f"{arm}_s{seed}"), seed=seed, stccl_weight=weight,
-                          max_train_steps=args.steps_eat, checkpointing_steps=0, validation_steps=0,
-                          validate_at_start=False, resume_from_checkpoint=None)
-            torch.manual_seed(seed)
-            adapter, _ = adapter_for(cfg)
-            train(adapter, data, cfg, collate_fn=eat_collate)
-            adapter.eval()
-            r = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES), cfg.resolution,
-                        eat_collate)
-            r["train_s"] = time.perf_counter() - t0
-            results.setdefault(arm, []).append({"seed": seed, **r})
-            log(f"eat {arm} seed {seed}: " + ", ".join(f"{k}={r[k]:.3f}" for k in MEASURES))
+    run_arms("eat", ref, args.eat_weight, args.steps_eat, lambda cfg: adapter_for(cfg)[0], data, eat_collate,
+             lambda a: measure(a.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES), base.resolution,
+                               eat_collate), args.seeds, run_dir, results, log)
     return results
 
 
