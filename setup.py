@@ -33,6 +33,8 @@ setup(
         # insightface itself pulls in opencv-python 5, which shadows the headless 4.x build and
         # drops the Haar cascades: install it with `pip install --no-deps insightface`.
         "face": ["onnxruntime", "onnx"],
+        # What EAT's own source (the user's checkout) imports, beyond the core requirements.
+        "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile"],
         "xformers": ["xformers"],
         "test": ["pytest>=7", "scikit-image", "python_speech_features"],
     },

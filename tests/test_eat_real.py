@@ -194,3 +194,38 @@ def test_validation_moves_nested_eat_tensors_to_the_device():
     moved = validation._to_device(batch, torch.device("meta"))
     assert moved["he_driving"]["yaw"].device.type == "meta" and moved["he_source"]["t"].device.type == "meta"
     assert moved["source"].device.type == "meta" and moved["name"] == batch["name"]
+
+
+def test_saved_weights_include_a_checkpoint_eats_demo_loader_accepts(full, checkout, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    # demo.py builds dlib's face detector at import (for aligning new portraits, not for load_ckpt);
+    # dlib is not installable from wheels here, so the test gives it an inert one.
+    dlib = types.ModuleType("dlib")
+    dlib.get_frontal_face_detector = dlib.shape_predictor = lambda *a: None
+    monkeypatch.setitem(sys.modules, "dlib", dlib)
+    from stccl_diffusers.adapters.eat import EAT_EXPORT_NAME, EATAdapter, _import_from_checkout, _on_path
+
+    adapter = EATAdapter(full, _MSEMetric(), image_size=256, num_frames=1)
+    with torch.no_grad():
+        full.sidetuning.state_dict()[next(iter(full.sidetuning.state_dict()))].add_(1.0)  # "trained"
+    adapter.save_weights(tmp_path)
+    assert (tmp_path / "trainable_weights.safetensors").is_file()
+    cfg = yaml.safe_load(checkout["config_1frame"].read_text())["model_params"]
+    root = checkout["root"]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with _on_path(root):
+            demo = _import_from_checkout(root, "demo")
+            gen = demo.OcclusionAwareSPADEGeneratorEam(**cfg["generator_params"], **cfg["common_params"])
+            kp = demo.KPDetector(**cfg["kp_detector_params"], **cfg["common_params"])
+            a2kp = demo.Audio2kpTransformer(**cfg["audio2kp_params"], face_ea=True)
+            side = demo.EmotionalDeformationTransformer(**cfg["audio2kp_params"])
+            emo = demo.EmotionDeepPrompt()
+            demo.load_ckpt(str(tmp_path / EAT_EXPORT_NAME), kp, gen, a2kp, side, emo)  # strict loads
+    finally:
+        os.chdir(cwd)
+    for name, value in side.state_dict().items():
+        assert torch.equal(value, full.sidetuning.state_dict()[name])

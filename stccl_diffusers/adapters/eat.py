@@ -436,6 +436,27 @@ class EATAdapter(TalkingHeadAdapter):
                 named[name].eval()
         return self
 
+    # -- EAT's checkpoint format (what EAT's Logger saves and demo.py's load_ckpt reads) -------
+    def export_eat_checkpoint(self, path: Union[str, os.PathLike], epoch: int = 0) -> Optional[Path]:
+        """Write ``{module_name: state_dict, ..., "epoch": epoch}`` for EAT's generator,
+        kp_detector, audio2kptransformer, emotionprompt and sidetuning (``torch.save``, as EAT's
+        Logger). None (nothing written) for a model without those modules."""
+        core = eat_core(self.generator_full)
+        names = {"generator": "generator", "kp_detector": "kp_extractor", "audio2kptransformer": "audio2kptransformer",
+                 "emotionprompt": "emotionprompt", "sidetuning": "sidetuning"}
+        if not all(isinstance(getattr(core, a, None), nn.Module) for a in names.values()):
+            return None
+        state = {k: {n: v.detach().cpu() for n, v in getattr(core, a).state_dict().items()} for k, a in names.items()}
+        state["epoch"] = int(epoch)
+        path = Path(path)
+        torch.save(state, path)
+        return path
+
+    def save_weights(self, directory: Union[str, os.PathLike]) -> None:
+        """The loop's trained weights, plus ``eat_checkpoint.pth.tar`` in EAT's format for the real EAT."""
+        super().save_weights(directory)
+        self.export_eat_checkpoint(Path(directory) / EAT_EXPORT_NAME)
+
     # -- EAT's stage-2 optimisation (train_transformer.train_batch_deepprompt_eam3d_sidetuning) ---
     def _eat_groups(self):
         core = eat_core(self.generator_full)
@@ -541,6 +562,8 @@ EAT_SYNCNET_CHECKPOINT = "ckpt/checkpoint_epoch02600_testloss0.8152778898516009_
 #: (EAT's README starts stage 2 from ``qvt_img_pca_sync_4_01_11_304.pth.tar``) has the first three.
 EAT_CHECKPOINT_KEYS = ("generator", "kp_detector", "audio2kptransformer", "emotionprompt", "sidetuning")
 EAT_STAGE1_KEYS = EAT_CHECKPOINT_KEYS[:3]
+#: The file in each saved checkpoint folder that EAT's own loaders (demo.py) read.
+EAT_EXPORT_NAME = "eat_checkpoint.pth.tar"
 
 
 def check_eat_checkout(eat_root: Union[str, os.PathLike], eat_checkpoint: Optional[Union[str, os.PathLike]] = None,
