@@ -34,7 +34,7 @@ setup(
         # drops the Haar cascades: install it with `pip install --no-deps insightface`.
         "face": ["onnxruntime", "onnx"],
         # What EAT's own source (the user's checkout) imports, beyond the core requirements.
-        "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile"],
+        "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile", "pandas"],
         "xformers": ["xformers"],
         "test": ["pytest>=7", "scikit-image", "python_speech_features"],
     },

@@ -229,3 +229,42 @@ def test_saved_weights_include_a_checkpoint_eats_demo_loader_accepts(full, check
         os.chdir(cwd)
     for name, value in side.state_dict().items():
         assert torch.equal(value, full.sidetuning.state_dict()[name])
+
+
+def test_eats_own_stage2_training_function_runs_with_eatwithstccl(full, checkout, tmp_path, monkeypatch):
+    """docs/eat.md's recipe inside EAT's own train_batch_deepprompt_eam3d_sidetuning."""
+    from torch.utils.data import DataLoader
+
+    from stccl_diffusers.adapters.eat import EATWithSTCCL, _import_from_checkout, _on_path
+
+    root = checkout["root"]
+    cfg = yaml.safe_load(checkout["config_1frame"].read_text())
+    cfg["train_params"].update(num_epochs=1, batch_size=1, num_repeats=1, checkpoint_freq=1)
+    batch = eat_batch(b=1, t=1)
+    item = {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
+    monkeypatch.chdir(root)
+    with _on_path(root):
+        tt = _import_from_checkout(root, "train_transformer")
+        disc = _import_from_checkout(root, "modules.discriminator").MultiScaleDiscriminator(
+            **cfg["model_params"]["discriminator_params"], **cfg["model_params"]["common_params"])
+    real_cls, made = tt.GeneratorFullModelBatchDeepPromptSTEAM3D, []
+
+    def with_stccl(*args, **kwargs):  # what docs/eat.md tells users to write around EAT's model
+        made.append(EATWithSTCCL(real_cls(*args, **kwargs), _MSEMetric(), weight=1.0, image_size=256,
+                                 num_frames=1, crop_size=None))
+        return made[-1]
+
+    monkeypatch.setattr(tt, "GeneratorFullModelBatchDeepPromptSTEAM3D", with_stccl)
+    # EAT's DataLoader uses 16 workers; its epoch-end visualiser draws 5-frame keypoint grids.
+    monkeypatch.setattr(tt, "DataLoader", lambda ds, **kw: DataLoader(ds, batch_size=1))
+    monkeypatch.setattr(tt.Logger, "visualize_rec", lambda self, inp, out: None)
+    before = {k: v.clone() for k, v in full.sidetuning.state_dict().items()}
+    tt.train_batch_deepprompt_eam3d_sidetuning(cfg, full.generator, disc, full.kp_extractor,
+                                               full.audio2kptransformer, full.emotionprompt, full.sidetuning,
+                                               None, str(tmp_path / "log"), [item], [0])
+    assert made and made[0].num_updates == 1
+    log = (tmp_path / "log" / "log.txt").read_text()
+    assert "stccl" in log
+    saved = torch.load(tmp_path / "log" / "00000000-checkpoint.pth.tar", weights_only=True)
+    assert {"generator", "audio2kptransformer", "emotionprompt", "sidetuning"} <= set(saved)
+    assert any(not torch.equal(before[k], v) for k, v in full.sidetuning.state_dict().items())

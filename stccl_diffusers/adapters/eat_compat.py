@@ -4,7 +4,8 @@ EAT (github yuangan/EAT_code) was written for Python 3.7 / torch 1.11. Its train
 unchanged from the user's checkout, needs exactly these six things on Python 3.10+ / torch 2.x /
 numpy 2 / librosa 0.10+ / scikit-image 0.19+ (each is listed in ``docs/eat.md`` with why):
 
-1. ``skimage.util.pad``: removed in scikit-image 0.19; EAT's data set pads with it. -> ``np.pad``.
+1. ``skimage.util.pad`` and ``skimage.draw.circle``: removed in scikit-image 0.19; EAT's data set
+   pads with the first, its ``logger.py`` imports the second. -> ``np.pad``; ``disk((r, c), radius)``.
 2. ``librosa.filters.mel(sr, n_fft, ...)``: keyword-only since librosa 0.10; EAT passes
    ``sr`` and ``n_fft`` positionally. -> a wrapper that maps them to keywords.
 3. ``torchaudio``: EAT's data set imports it for ``torchaudio.transforms.MelSpectrogram`` only;
@@ -59,6 +60,11 @@ def _pad_skimage() -> None:
 
         su.pad = np.pad
         _APPLIED.append("skimage.util.pad")
+    import skimage.draw as sd
+
+    if not hasattr(sd, "circle"):  # EAT's logger.py: `from skimage.draw import circle` (removed in 0.19)
+        sd.circle = lambda r, c, radius, shape=None: sd.disk((r, c), radius, shape=shape)
+        _APPLIED.append("skimage.draw.circle")
 
 
 def _positional_librosa_mel() -> None:
