@@ -35,6 +35,8 @@ setup(
         "face": ["onnxruntime", "onnx"],
         # 68-point landmarks (data.face_align backend="dlib"); the models ship in the wheel.
         "landmarks": ["dlib-bin", "face_recognition_models"],
+        # What EAT's own source (the user's checkout) imports, beyond the core requirements.
+        "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile", "pandas"],
         "xformers": ["xformers"],
         "test": ["pytest>=7", "scikit-image", "python_speech_features"],
     },

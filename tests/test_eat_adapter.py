@@ -161,6 +161,9 @@ def write_checkout(root, pred_size=256):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
     (root / "expPCAnorm_fin").mkdir()
+    for rel in EAT_REQUIRED_FILES:  # files the stand-in does not read (JDC, PCA basis, SyncNet code)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).touch()
     import numpy as np
 
     np.save(root / "expPCAnorm_fin" / "mean_mead.npy", np.zeros(45, np.float32))

@@ -55,6 +55,11 @@ __all__ = [
     "EATAdapter",
     "check_eat_checkout",
     "load_eat_generator_full",
+    "load_eat_state",
+    "fresh_batch",
+    "losses_off",
+    "eat_core",
+    "working_directory",
     "set_eat_trainable",
     "EMOTION_TO_EAT",
     "EAT_EMOTION_NAMES",
@@ -72,12 +77,28 @@ _RANGE_TOLERANCE = 1e-3
 # ----------------------------------------------------------------------------- functional core
 
 
-def neutral_batch(x: Dict[str, Any]) -> Dict[str, Any]:
-    """The neutral-anchor batch: a shallow copy of ``x`` with ``y_trg`` set to 5 (neutral).
+def fresh_batch(x: Any) -> Any:
+    """A copy of an EAT batch that EAT's forward may mutate without touching ``x``.
 
-    Everything else, ``z_trg`` included, is the *same object*, so both streams share audio, pose,
-    source frame and deep-prompt latent (facts §5: never a None prompt, which breaks EAT's
-    positional encoding).
+    EAT's forward changes its batch in place: it reassigns ``x['driving']`` and calls
+    ``he_source['t'].unsqueeze_(1)`` (which changes the tensor object's shape). Dicts and lists
+    are copied recursively and every tensor becomes a new view of the same storage (no data
+    copied, autograd kept), except ``z_trg``, which stays the very same object.
+    """
+    if isinstance(x, dict):
+        return {k: (v if k == "z_trg" else fresh_batch(v)) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(fresh_batch(v) for v in x)
+    if isinstance(x, torch.Tensor):
+        return x.view(x.shape)
+    return x
+
+
+def neutral_batch(x: Dict[str, Any]) -> Dict[str, Any]:
+    """The neutral-anchor batch: :func:`fresh_batch` of ``x`` with ``y_trg`` set to 5 (neutral).
+
+    Both streams share audio, pose, source frame and the very same deep-prompt latent ``z_trg``
+    (facts §5: never a None prompt, which breaks EAT's positional encoding).
     """
     if "y_trg" not in x or "z_trg" not in x or x["z_trg"] is None:
         raise ValueError(
@@ -85,7 +106,7 @@ def neutral_batch(x: Dict[str, Any]) -> Dict[str, Any]:
             f"latents; got keys {sorted(x)}"
         )
     y = x["y_trg"]
-    out = dict(x)
+    out = fresh_batch(x)
     out["y_trg"] = torch.full_like(y, NEUTRAL_INDEX) if isinstance(y, torch.Tensor) else [NEUTRAL_INDEX] * len(y)
     return out
 
@@ -195,6 +216,30 @@ def eat_collate(items: Sequence[Dict[str, Any]], n_mels: int = 20, context: int 
 # ----------------------------------------------------------------------------- the EAT hook
 
 
+def eat_core(model: nn.Module) -> nn.Module:
+    """The generator-full model inside any ``.module`` wrappers (DataParallel, EATWithSTCCL)."""
+    while isinstance(getattr(model, "module", None), nn.Module) and model.module is not model:
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def losses_off(model: nn.Module):
+    """Run EAT's forward without its losses: every ``loss_weights`` entry of the generator-full
+    model reads 0 inside the block (EAT computes each loss only when its weight is non-zero), so
+    a render skips VGG, SyncNet and the rest. A model without ``loss_weights`` is left alone."""
+    core = eat_core(model)
+    weights = getattr(core, "loss_weights", None)
+    if not isinstance(weights, dict):
+        yield
+        return
+    core.loss_weights = {k: ([0] * len(v) if isinstance(v, (list, tuple)) else 0) for k, v in weights.items()}
+    try:
+        yield
+    finally:
+        core.loss_weights = weights
+
+
 class EATWithSTCCL(nn.Module):
     """Adds ``loss_values['stccl']`` to an EAT stage-2 generator-full model; nothing else changes.
 
@@ -239,6 +284,21 @@ class EATWithSTCCL(nn.Module):
         self.num_updates = 0  # training calls seen, the step when none is passed
         self.last: Dict[str, float] = {}
 
+    @property
+    def module(self) -> nn.Module:
+        """EAT's generator-full model: EAT's loop reaches it as ``generator_full.module``
+        (``clip_grad_norm_(generator_full.module.audio2kptransformer.parameters(), 0.05)``),
+        with or without ``DataParallelWithCallback`` around it."""
+        return eat_core(self.generator_full)
+
+    def render(self, x: Dict[str, Any], neutral: bool = False) -> torch.Tensor:
+        """EAT's rendered frames ``(B, T, 3, H, W)`` in ``[0, 1]`` for ``x`` (or its neutral
+        anchor), without EAT's losses; the caller's batch is not changed."""
+        b, t = self._shape(x)
+        with losses_off(self.generator_full):
+            _, generated = self.generator_full(neutral_batch(x) if neutral else fresh_batch(x), True)
+        return check_prediction(generated.get("prediction"), b, t, self.image_size)
+
     def current_weight(self, step: int) -> float:
         return warmup_weight(step, self.weight, self.warmup_steps, self.ramp_steps)
 
@@ -257,7 +317,7 @@ class EATWithSTCCL(nn.Module):
             if torch.is_grad_enabled():
                 self.num_updates += 1
         w = self.current_weight(step)
-        loss_values, generated = self.generator_full(x, train_with_img)
+        loss_values, generated = self.generator_full(fresh_batch(x), train_with_img)
         if not isinstance(loss_values, dict) or not isinstance(generated, dict):
             raise ValueError(
                 "expected generator_full(x, train_with_img) to return (loss_values: dict, generated: dict), "
@@ -273,8 +333,7 @@ class EATWithSTCCL(nn.Module):
             loss_values["stccl"] = target.new_zeros(())
             return loss_values, generated
         with torch.no_grad():
-            _, gen_neutral = self.generator_full(neutral_batch(x), train_with_img)
-        anchor = check_prediction(gen_neutral.get("prediction"), b, t, self.image_size)
+            anchor = self.render(x, neutral=True)
         out = stccl_on_frames(self.metric, target, anchor.detach(), x.get("bboxs"), self.crop_size, generator)
         loss_values["stccl"] = w * out.loss
         self.last.update(stccl_raw=float(out.loss.detach()), pos_sim=float(out.pos_sim), neg_sim=float(out.neg_sim))
@@ -334,8 +393,14 @@ class EATAdapter(TalkingHeadAdapter):
         num_frames: int = 5,
         trainable_modules: Sequence[str] = (),
         latent_dim: int = 16,
+        eat_optimization: bool = True,
     ):
         super().__init__()
+        # EAT's own train/eval choices (BatchNorms of generator and audio2kp, kp_extractor, the
+        # loss networks in eval) are made when its model is built: remember them, so that the
+        # shared loop's `.train()` does not undo them.
+        self._eval_in_training = [n for n, m in generator_full.named_modules() if not m.training]
+        self.eat_optimization = eat_optimization
         self.stccl = EATWithSTCCL(generator_full, metric, weight, warmup_steps, ramp_steps, crop_size,
                                   image_size, num_frames)
         self.latent_dim = latent_dim
@@ -365,7 +430,68 @@ class EATAdapter(TalkingHeadAdapter):
     def train(self, mode: bool = True):
         super().train(mode)
         self.metric.eval()  # a frozen loss stays in eval mode (BatchNorm statistics untouched)
+        if mode:
+            named = dict(self.generator_full.named_modules())
+            for name in self._eval_in_training:
+                named[name].eval()
         return self
+
+    # -- EAT's checkpoint format (what EAT's Logger saves and demo.py's load_ckpt reads) -------
+    def export_eat_checkpoint(self, path: Union[str, os.PathLike], epoch: int = 0) -> Optional[Path]:
+        """Write ``{module_name: state_dict, ..., "epoch": epoch}`` for EAT's generator,
+        kp_detector, audio2kptransformer, emotionprompt and sidetuning (``torch.save``, as EAT's
+        Logger). None (nothing written) for a model without those modules."""
+        core = eat_core(self.generator_full)
+        names = {"generator": "generator", "kp_detector": "kp_extractor", "audio2kptransformer": "audio2kptransformer",
+                 "emotionprompt": "emotionprompt", "sidetuning": "sidetuning"}
+        if not all(isinstance(getattr(core, a, None), nn.Module) for a in names.values()):
+            return None
+        state = {k: {n: v.detach().cpu() for n, v in getattr(core, a).state_dict().items()} for k, a in names.items()}
+        state["epoch"] = int(epoch)
+        path = Path(path)
+        torch.save(state, path)
+        return path
+
+    def save_weights(self, directory: Union[str, os.PathLike]) -> None:
+        """The loop's trained weights, plus ``eat_checkpoint.pth.tar`` in EAT's format for the real EAT."""
+        super().save_weights(directory)
+        self.export_eat_checkpoint(Path(directory) / EAT_EXPORT_NAME)
+
+    # -- EAT's stage-2 optimisation (train_transformer.train_batch_deepprompt_eam3d_sidetuning) ---
+    def _eat_groups(self):
+        core = eat_core(self.generator_full)
+        params = getattr(core, "train_params", None)
+        if not self.eat_optimization or not isinstance(params, dict):
+            return None
+        names = {"generator": "lr_generator", "audio2kptransformer": "lr_audio2kptransformer",
+                 "emotionprompt": "lr_emotionprompt", "sidetuning": "lr_sidetuning"}
+        if not all(hasattr(core, n) for n in names) or not all(k in params for k in names.values()):
+            return None
+        return [(n, getattr(core, n), float(params[k])) for n, k in names.items()]
+
+    def optimizer_param_groups(self, lr: float):
+        """EAT's four Adams as param groups of one optimizer (Adam is per parameter, so this is
+        the same update): generator, audio2kp, emotion prompt and side-tuning at EAT's learning
+        rates from ``train_params`` (audio2kp 1.5e-4), betas (0.5, 0.999), no weight decay.
+        ``lr`` (the config's) is ignored then; None (the loop's default optimiser) for a model
+        without EAT's ``train_params`` or with ``eat_optimization=False``."""
+        groups = self._eat_groups()
+        if groups is None:
+            return None
+        return [{"params": [p for p in m.parameters() if p.requires_grad], "lr": g_lr, "betas": (0.5, 0.999),
+                 "weight_decay": 0.0, "name": n} for n, m, g_lr in groups]
+
+    def clip_gradients(self, accelerator, max_norm: float):
+        """EAT clips audio2kp and side-tuning separately at 0.05 and nothing else; returns the
+        total norm of what it clipped (for the loop's non-finite check), or None to let the loop
+        clip all trainables jointly at ``max_norm`` (models without EAT's optimisation)."""
+        groups = self._eat_groups()
+        if groups is None:
+            return None
+        accelerator.unscale_gradients()
+        norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05) for n, m, _ in groups
+                 if n in ("audio2kptransformer", "sidetuning")]
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in norms]).norm()
 
     def _with_latent(self, batch: Dict[str, Any], generator: Optional[torch.Generator]) -> Dict[str, Any]:
         if batch.get("z_trg") is not None:
@@ -405,11 +531,9 @@ class EATAdapter(TalkingHeadAdapter):
         return {k: torch.cat([p[k] for p in parts], dim=1) for k in ("target", "anchor")}
 
     def _render_pair(self, batch: Dict[str, Any], b: int, t: int) -> Dict[str, torch.Tensor]:
-        _, gen = self.generator_full(batch, False)
-        _, gen_n = self.generator_full(neutral_batch(batch), False)
-        size = self.stccl.image_size
-        target = check_prediction(gen.get("prediction"), b, t, size)
-        anchor = check_prediction(gen_n.get("prediction"), b, t, size)
+        # EAT renders frames only with train_with_img=True (else `generated` is {}): render with
+        # it, EAT's losses off.
+        target, anchor = self.stccl.render(batch), self.stccl.render(batch, neutral=True)
         return {"target": target * 2 - 1, "anchor": anchor * 2 - 1}
 
 
@@ -424,10 +548,22 @@ EAT_REQUIRED_FILES = (
     "modules/keypoint_detector.py",
     "modules/transformer.py",
     "modules/prompt.py",
+    "modules/syncnet.py",
+    "sync_batchnorm/__init__.py",
+    "Utils/JDC/model.py",  # StarGANv2-VC's JDCNet (EAT's README: the Utils download)
+    "Utils/JDC/bst.t7",  # its weights; EAT's transformer loads ./Utils/JDC/bst.t7
+    "expPCAnorm_fin/U_mead.npy",  # EAT's expression PCA, read as ./expPCAnorm_fin/*.npy
+    "expPCAnorm_fin/mean_mead.npy",
 )
+#: EAT's SyncNet checkpoint (read as ./ckpt/... when train_params.loss_weights.sync != 0).
+EAT_SYNCNET_CHECKPOINT = "ckpt/checkpoint_epoch02600_testloss0.8152778898516009_testacc0.5245564512668117.pth"
 
-#: Checkpoint entries (EAT's Logger saves one state_dict per module name).
+#: Checkpoint entries (EAT's Logger saves one state_dict per module name). A stage-1 checkpoint
+#: (EAT's README starts stage 2 from ``qvt_img_pca_sync_4_01_11_304.pth.tar``) has the first three.
 EAT_CHECKPOINT_KEYS = ("generator", "kp_detector", "audio2kptransformer", "emotionprompt", "sidetuning")
+EAT_STAGE1_KEYS = EAT_CHECKPOINT_KEYS[:3]
+#: The file in each saved checkpoint folder that EAT's own loaders (demo.py) read.
+EAT_EXPORT_NAME = "eat_checkpoint.pth.tar"
 
 
 def check_eat_checkout(eat_root: Union[str, os.PathLike], eat_checkpoint: Optional[Union[str, os.PathLike]] = None,
@@ -437,12 +573,30 @@ def check_eat_checkout(eat_root: Union[str, os.PathLike], eat_checkpoint: Option
     if not root.is_dir():
         raise FileNotFoundError(f"EAT checkout not found: --eat_root {root} is not a directory")
     missing = [str(root / f) for f in EAT_REQUIRED_FILES if not (root / f).is_file()]
+    if eat_config is not None and Path(eat_config).is_file():
+        import yaml
+
+        with open(eat_config, encoding="utf-8") as f:
+            weights = ((yaml.safe_load(f) or {}).get("train_params") or {}).get("loss_weights") or {}
+        if weights.get("sync", 0) != 0 and not (root / EAT_SYNCNET_CHECKPOINT).is_file():
+            missing.append(f"{root / EAT_SYNCNET_CHECKPOINT} (SyncNet, for loss_weights.sync)")
     for name, path in (("--eat_checkpoint", eat_checkpoint), ("--eat_config", eat_config)):
         if path is not None and not Path(path).is_file():
             missing.append(f"{path} ({name})")
     if missing:
         raise FileNotFoundError("EAT checkout is missing: " + ", ".join(missing))
     return root
+
+
+@contextlib.contextmanager
+def working_directory(path: Union[str, os.PathLike]):
+    """``chdir`` into ``path`` for the block (``contextlib.chdir`` needs Python 3.11)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @contextlib.contextmanager
@@ -459,8 +613,8 @@ def _on_path(root: Path):
 def _purge_foreign_modules(root: Path, package: str = "modules") -> None:
     """Forget a cached ``modules`` package that does not live in ``root`` (another checkout)."""
     cached = sys.modules.get(package)
-    paths = [Path(p).resolve() for p in getattr(cached, "__path__", [])] if cached is not None else []
-    if cached is not None and root.resolve() not in [p.parent for p in paths]:
+    paths = [Path(os.path.abspath(p)) for p in getattr(cached, "__path__", [])] if cached is not None else []
+    if cached is not None and Path(os.path.abspath(root)) not in [p.parent for p in paths]:
         for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
             del sys.modules[name]
 
@@ -469,8 +623,9 @@ def _import_from_checkout(root: Path, module: str):
     _purge_foreign_modules(root, module.split(".")[0])
     with _on_path(root):
         mod = importlib.import_module(module)
-    origin = Path(getattr(mod, "__file__", "") or "").resolve()
-    if root.resolve() not in origin.parents:
+    # Not resolved: a checkout may symlink its files (the path it was found under is what counts).
+    origin = Path(os.path.abspath(getattr(mod, "__file__", "") or ""))
+    if Path(os.path.abspath(root)) not in origin.parents:
         raise ImportError(f"{module} was imported from {origin}, not from the EAT checkout {root}; "
                           "another package named 'modules' shadows it")
     return mod
@@ -494,7 +649,11 @@ def load_eat_generator_full(
     """
     import yaml
 
+    from .eat_compat import apply_eat_compat
+
     root = check_eat_checkout(eat_root, eat_checkpoint, eat_config)
+    eat_checkpoint, eat_config = Path(eat_checkpoint).absolute(), Path(eat_config).absolute()
+    apply_eat_compat()
     with open(eat_config, encoding="utf-8") as f:
         config = yaml.safe_load(f)
     try:
@@ -503,7 +662,15 @@ def load_eat_generator_full(
     except (KeyError, TypeError) as e:
         raise ValueError(f"{eat_config}: expected EAT's config with model_params.common_params and train_params, "
                          f"missing {e}") from None
-    with _on_path(root):
+    state = torch.load(eat_checkpoint, map_location="cpu", weights_only=True)
+    missing = [k for k in EAT_STAGE1_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{eat_checkpoint}: expected an EAT checkpoint with entries {list(EAT_STAGE1_KEYS)} "
+                         f"(stage 1) or {list(EAT_CHECKPOINT_KEYS)} (stage 2), missing {missing} "
+                         f"(found {sorted(state)[:10]})")
+    # EAT reads ./Utils/JDC/bst.t7, ./expPCAnorm_fin/*.npy and ./ckpt/<SyncNet> relative to the
+    # working directory: build everything inside the checkout.
+    with _on_path(root), working_directory(root):
         gen_mod = _import_from_checkout(root, "modules.generator")
         disc_mod = _import_from_checkout(root, "modules.discriminator")
         kp_mod = _import_from_checkout(root, "modules.keypoint_detector")
@@ -516,25 +683,37 @@ def load_eat_generator_full(
         audio2kp = tr_mod.Audio2kpTransformerBBoxQDeepPrompt(**mp["audio2kp_params"], face_ea=True)
         emotionprompt = pr_mod.EmotionDeepPrompt()
         sidetuning = pr_mod.EmotionalDeformationTransformer(**mp["audio2kp_params"])
-
-    state = torch.load(eat_checkpoint, map_location="cpu", weights_only=True)
-    missing = [k for k in EAT_CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"{eat_checkpoint}: expected EAT checkpoint entries {list(EAT_CHECKPOINT_KEYS)}, "
-                         f"missing {missing} (found {sorted(state)[:10]})")
-    modules = {"generator": generator, "kp_detector": kp_detector, "audio2kptransformer": audio2kp,
-               "emotionprompt": emotionprompt, "sidetuning": sidetuning, "discriminator": discriminator}
-    for name, module in modules.items():
-        if name in state:
-            module.load_state_dict(state[name])
-    # EAT's model reads `./expPCAnorm_fin/*.npy` relative to the working directory.
-    with _on_path(root), contextlib.chdir(root):
+        load_eat_state(state, generator, discriminator, kp_detector, audio2kp, emotionprompt, sidetuning)
         full = mt_mod.GeneratorFullModelBatchDeepPromptSTEAM3D(
             kp_detector, audio2kp, emotionprompt, sidetuning, generator, discriminator, train_params,
             estimate_jacobian=common.get("estimate_jacobian", True),
         )
+    # EAT puts its frozen loss networks in eval mode only when CUDA is available; do it always
+    # (SyncNet's BatchNorm in training mode raises on a batch of one).
+    for name in ("syncnet", "vgg", "hopenet", "dan", "fan", "clip_model"):
+        if isinstance(getattr(full, name, None), nn.Module):
+            getattr(full, name).eval()
     set_eat_trainable(full)
     return full.to(device)
+
+
+def load_eat_state(state: Dict[str, Any], generator, discriminator, kp_detector, audio2kp, emotionprompt,
+                   sidetuning) -> None:
+    """Load an EAT checkpoint as EAT's ``Logger.load_cpk_a2kp_prompt_sidetuning`` does for stage 2:
+    generator and audio2kp with ``strict=False``, kp_detector strictly, emotion prompt and
+    side-tuning when present; a stage-1 checkpoint (no ``sidetuning``) initialises side-tuning
+    from audio2kp (EAT's ``init_sidetuning_weight``); the discriminator when present."""
+    generator.load_state_dict(state["generator"], strict=False)
+    kp_detector.load_state_dict(state["kp_detector"])
+    audio2kp.load_state_dict(state["audio2kptransformer"], strict=False)
+    if "emotionprompt" in state:
+        emotionprompt.load_state_dict(state["emotionprompt"])
+    if "sidetuning" in state:
+        sidetuning.load_state_dict(state["sidetuning"])
+    else:
+        sidetuning.init_sidetuning_weight(state["audio2kptransformer"])
+    if "discriminator" in state:
+        discriminator.load_state_dict(state["discriminator"])
 
 
 def set_eat_trainable(full: nn.Module) -> None:
@@ -568,6 +747,9 @@ def load_eat_dataset(eat_root: Union[str, os.PathLike], eat_config: Union[str, o
         raise FileNotFoundError(f"EAT checkout is missing: {root / 'frames_dataset_transformer25.py'}")
     with open(eat_config, encoding="utf-8") as f:
         config = yaml.safe_load(f)
+    from .eat_compat import apply_eat_compat
+
+    apply_eat_compat()
     mod = _import_from_checkout(root, "frames_dataset_transformer25")
-    with _on_path(root), contextlib.chdir(root):
+    with _on_path(root), working_directory(root):
         return mod.FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt(is_train=True, **config["dataset_params"])

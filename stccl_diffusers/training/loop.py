@@ -432,7 +432,9 @@ def _train(
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
-    params = adapter.trainable_parameters()
+    # A backend may bring its own param groups (EAT: one group per module at EAT's learning rates).
+    groups = getattr(adapter, "optimizer_param_groups", None)
+    params = (groups(lr) if groups is not None else None) or adapter.trainable_parameters()
     optimizer = torch.optim.AdamW(
         params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
     )
@@ -540,7 +542,10 @@ def _train(
                 micro_index += 1
                 if accelerator.sync_gradients:
                     grad_norm = None
-                    if not bad_cycle and cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                    clip = getattr(adapter, "clip_gradients", None)  # a backend's own clipping (EAT's)
+                    if not bad_cycle and clip is not None:
+                        grad_norm = clip(accelerator, cfg.max_grad_norm)
+                    if not bad_cycle and grad_norm is None and cfg.max_grad_norm and cfg.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(trainables, cfg.max_grad_norm)
                         # fp16's GradScaler skips inf steps itself; elsewhere a non-finite gradient is ours to stop.
                         if accelerator.mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(grad_norm)).all():

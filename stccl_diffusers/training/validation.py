@@ -169,6 +169,17 @@ def stccl_scores(metric, target: torch.Tensor, anchor: torch.Tensor, seed: int =
     return scores
 
 
+def _to_device(value, device):
+    """Tensors anywhere in nested dicts/lists/tuples moved to `device` (EAT's batch nests `he_driving`)."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
 def make_validation_fn(
     batch: dict[str, Any],
     metric,
@@ -193,7 +204,7 @@ def make_validation_fn(
 
     def validation_fn(adapter, step: int) -> dict[str, float]:
         device = next(adapter.parameters()).device
-        moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        moved = _to_device(batch, device)
         g = torch.Generator(device=device).manual_seed(seed)
         rendered = adapter.render_validation(moved, generator=g)
         target, anchor = rendered["target"].float().cpu(), rendered["anchor"].float().cpu()
