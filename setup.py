@@ -34,7 +34,9 @@ setup(
         # drops the Haar cascades: install it with `pip install --no-deps insightface`.
         "face": ["onnxruntime", "onnx"],
         "xformers": ["xformers"],
-        "test": ["pytest>=7", "scikit-image", "python_speech_features"],
+        # DICE-Talk's own modules import einops (its requirements.txt); the dice_talk backend needs it.
+        "dice": ["einops"],
+        "test": ["pytest>=7", "scikit-image", "python_speech_features", "einops"],
     },
     entry_points={
         "console_scripts": [
@@ -43,6 +45,7 @@ setup(
             "stccl-pretrain=stccl_diffusers.pretrain:main",
             "stccl-analyze=stccl_diffusers.analysis:analyze_main",
             "stccl-eval=stccl_diffusers.eval.cli:main",
+            "stccl-merge-lora=stccl_diffusers.merge_lora:main",
         ],
     },
 )
