@@ -242,6 +242,9 @@ class DiceTrainingConfig(TalkingClipsConfig):
     """dice_talk validation: DICE-Talk's three-branch CFG scales (its inference config: 3.0 and 6.0)."""
     motion_bucket_id_exp: float = 16.0
     """dice_talk: third added_time_id, as DICE-Talk's inference config."""
+    dice_fps: float = 12.5
+    """dice_talk: frames are resampled to this rate from each clip's real fps (DICE-Talk generates at
+    12.5 fps, `step: 2`, and doubles the rate with RIFE afterwards)."""
     emotion_retrieval: bool = False
     """dice_talk: EmotionModel(retrieval=...); False is what DICE-Talk's inference uses."""
 

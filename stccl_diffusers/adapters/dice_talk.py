@@ -334,8 +334,11 @@ class DiceTalkAdapter(DiceStepMixin, TalkingHeadAdapter):
                              "to compute them from batch['audio']")
         T = batch["frames"].shape[1] if "frames" in batch else int(batch["num_frames"])
         starts = batch.get("start_frame")
+        whole = (batch["clip_audio"] if "clip_audio" in batch else batch["audio"]).float().cpu().numpy()
+        lengths = batch.get("clip_audio_len")
         windows = []
-        for b, wav in enumerate(batch["audio"].float().cpu().numpy()):
+        for b, wav in enumerate(whole):
+            wav = wav[: int(lengths[b])] if lengths is not None else wav
             hidden = whisper_hidden_states(self.whisper, self.feature_extractor, wav)
             start = int(starts[b]) if starts is not None else 0
             windows.append(audio_windows(hidden, T, start_frame=start, step=self.audio_step))
@@ -396,7 +399,7 @@ class DiceTalkAdapter(DiceStepMixin, TalkingHeadAdapter):
         # retrieval=False (DICE-Talk's inference config): the whole codebook is the key/value bank.
         emo_tokens = torch.cat([self.emo_model(e[None], retrieval=self.retrieval)[0] for e in emo])  # (B, 1, 32, D)
         emo_tokens = emo_tokens.reshape(B, -1, *emo_tokens.shape[-2:])[:, :1].expand(-1, T, -1, -1).flatten(0, 1)
-        mask = face_mask(batch, H, W).to(dtype)  # (B, 3, H, W)
+        mask = face_mask(batch, H, W, detect=self.use_face_boxes).to(dtype)  # (B, 3, H, W)
         pose_fea = self.pose_guider(mask[:, :, None].expand(-1, -1, T, -1, -1)).transpose(1, 2)
         # DICE-Talk's IP-adapter processor takes one (N, 1, H, W) mask per stream and tiles it over
         # its batch of B*T frames when N == 1; with B clips the mask of clip b goes to its T frames.
@@ -418,15 +421,45 @@ class DiceTalkAdapter(DiceStepMixin, TalkingHeadAdapter):
         return out
 
 
-def face_mask(batch, height: int, width: int) -> torch.Tensor:
-    """(B, 3, H, W) DICE-Talk face-mask image: the batch's `face_mask` if given, else its `face_box`, else all ones."""
+def dice_face_box(image_rgb: np.ndarray, area: float = 1.1) -> np.ndarray | None:
+    """x1, y1, x2, y2 of DICE-Talk's face mask for one image, or None when no face is found.
+
+    The face comes from the package's detector (`eval.faces.detect_face_box`); the box is then
+    enlarged as DICE-Talk's `image_audio_emo_to_tensor` does: width and height times `area` about
+    the integer centre, clamped to the image, floored to whole pixels (`mask[int(y1):int(y2), ...]`).
+    """
+    from ..eval.faces import detect_face_box
+
+    found = detect_face_box(image_rgb)
+    if found is None:
+        return None
+    h, w = image_rgb.shape[:2]
+    x1, y1, bw, bh = (float(v) for v in found)
+    x2, y2 = x1 + bw, y1 + bh
+    ww, hh = (x2 - x1) * area, (y2 - y1) * area
+    cx, cy = (x2 + x1) // 2, (y2 + y1) // 2
+    box = [max(cx - ww // 2, 0), max(cy - hh // 2, 0), min(cx + ww // 2, w), min(cy + hh // 2, h)]
+    return np.floor(np.asarray(box, dtype=np.float64))
+
+
+def face_mask(batch, height: int, width: int, detect: bool = False, area: float = 1.1) -> torch.Tensor:
+    """(B, 3, H, W) DICE-Talk face-mask image, one per clip (DICE-Talk: from the reference image).
+
+    The batch's `face_mask` if given; else, with `detect`, :func:`dice_face_box` on each reference;
+    else (or where no face is found) the batch's `face_box`; else the whole frame.
+    """
     ref = batch["reference"]
     if "face_mask" in batch:
         m = batch["face_mask"].float()
         return (m if m.shape[1] == 3 else m[:, :1].expand(-1, 3, -1, -1)).to(ref.device)
     box = batch.get("face_box")
-    if box is None:
-        box = torch.tensor([[0.0, 0.0, width, height]], device=ref.device).expand(ref.shape[0], 4)
+    box = (torch.tensor([[0.0, 0.0, width, height]]).expand(ref.shape[0], 4) if box is None else box).float().cpu().clone()
+    if detect:
+        images = ((ref.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        for b, image in enumerate(images):
+            found = dice_face_box(image, area)
+            if found is not None:
+                box[b] = torch.from_numpy(found).float()
     return box_mask(box.to(ref.device), height, width)
 
 
