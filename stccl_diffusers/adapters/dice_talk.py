@@ -485,9 +485,10 @@ def whisper_hidden_states(whisper, feature_extractor, wav: np.ndarray) -> torch.
     runs on 3000-frame windows, and `audio_len * 2` steps (audio_len = len(wav) // 640) are kept.
     """
     chunk = 750 * 640
-    feats = torch.cat([feature_extractor(wav[i:i + chunk], sampling_rate=16000, return_tensors="pt").input_features
-                       for i in range(0, len(wav), chunk)], dim=-1)
     param = next(whisper.parameters())
+    with torch.autocast("cpu", enabled=False):  # the log-mel is computed in fp32 even under mixed precision
+        feats = torch.cat([feature_extractor(wav[i:i + chunk], sampling_rate=16000, return_tensors="pt").input_features
+                           for i in range(0, len(wav), chunk)], dim=-1)
     prompts = []
     with torch.no_grad():
         for i in range(0, feats.shape[-1], 3000):
