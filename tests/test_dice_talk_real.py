@@ -36,45 +36,13 @@ def _clear_src():
 @pytest.fixture(scope="module")
 def dice_weights(tmp_path_factory):
     """Tiny DICE-Talk weights in DICE-Talk's file layout; returns a config pointing at them."""
-    from diffusers import AutoencoderKLTemporalDecoder
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-    from stccl_diffusers.adapters.dice_talk import import_dice_talk
+    from stccl_diffusers.adapters.dice_talk import write_random_dice_talk_weights
     from stccl_diffusers.training import config_from_dict
 
-    tmp = tmp_path_factory.mktemp("dice")
-    ckpt, svd, whisper = tmp / "checkpoints/DICE-Talk", tmp / "checkpoints/svd", tmp / "checkpoints/whisper-tiny"
-    dt = import_dice_talk(DICE_ROOT)
-    torch.manual_seed(0)
-    unet = dt.UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), layers_per_block=1,
-        num_attention_heads=(2, 4), cross_attention_dim=1024, addition_time_embed_dim=32,
-        projection_class_embeddings_input_dim=96)
-    unet.save_pretrained(str(svd / "unet"))
-    dt.add_ip_adapters(unet, [32, 32], [1.0, 1.0])
-    ckpt.mkdir(parents=True)
-    torch.save(unet.state_dict(), ckpt / "unet.pth")
-    torch.save(dt.PoseGuider(conditioning_embedding_channels=32, block_out_channels=(16, 32, 96, 256)).state_dict(),
-               ckpt / "pose_guider.pth")
-    torch.save(dt.AudioProjModel(seq_len=10, blocks=5, channels=384, intermediate_dim=1024, output_dim=1024,
-                                 context_tokens=32).state_dict(), ckpt / "audio_linear.pth")
-    torch.save(dt.EmotionModel().state_dict(), ckpt / "emo_model.pth")
-    AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                                 layers_per_block=1, latent_channels=4, sample_size=RES).save_pretrained(str(svd / "vae"))
-    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                   num_attention_heads=2, image_size=224, patch_size=56,
-                                                   projection_dim=1024)).save_pretrained(str(svd / "image_encoder"))
-    WhisperModel(WhisperConfig(d_model=384, encoder_layers=4, decoder_layers=1, encoder_attention_heads=2,
-                               decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                               vocab_size=64, max_source_positions=1500, pad_token_id=0, bos_token_id=1,
-                               eos_token_id=2, decoder_start_token_id=1, begin_suppress_tokens=None,
-                               suppress_tokens=None)).save_pretrained(str(whisper))
-    WhisperFeatureExtractor().save_pretrained(str(whisper))
+    paths = write_random_dice_talk_weights(tmp_path_factory.mktemp("dice"), DICE_ROOT)
     _clear_src()
     return config_from_dict(DiceTrainingConfig, dict(
-        backend="dice_talk", dice_talk_root=str(DICE_ROOT), dice_checkpoints=str(ckpt), svd_path=str(svd),
-        whisper_path=str(whisper), num_frames=T, resolution=RES, stccl_weight=1.0, p_mean=-3.0, p_std=0.0,
+        backend="dice_talk", **paths, num_frames=T, resolution=RES, stccl_weight=1.0, p_mean=-3.0, p_std=0.0,
         frame_subset=[0, 1], drop_reference=0.0, drop_audio=0.0, drop_emotion=0.0, num_inference_steps=1))
 
 

@@ -15,8 +15,8 @@ Batch (one clip per sample, T frames, 512x512 for the released model):
   clip_image (B, 3, 224, 224) CLIP-normalised (optional: made from `reference`);
   audio_prompts (B, T, 10, 5, 384) whisper-tiny hidden-state windows (see :func:`audio_windows`);
   emotion (B,) index into DICE_EMOTIONS; face_box (B, 4) pixels.
-This path cannot run without the user's weights and a large GPU; it is tested against stand-in
-modules that have DICE-Talk's call signatures.
+Tests run it against DICE-Talk's real source with tiny random weights in DICE-Talk's file layout
+(:func:`write_random_dice_talk_weights`); see docs/dice.md for what still differs from inference.
 """
 
 from __future__ import annotations
@@ -548,3 +548,57 @@ def build_dice_talk_adapter(cfg, metric, device=None) -> DiceTalkAdapter:
         motion_bucket_id_exp=cfg.motion_bucket_id_exp,
         use_face_boxes=cfg.use_face_boxes, whisper=whisper, feature_extractor=extractor,
     )
+
+
+def write_random_dice_talk_weights(out: str | Path, dice_talk_root: str | Path, full: bool = False,
+                                   seed: int = 0) -> dict[str, str]:
+    """Random weights built from DICE-Talk's own classes in its real file layout (tests, benchmarks).
+
+    `out/checkpoints/DICE-Talk/{unet,pose_guider,audio_linear,emo_model}.pth`, an SVD folder
+    (`unet`, `vae`, `image_encoder`) and a whisper folder. DICE-Talk's fixed sizes are kept
+    (cross-attention 1024, AudioProjModel(10, 5, 384), EmotionModel, whisper d_model 384 with 5
+    hidden states); `full` also gives SVD-xt's UNet/VAE and a ViT-H CLIP, tiny otherwise.
+    Returns the config paths {dice_talk_root, dice_checkpoints, svd_path, whisper_path}.
+    """
+    from diffusers import AutoencoderKLTemporalDecoder
+    from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig,
+                              WhisperFeatureExtractor, WhisperModel)
+
+    out = Path(out)
+    ckpt, svd, whisper = out / "checkpoints/DICE-Talk", out / "checkpoints/svd", out / "checkpoints/whisper-tiny"
+    dt = import_dice_talk(dice_talk_root)
+    torch.manual_seed(seed)
+    if full:
+        unet, vae = dt.UNetSpatioTemporalConditionModel(), AutoencoderKLTemporalDecoder()
+        clip = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                                image_size=224, patch_size=14, projection_dim=1024)
+    else:
+        unet = dt.UNetSpatioTemporalConditionModel(
+            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), layers_per_block=1,
+            num_attention_heads=(2, 4), cross_attention_dim=1024, addition_time_embed_dim=32,
+            projection_class_embeddings_input_dim=96)
+        vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                                           layers_per_block=1, latent_channels=4)
+        clip = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=224, patch_size=56, projection_dim=1024)
+    unet.save_pretrained(str(svd / "unet"))
+    vae.save_pretrained(str(svd / "vae"))
+    CLIPVisionModelWithProjection(clip).save_pretrained(str(svd / "image_encoder"))
+    dt.add_ip_adapters(unet, [32, 32], [1.0, 1.0])
+    ckpt.mkdir(parents=True, exist_ok=True)
+    torch.save(unet.state_dict(), ckpt / "unet.pth")
+    torch.save(dt.PoseGuider(conditioning_embedding_channels=unet.config.block_out_channels[0],
+                             block_out_channels=(16, 32, 96, 256)).state_dict(), ckpt / "pose_guider.pth")
+    torch.save(dt.AudioProjModel(seq_len=10, blocks=5, channels=384, intermediate_dim=1024, output_dim=1024,
+                                 context_tokens=32).state_dict(), ckpt / "audio_linear.pth")
+    torch.save(dt.EmotionModel().state_dict(), ckpt / "emo_model.pth")
+    WhisperModel(WhisperConfig(d_model=384, encoder_layers=4, decoder_layers=1 if not full else 4,
+                               encoder_attention_heads=2 if not full else 6, decoder_attention_heads=2 if not full else 6,
+                               encoder_ffn_dim=64 if not full else 1536, decoder_ffn_dim=64 if not full else 1536,
+                               vocab_size=64 if not full else 51865, max_source_positions=1500, pad_token_id=0,
+                               bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, begin_suppress_tokens=None,
+                               suppress_tokens=None)).save_pretrained(str(whisper))
+    WhisperFeatureExtractor().save_pretrained(str(whisper))
+    return {"dice_talk_root": str(Path(dice_talk_root)), "dice_checkpoints": str(ckpt), "svd_path": str(svd),
+            "whisper_path": str(whisper)}
