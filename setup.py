@@ -40,12 +40,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "stccl-synth=stccl_diffusers.data.synthetic:synth_main",
-            "stccl-pair=stccl_diffusers.data.pairing:pair_main",
-            "stccl-pretrain=stccl_diffusers.pretrain:main",
-            "stccl-analyze=stccl_diffusers.analysis:analyze_main",
-            "stccl-eval=stccl_diffusers.eval.cli:main",
-            "stccl-merge-lora=stccl_diffusers.merge_lora:main",
+            "stccl-synth=stccl_diffusers.console:synth",
+            "stccl-pair=stccl_diffusers.console:pair",
+            "stccl-pretrain=stccl_diffusers.console:pretrain",
+            "stccl-analyze=stccl_diffusers.console:analyze",
+            "stccl-eval=stccl_diffusers.console:evaluate",
+            "stccl-merge-lora=stccl_diffusers.console:merge_lora",
         ],
     },
 )

@@ -26,9 +26,11 @@ from stccl_diffusers.adapters.dice import (
 )
 from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import build_accelerator, parse_config, train
-from stccl_diffusers.training.clips import TalkingClipDataset
-from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips
+from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
+from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.data.datasets import write_skipped_report
+from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "dice_stccl_demo.yaml"
 
@@ -43,9 +45,8 @@ def main(argv=None) -> dict:
 
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     with accelerator.main_process_first():
-        if cfg.synthesize_if_missing:
-            ensure_synthetic_clips(cfg.data_dir, cfg.synth_speakers, cfg.synth_clips, size=max(64, cfg.resolution),
-                                   seed=cfg.seed)
+        prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
+                            clips=cfg.synth_clips, size=max(64, cfg.resolution), seed=cfg.seed)
         dataset = TalkingClipDataset(cfg.data_dir, DICE_EMOTIONS, cfg.num_frames, cfg.resolution,
                                      windows_per_clip=cfg.windows_per_clip,
                                      progress=accelerator.is_local_main_process,
@@ -55,13 +56,15 @@ def main(argv=None) -> dict:
             input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
             progress=accelerator.is_local_main_process)
     info.update(metric_info, num_clips=len(dataset.clips), skipped_clips=dataset.skipped)
+    if accelerator.is_main_process:
+        write_skipped_report(dataset.skipped, str(out))
 
     # 2. The generator behind the adapter interface.
     if cfg.backend == "reference":
         if cfg.pretrained_model_name_or_path:
-            model = ReferenceDICE.from_pretrained(cfg.pretrained_model_name_or_path)
+            model = from_pretrained_local(ReferenceDICE, cfg.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
         elif (out / "reference_dice" / "config.json").is_file():
-            model = ReferenceDICE.from_pretrained(str(out / "reference_dice"))
+            model = from_pretrained_local(ReferenceDICE, out / "reference_dice", "reference model")
         else:
             model, base_info = pretrain_reference_dice(cfg, dataset, out / "reference_dice")
             info["base"] = base_info
@@ -101,4 +104,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors(main)()

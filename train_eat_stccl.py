@@ -34,9 +34,11 @@ from stccl_diffusers.adapters.eat import (
 )
 from stccl_diffusers.models.reference_eat import ReferenceEATModel
 from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, parse_config, train
-from stccl_diffusers.training.clips import TalkingClipDataset
-from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips
+from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
+from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.data.datasets import write_skipped_report
+from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local, save_pretrained_atomic
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
 
@@ -101,7 +103,7 @@ def build_backend(cfg: EATSTCCLConfig, audio_dim: int):
             raise ValueError("--eat_root needs --eat_checkpoint and --eat_config")
         return load_eat_generator_full(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg)), 256
     if cfg.reference_model:
-        model = ReferenceEATModel.from_pretrained(cfg.reference_model)
+        model = from_pretrained_local(ReferenceEATModel, cfg.reference_model, "--reference_model")
     else:
         model = ReferenceEATModel(image_size=cfg.resolution, audio_dim=audio_dim,
                                   render_channels=cfg.reference_render_channels)
@@ -116,10 +118,10 @@ def build_data(cfg: EATSTCCLConfig, progress: bool = True):
     """(train set, collate, validation batch, audio feature size) for the configured data."""
     if cfg.data == "clips":
         size = max(64, cfg.resolution)
-        if cfg.synthesize_if_missing:
-            ensure_synthetic_clips(cfg.data_dir, cfg.synth_speakers, cfg.synth_clips, size=size, seed=cfg.seed)
-            # Validation: other identities and sentences than training.
-            ensure_synthetic_clips(f"{cfg.data_dir}_val", 1, 1, size=size, seed=cfg.validation_seed)
+        if prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
+                               clips=cfg.synth_clips, size=size, seed=cfg.seed):
+            # Validation (demo only): other identities and sentences than training, in a sibling the demo owns.
+            prepare_clip_folder(f"{cfg.data_dir}_val", True, speakers=1, clips=1, size=size, seed=cfg.validation_seed)
         train_set = TalkingClipDataset(cfg.data_dir, EAT_EMOTION_NAMES, cfg.num_frames, cfg.resolution,
                                        windows_per_clip=cfg.windows_per_clip, progress=progress)
         val_dir = f"{cfg.data_dir}_val" if Path(f"{cfg.data_dir}_val").is_dir() else cfg.data_dir
@@ -153,6 +155,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     out = Path(cfg.output_dir)
     with accelerator.main_process_first():
         train_set, collate, val_batch, audio_dim = build_data(cfg, progress=accelerator.is_local_main_process)
+        if accelerator.is_main_process:
+            write_skipped_report(getattr(train_set, "skipped", []), str(out))
         metric, metric_info = ensure_metric(
             cfg.metric_path, out / "metric", backbone=_backbone(cfg.metric_backbone), input_size=cfg.metric_input_size,
             steps=cfg.metric_pretrain_steps, seed=cfg.seed, progress=accelerator.is_local_main_process)
@@ -176,7 +180,7 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     # 5. The trained model, loss curves and the metrics JSON.
     if accelerator.is_main_process and result.global_step >= cfg.max_train_steps:
         if isinstance(generator_full, ReferenceEATGeneratorFull):
-            generator_full.model.save_pretrained(out / "reference_eat")
+            save_pretrained_atomic(generator_full.model, out / "reference_eat")
         plot_loss_curves(result.step_log, out / "loss_curves.png", keys=("loss", "rec", "stccl", "stccl_raw"),
                          validations=result.validations)
         info = {"config": cfg._config_path, **metric_info, "num_clips": len(getattr(train_set, "clips", [])),
@@ -193,4 +197,4 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_errors(main)()

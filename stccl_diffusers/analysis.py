@@ -196,4 +196,6 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(analyze_main())
+    from .utils.safety import cli_errors
+
+    raise SystemExit(cli_errors(analyze_main)())

@@ -1,24 +1,33 @@
 """The diffusers reward-style STCCL callback (paper §8.3.3; ControlNet++-style single-step reward).
 
 diffusers has no training-time callback API, so this is one that feels native: a ``ConfigMixin``
-(``save_config`` / ``from_config``) that a training loop calls with the tensors it already has::
+(``save_config`` / ``from_config``) that a training loop calls once per step with the tensors it
+already has::
 
-    loss = diffusion_loss + stccl(model_pred=model_pred, anchor_pred=anchor_pred,
-                                  noisy_latents=noisy_latents, timesteps=timesteps)
+    stccl = STCCLRewardCallback(metric=metric, scheduler=noise_scheduler, decoder=vae)  # or preconditioning="edm_v"
+    loss = diffusion_loss + stccl.reward(model_pred, noisy_latents, timesteps, sigmas=sigmas,
+                                         model=unet, anchor_args=(unet_input, timesteps, neutral_cond))
 
-Per step: gate on t < 500 (``timestep_gate``), then for the gated clips only: x0-hat of the
-prediction (with gradient) and of the neutral anchor prediction (no gradient), decode both, score
-with the frozen ``STCCLMetric`` (anchor vs generated), return ``weight * loss`` in fp32.
+Per step: gate on t < 500 (``timestep_gate``), then for the gated clips only: run the anchor (the
+base model with peft adapters off, a frozen copy, or a neutral-conditioning ``anchor_fn``), x0-hat of
+the prediction (with gradient) and of the anchor (no gradient), decode both, score with the frozen
+``STCCLMetric`` (anchor vs generated) using the callback's own generator, return ``weight * loss``
+in fp32. ``__call__`` is the same without the anchor forward (pass ``anchor_pred``, or ``x0`` /
+``anchor_x0`` when the script computes the denoised latents itself).
 
-Latent layouts (video): ``(B, T, C, h, w)`` (UNetSpatioTemporalConditionModel) or ``(B*T, C, h, w)``
-with ``num_frames=T`` (frames of a clip contiguous, image UNets). Timesteps are ``(B,)`` or, for the
-flat layout, ``(B*T,)``; frames of one clip must share their noise level and the gate reads the
-clip's first frame. Images are clips of ``T = 1`` (use a metric with ``use_tcc=False``).
+Latent layouts (``layout=``): ``"btchw"`` (B, T, C, h, w) (UNetSpatioTemporalConditionModel),
+``"flat"`` (B*T, C, h, w) with ``num_frames=T`` (frames of a clip contiguous, image UNets) and
+``"bcfhw"`` (B, C, F, h, w) (UNet3D); the channel count is checked against the decoder's. Timesteps
+and sigmas are per clip or per frame, in any shape with trailing singleton dims; frames of one clip
+share their noise level. ``noisy_latents`` are the unscaled ``x0 + sigma * noise``, never the UNet
+input. Images are clips of ``T = 1`` (use a metric with ``use_tcc=False``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import re
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -26,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.callbacks import PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from .diffusion import predict_x0, timestep_gate
+from .diffusion import PRECONDITIONINGS, predict_x0, preconditioning_scheduler, timestep_gate
 
 __all__ = [
     "STCCLRewardCallback",
@@ -38,10 +48,13 @@ __all__ = [
     "anchor_forward",
     "crop_faces",
     "decode_latents",
+    "neutral_captions",
     "zero_loss_like",
 ]
 
 _STAT_KEYS = ("spatial_loss", "temporal_loss", "pos_sim", "neg_sim")
+_LAYOUTS = {"btchw": "(B, T, C, h, w)", "flat": "(B*T, C, h, w)", "bcfhw": "(B, C, F, h, w)"}
+_ANCHORS = ("base_model", "frozen_copy")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +88,21 @@ def crop_faces(frames: torch.Tensor, boxes: torch.Tensor, size: Sequence[int]) -
     theta[:, 1, 2] = (b[:, 1] + b[:, 3]) / h - 1
     grid = F.affine_grid(theta, [n, frames.shape[1], int(size[0]), int(size[1])], align_corners=False)
     return F.grid_sample(frames.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# Emotion words (and their common noun / adjective forms) a caption may hold; each becomes "neutral".
+_EMOTION_WORDS = re.compile(
+    r"\b(angry|anger|contempt|contemptuous|disgusted|disgust|fear|fearful|scared|afraid|happy|happiness|joyful|"
+    r"smiling|sad|sadness|surprised|surprise|emotional)\b",
+    re.IGNORECASE,
+)
+
+
+def neutral_captions(captions: Sequence[str], neutral: str = "neutral") -> list[str]:
+    """Each caption with its emotion words swapped for ``neutral`` (the anchor keeps identity and scene)."""
+    if isinstance(captions, str):
+        raise ValueError(f"expected a list of captions (one per sample), got one string {captions!r}")
+    return [_EMOTION_WORDS.sub(neutral, c) for c in captions]
 
 
 def _decoder_kind(decoder) -> str:
@@ -219,6 +247,58 @@ def anchor_forward(model, *args, use_base_model: bool = False, **kwargs) -> torc
         return _first_tensor(model(*args, **kwargs)).detach()
 
 
+def _shape(t):
+    return None if t is None else tuple(t.shape)
+
+
+def _levels(name: str, value) -> torch.Tensor:
+    """Timesteps / sigmas as 1-D: scalars, (N,) and (N, 1, ..., 1) are accepted; the error names ``name``."""
+    v = torch.as_tensor(value)
+    if v.ndim == 0:
+        return v.reshape(1)
+    if any(d != 1 for d in v.shape[1:]):
+        raise ValueError(f"expected {name} of shape (N,) or (N, 1, ..., 1), got {tuple(v.shape)}")
+    return v.reshape(v.shape[0])
+
+
+def _per_clip(name: str, value, b: int, t_len: int) -> torch.Tensor:
+    """One value per clip (B,) from a scalar, per-clip or per-frame (B*T,) ``value``; frames share theirs."""
+    v = _levels(name, value)
+    if v.shape[0] == 1:
+        return v.expand(b)
+    if v.shape[0] == b:
+        return v
+    if t_len > 1 and v.shape[0] == b * t_len:
+        return v[::t_len]
+    frames = f" or ({b * t_len},) per frame" if t_len > 1 else ""
+    raise ValueError(f"expected {name} of shape ({b},) per clip{frames} (or with trailing singleton dims), got "
+                     f"{tuple(torch.as_tensor(value).shape)}")
+
+
+def _check_noisy(model_pred, noisy_latents):
+    if model_pred.shape == noisy_latents.shape:
+        return
+    if model_pred.ndim == noisy_latents.ndim and model_pred.ndim >= 4:
+        diff = [i for i, (p, q) in enumerate(zip(model_pred.shape, noisy_latents.shape)) if p != q]
+        if len(diff) == 1 and noisy_latents.shape[diff[0]] > model_pred.shape[diff[0]]:
+            raise ValueError(
+                f"expected noisy_latents of shape {tuple(model_pred.shape)} (as model_pred), got "
+                f"{tuple(noisy_latents.shape)}: noisy_latents are the unscaled x0 + sigma * noise, not the UNet "
+                "input (scaled and concatenated with the conditioning, as SVD loops build it); give that one to "
+                "the anchor (anchor_args) instead"
+            )
+    raise ValueError(f"expected noisy_latents of shape {tuple(model_pred.shape)} (as model_pred), got "
+                     f"{tuple(noisy_latents.shape)}")
+
+
+def _to_btchw(z: torch.Tensor, layout: Optional[str], t_len: int) -> torch.Tensor:
+    if layout == "bcfhw":
+        return z.transpose(1, 2)
+    if z.ndim == 4:
+        return z.reshape(z.shape[0] // t_len, t_len, *z.shape[1:])
+    return z
+
+
 # ----------------------------------------------------------------------------------------------
 # The stateful shell
 # ----------------------------------------------------------------------------------------------
@@ -238,13 +318,23 @@ class STCCLRewardCallback(ConfigMixin):
             with ``decode_fn``).
         clamp_pixels: clamp decoded frames to [-1, 1] before the metric (its input contract).
         metric_pretrained_path: ``STCCLMetric.from_pretrained`` source used when no ``metric`` is given.
+        preconditioning: instead of a ``scheduler``: ``"edm_v"`` (SVD-style, sigma_data = 1, v-prediction,
+            timesteps ``0.25 ln sigma``), ``"ddpm_eps"`` / ``"ddpm_v"`` / ``"ddpm_sample"`` (SD's
+            scaled-linear table), ``"flow"`` (rectified flow, ``t = 1000 sigma``).
+        layout: ``"btchw"`` (B, T, C, h, w), ``"flat"`` (B*T, C, h, w) or ``"bcfhw"`` (B, C, F, h, w, UNet3D);
+            None infers btchw from 5-D and flat from 4-D latents (call argument wins).
+        anchor: ``"base_model"`` (peft adapters disabled) or ``"frozen_copy"`` (a frozen copy of the model
+            made at the first ``reward`` call, for full fine-tunes); an ``anchor_fn`` callable wins.
+        seed: seed of the callback's own generator for the metric's region sampling (the global RNG
+            is never touched, so switching STCCL on leaves the script's noise stream as it was).
 
     Runtime objects (not in the config; pass to ``__init__`` or ``from_config``): ``metric``
-    (frozen ``STCCLMetric`` or a callable with its signature), ``scheduler``, ``decoder``, ``decode_fn``.
+    (frozen ``STCCLMetric`` or a callable with its signature), ``scheduler``, ``decoder``, ``decode_fn``,
+    ``anchor_fn`` (``(*anchor_args, **anchor_kwargs) -> prediction``, e.g. the UNet with neutral conditioning).
     """
 
     config_name = "stccl_callback_config.json"
-    ignore_for_config = ["metric", "scheduler", "decoder", "decode_fn"]
+    ignore_for_config = ["metric", "scheduler", "decoder", "decode_fn", "anchor_fn"]
 
     @register_to_config
     def __init__(
@@ -260,17 +350,34 @@ class STCCLRewardCallback(ConfigMixin):
         shift_factor: Optional[float] = None,
         clamp_pixels: bool = True,
         metric_pretrained_path: Optional[str] = None,
+        preconditioning: Optional[str] = None,
+        layout: Optional[str] = None,
+        anchor: str = "base_model",
+        seed: int = 0,
         metric=None,
         scheduler=None,
         decoder=None,
         decode_fn: Optional[Callable] = None,
+        anchor_fn: Optional[Callable] = None,
     ):
+        if preconditioning is not None:
+            if scheduler is not None:
+                raise ValueError(f"expected scheduler= or preconditioning=, got both ({type(scheduler).__name__} "
+                                 f"and {preconditioning!r})")
+            scheduler = preconditioning_scheduler(preconditioning)
+        if layout is not None and layout not in _LAYOUTS:
+            raise ValueError(f"expected layout one of {sorted(_LAYOUTS)}, got {layout!r}")
+        if anchor not in _ANCHORS:
+            raise ValueError(f"expected anchor one of {_ANCHORS} (or an anchor_fn callable), got {anchor!r}")
         self.metric = None
         self.scheduler = scheduler
         self.decoder = decoder
         self.decode_fn = decode_fn
+        self.anchor_fn = anchor_fn
+        self.frozen_model = None
         self.last_stats: dict[str, Any] = {}
         self._warned_nonfinite = False
+        self._generators: dict[str, torch.Generator] = {}
         if metric is None and metric_pretrained_path is not None:
             from .metric import STCCLMetric  # lazy: the metric layer does not depend on this one
 
@@ -279,9 +386,11 @@ class STCCLRewardCallback(ConfigMixin):
             self.set_metric(metric)
 
     @classmethod
-    def from_config(cls, config=None, metric=None, scheduler=None, decoder=None, decode_fn=None, **kwargs):
+    def from_config(cls, config=None, metric=None, scheduler=None, decoder=None, decode_fn=None, anchor_fn=None,
+                    **kwargs):
         """``ConfigMixin.from_config`` plus the runtime objects (which the config does not hold)."""
         cb = super().from_config(config, **kwargs)
+        cb.anchor_fn = anchor_fn if anchor_fn is not None else cb.anchor_fn
         if metric is not None:
             cb.set_metric(metric)
         cb.scheduler = scheduler if scheduler is not None else cb.scheduler
@@ -296,95 +405,223 @@ class STCCLRewardCallback(ConfigMixin):
         if isinstance(metric, torch.nn.Module):
             metric.eval()
             metric.requires_grad_(False)
+        use_tcc = getattr(getattr(metric, "config", None), "use_tcc", None)
+        frames = len(self.config.frame_subset) if self.config.frame_subset else self.config.num_frames
+        if use_tcc and frames is not None and int(frames) < 2:
+            raise ValueError(
+                f"expected a metric with use_tcc=False for {frames} scored frame(s) per clip (num_frames="
+                f"{self.config.num_frames}, frame_subset={self.config.frame_subset}), got use_tcc=True: the "
+                "temporal term needs T >= 2 frames"
+            )
         self.metric = metric
 
-    # -- gate ------------------------------------------------------------------------------------
-    def gate(self, timesteps, sigmas=None) -> torch.Tensor:
-        """(N,) bool mask, True where the reward applies. No host sync."""
-        self._require("scheduler")
-        return timestep_gate(self.scheduler, timesteps, self.config.gate_timestep, sigmas)
+    def generator(self, device) -> torch.Generator:
+        """The callback's own generator on ``device`` (seeded with ``config.seed``; advances across calls)."""
+        key = str(torch.device(device))
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(int(self.config.seed))
+        return self._generators[key]
 
-    def needs_anchor(self, timesteps, sigmas=None) -> bool:
+    # -- gate ------------------------------------------------------------------------------------
+    def gate(self, timesteps=None, sigmas=None) -> torch.Tensor:
+        """(N,) bool mask, True where the reward applies. No host sync.
+
+        ``timesteps`` / ``sigmas``: scalars or (N,) or any shape with trailing singleton dims
+        ((N, 1, 1, 1, 1) as SVD scripts hold sigma); sigmas alone suffice for sigma preconditionings.
+        """
+        self._require("scheduler")
+        s = None if sigmas is None else _levels("sigmas", sigmas)
+        if timesteps is None:
+            if s is None:
+                raise ValueError("expected timesteps or sigmas to gate on, got neither")
+            if isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler)):
+                raise ValueError(f"expected timesteps for {type(self.scheduler).__name__} (it gates on timesteps), "
+                                 "got only sigmas")
+            t = s
+        else:
+            t = _levels("timesteps", timesteps)
+        if s is not None and t.shape != s.shape and s.numel() != 1:
+            raise ValueError(f"expected sigmas with one value per timestep, shape {tuple(t.shape)}, got "
+                             f"{tuple(torch.as_tensor(sigmas).shape)}")
+        return timestep_gate(self.scheduler, t, self.config.gate_timestep, s)
+
+    def needs_anchor(self, timesteps=None, sigmas=None) -> bool:
         """Whether any sample is gated, so a script can skip the anchor forward (one host sync)."""
         return bool(self.gate(timesteps, sigmas).any())
+
+    # -- anchors -----------------------------------------------------------------------------------
+    def make_frozen_copy(self, model) -> torch.nn.Module:
+        """Freeze a copy of ``model`` (its weights now) as the anchor, for full fine-tunes without LoRA."""
+        self.frozen_model = copy.deepcopy(_unwrap(model)).requires_grad_(False)
+        return self.frozen_model
+
+    def run_anchor(self, model=None, *args, **kwargs) -> torch.Tensor:
+        """The anchor prediction (no grad, detached): ``anchor_fn``, else the frozen copy or the base model
+        (``model`` with peft adapters off), called with ``args`` / ``kwargs``.
+
+        Runs under ``torch.random.fork_rng``: a model in train mode (dropout) draws from the global RNG,
+        and the script's own noise stream must not see the anchor.
+        """
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        devices = [tensors[0].device] if tensors and tensors[0].device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=devices[0].type if devices else None):
+            return self._run_anchor(model, *args, **kwargs)
+
+    def _run_anchor(self, model, *args, **kwargs) -> torch.Tensor:
+        if self.anchor_fn is not None:
+            with torch.no_grad():
+                return _first_tensor(self.anchor_fn(*args, **kwargs)).detach()
+        if self.config.anchor == "frozen_copy":
+            if self.frozen_model is None:
+                if model is None:
+                    raise ValueError("expected model= for anchor='frozen_copy' (the copy is made at the first call), "
+                                     "got None")
+                self.make_frozen_copy(model)
+            return anchor_forward(self.frozen_model, *args, **kwargs)
+        if model is None:
+            raise ValueError("expected model= (the trained peft model; its base model is the anchor) or an anchor_fn, "
+                             "got neither")
+        return anchor_forward(model, *args, use_base_model=True, **kwargs)
+
+    def reward(
+        self,
+        model_pred: torch.Tensor,
+        noisy_latents: torch.Tensor,
+        timesteps=None,
+        *,
+        model=None,
+        anchor_args: Sequence = (),
+        anchor_kwargs: Optional[dict] = None,
+        sigmas=None,
+        num_frames: Optional[int] = None,
+        face_boxes: Optional[torch.Tensor] = None,
+        layout: Optional[str] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """One call per training step: gate, run the anchor only when a clip is gated, score.
+
+        ``model_pred`` and ``noisy_latents`` are what ``__call__`` takes (the *unscaled* noisy latents
+        ``x0 + sigma * noise``); ``anchor_args`` / ``anchor_kwargs`` are the denoiser's inputs for the
+        anchor (the *UNet input*: for SVD the scaled latents concatenated with the conditioning; neutral
+        conditioning where there is one). Returns the weighted loss (exactly 0 on ungated steps).
+        """
+        if self.config.anchor == "frozen_copy" and self.frozen_model is None and self.anchor_fn is None:
+            if model is None:
+                raise ValueError("expected model= for anchor='frozen_copy', got None")
+            self.make_frozen_copy(model)  # at the first call, before any optimizer step changed the weights
+        anchor_pred = None
+        if self.needs_anchor(timesteps, sigmas):
+            anchor_pred = self.run_anchor(model, *anchor_args, **(anchor_kwargs or {}))
+        return self(model_pred=model_pred, anchor_pred=anchor_pred, noisy_latents=noisy_latents, timesteps=timesteps,
+                    num_frames=num_frames, face_boxes=face_boxes, sigmas=sigmas, generator=generator, layout=layout)
 
     # -- main call -------------------------------------------------------------------------------
     def __call__(
         self,
-        model_pred: torch.Tensor,
-        anchor_pred: Optional[torch.Tensor],
-        noisy_latents: torch.Tensor,
-        timesteps,
+        model_pred: Optional[torch.Tensor] = None,
+        anchor_pred: Optional[torch.Tensor] = None,
+        noisy_latents: Optional[torch.Tensor] = None,
+        timesteps=None,
         num_frames: Optional[int] = None,
         face_boxes: Optional[torch.Tensor] = None,
         sigmas: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        *,
+        x0: Optional[torch.Tensor] = None,
+        anchor_x0: Optional[torch.Tensor] = None,
+        layout: Optional[str] = None,
     ) -> torch.Tensor:
         """Weighted STCCL loss (fp32 scalar) to add to the diffusion loss.
 
         Args:
-            model_pred: denoiser output with gradient, (B, T, C, h, w) or (B*T, C, h, w).
+            model_pred: denoiser output with gradient, in ``layout`` (default: (B, T, C, h, w) when 5-D,
+                (B*T, C, h, w) when 4-D). Not needed when ``x0`` is given.
             anchor_pred: the neutral-anchor output for the same noisy latents (same shape); may be
                 None only when nothing is gated (see ``needs_anchor``). Never receives gradient.
-            noisy_latents: x_t, same shape (unscaled by ``scale_model_input``).
-            timesteps: (B,) or, for the flat layout, (B*T,) timesteps given to the denoiser.
+            noisy_latents: x_t = x0 + sigma * noise, same shape as ``model_pred``: the *unscaled* latents,
+                never the UNet input (``scale_model_input`` / ``c_in`` scaled, or concatenated with the
+                conditioning as in SVD).
+            timesteps: the values given to the denoiser, one per clip or per frame, any shape with
+                trailing singleton dims.
             num_frames: T for the flat layout (default: the config's ``num_frames``, else 1).
             face_boxes: optional (B, 4) or (B, T, 4) ``x1, y1, x2, y2`` in decoded-pixel units.
-            sigmas: optional per-sample sigmas (sigma schedulers; exact).
-            generator: forwarded to the metric's region sampling.
+            sigmas: optional sigmas (sigma preconditionings; exact), like ``timesteps`` in shape.
+            generator: for the metric's region sampling (default: the callback's own, ``generator()``).
+            x0, anchor_x0: the denoised latents (with gradient) and the anchor's, when the script
+                computes them itself; then no ``model_pred`` / ``noisy_latents`` are needed (the gate
+                still reads ``timesteps`` / ``sigmas``).
+            layout: ``"btchw"``, ``"flat"`` or ``"bcfhw"`` (default: the config's, else inferred).
         Returns:
             ``weight * metric(anchor_px, generated_px).loss`` over the scored clips; an fp32 zero still
-            attached to ``model_pred``'s graph when no clip is scored. ``last_stats`` is updated.
+            attached to the prediction's graph when no clip is scored. ``last_stats`` is updated.
         """
-        self._require("scheduler")
         if self.metric is None:
             raise ValueError("expected a metric (STCCLMetric) on the callback, got none: pass metric= or "
                              "metric_pretrained_path=")
-        if model_pred.shape != noisy_latents.shape:
-            raise ValueError(f"expected model_pred and noisy_latents of the same shape, got "
-                             f"{tuple(model_pred.shape)} and {tuple(noisy_latents.shape)}")
-        if anchor_pred is not None and anchor_pred.shape != model_pred.shape:
-            raise ValueError(f"expected anchor_pred of shape {tuple(model_pred.shape)}, got {tuple(anchor_pred.shape)}")
-        pred5, x5, t_frames, t_clip, b, t_len = self._layout(model_pred, noisy_latents, timesteps, num_frames)
-        s_frames = s_clip = None
-        if sigmas is not None:
-            _, _, s_frames, s_clip, _, _ = self._layout(model_pred, noisy_latents, sigmas, num_frames)
+        layout = layout or self.config.layout
+        if layout is not None and layout not in _LAYOUTS:
+            raise ValueError(f"expected layout one of {sorted(_LAYOUTS)}, got {layout!r}")
+        if x0 is not None:
+            ref, ref_name = x0, "x0"
+            if anchor_x0 is not None and anchor_x0.shape != x0.shape:
+                raise ValueError(f"expected anchor_x0 of shape {tuple(x0.shape)} (as x0), got {tuple(anchor_x0.shape)}")
+        else:
+            if model_pred is None or noisy_latents is None:
+                raise ValueError("expected model_pred and noisy_latents, or x0= (denoised latents), got "
+                                 f"model_pred={_shape(model_pred)}, noisy_latents={_shape(noisy_latents)}")
+            self._require("scheduler")
+            ref, ref_name = model_pred, "model_pred"
+            _check_noisy(model_pred, noisy_latents)
+            if anchor_pred is not None and anchor_pred.shape != model_pred.shape:
+                raise ValueError(f"expected anchor_pred of shape {tuple(model_pred.shape)} (as model_pred), got "
+                                 f"{tuple(anchor_pred.shape)}")
+        b, t_len = self._clips(ref, ref_name, layout, num_frames)
+        t_clip = None if timesteps is None else _per_clip("timesteps", timesteps, b, t_len).to(ref.device)
+        s_clip = None if sigmas is None else _per_clip("sigmas", sigmas, b, t_len).to(ref.device)
 
         gate = self.gate(t_clip, s_clip)  # (B,)
-        zero = zero_loss_like(model_pred)
-        if anchor_pred is None:
+        zero = zero_loss_like(ref)
+        have_anchor = (anchor_x0 if x0 is not None else anchor_pred) is not None
+        if not have_anchor:
             # Cheap check first: without an anchor only an all-ungated batch is valid.
             if bool(gate.any()):
-                raise ValueError("expected anchor_pred for a batch with gated samples, got None "
-                                 "(use callback.needs_anchor(timesteps) to decide when to run the anchor)")
+                name = "anchor_x0" if x0 is not None else "anchor_pred"
+                raise ValueError(f"expected {name} for a batch with gated samples, got None "
+                                 "(use callback.needs_anchor(timesteps) to decide when to run the anchor, or "
+                                 "callback.reward(...) which does)")
             self._set_stats(0, b, 0, 0, None, zero)
             return zero
 
-        x0 = self._x0(model_pred, noisy_latents, t_frames, s_frames).reshape(pred5.shape)
+        if x0 is not None:
+            x0_5, x0_anchor = _to_btchw(x0, layout, t_len), _to_btchw(anchor_x0, layout, t_len).detach()
+        else:
+            t_in = t_clip if t_clip is not None else s_clip
+            pred5, x5 = _to_btchw(model_pred, layout, t_len), _to_btchw(noisy_latents, layout, t_len)
+            x0_5 = predict_x0(self.scheduler, pred5, x5, t_in, s_clip)
+            with torch.no_grad():
+                x0_anchor = predict_x0(self.scheduler, _to_btchw(anchor_pred, layout, t_len).detach(), x5.detach(),
+                                       t_in, s_clip)
         with torch.no_grad():
-            x0_anchor = self._x0(anchor_pred.detach(), noisy_latents.detach(), t_frames, s_frames).reshape(pred5.shape)
-            finite = torch.isfinite(x0.detach()).flatten(1).all(1) & torch.isfinite(x0_anchor).flatten(1).all(1)
+            finite = torch.isfinite(x0_5.detach()).flatten(1).all(1) & torch.isfinite(x0_anchor).flatten(1).all(1)
             # One host transfer gives the gated indices and the skip count together.
             flags = (gate.to(torch.uint8) | ((gate & ~finite).to(torch.uint8) << 1)).cpu().tolist()
         gated = [i for i, f in enumerate(flags) if f & 1]
         skipped = [i for i, f in enumerate(flags) if f & 2]
         keep = sorted(set(gated) - set(skipped))
-        if skipped and not self._warned_nonfinite:
-            warnings.warn(
-                f"STCCLRewardCallback: non-finite x0-hat for {len(skipped)} gated sample(s); they are dropped "
-                "from the reward (counted in last_stats['num_skipped']). Warned once.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self._warned_nonfinite = True
+        if keep:
+            idx = torch.tensor(keep, device=x0_5.device)
+            gen_px, anc_px, ok = self._pixels(x0_5.index_select(0, idx), x0_anchor.index_select(0, idx), t_len,
+                                              face_boxes, idx)
+            if ok is not None:  # non-finite decoded pixels (an fp16 VAE overflow): drop those clips too
+                skipped = skipped + [k for k, good in zip(keep, ok) if not good]
+                keep = [k for k, good in zip(keep, ok) if good]
+                sel = torch.tensor([i for i, good in enumerate(ok) if good], device=gen_px.device, dtype=torch.long)
+                gen_px, anc_px = gen_px.index_select(0, sel), anc_px.index_select(0, sel)
+        self._warn_nonfinite(len(skipped))
         if not keep:
             self._set_stats(len(gated), b, 0, len(skipped), None, zero)
             return zero
-
-        idx = torch.tensor(keep, device=x0.device)
-        gen_px, anc_px = self._pixels(x0.index_select(0, idx), x0_anchor.index_select(0, idx), t_len,
-                                      face_boxes, idx)
-        out = self.metric(anc_px, gen_px, generator=generator)
+        out = self.metric(anc_px, gen_px, generator=generator if generator is not None else self.generator(gen_px.device))
         loss = float(self.config.weight) * out.loss.float()
         loss = torch.where(torch.isfinite(loss), loss, zero)  # a NaN never reaches the optimizer
         self._set_stats(len(gated), b, len(keep), len(skipped), out, loss)
@@ -393,38 +630,50 @@ class STCCLRewardCallback(ConfigMixin):
     # -- helpers -----------------------------------------------------------------------------------
     def _require(self, name):
         if getattr(self, name) is None:
-            raise ValueError(f"expected a {name} on STCCLRewardCallback, got None")
+            hint = f": pass scheduler= or preconditioning= (one of {sorted(PRECONDITIONINGS)})" if name == "scheduler" else ""
+            raise ValueError(f"expected a {name} on STCCLRewardCallback, got None{hint}")
 
-    def _layout(self, pred, x, timesteps, num_frames):
-        """-> pred as (B, T, C, h, w), x likewise, per-frame values (N,), per-clip values (B,), B, T."""
-        t = torch.as_tensor(timesteps, device=pred.device)
-        if pred.ndim == 5:
-            b, t_len = pred.shape[:2]
-            if t.ndim == 0:
-                t = t.expand(b)
-            if t.shape != (b,):
-                raise ValueError(f"expected timesteps ({b},) for latents (B, T, C, h, w) = {tuple(pred.shape)}, "
-                                 f"got {tuple(t.shape)}")
-            return pred, x, t, t, b, t_len
-        if pred.ndim != 4:
-            raise ValueError(f"expected latents (B, T, C, h, w) or (B*T, C, h, w), got {tuple(pred.shape)}")
-        t_len = int(num_frames or self.config.num_frames or 1)
-        n = pred.shape[0]
-        if n % t_len:
-            raise ValueError(f"expected a batch divisible by num_frames={t_len} for (B*T, C, h, w), got {n}")
-        b = n // t_len
-        if t.ndim == 0:
-            t = t.expand(n)
-        if t.shape == (b,):
-            t = t.repeat_interleave(t_len)
-        if t.shape != (n,):
-            raise ValueError(f"expected timesteps ({b},) or ({n},) for latents {tuple(pred.shape)} with "
-                             f"num_frames={t_len}, got {tuple(t.shape)}")
-        return pred.reshape(b, t_len, *pred.shape[1:]), x.reshape(b, t_len, *x.shape[1:]), t, t[::t_len], b, t_len
+    def _warn_nonfinite(self, n):
+        if n and not self._warned_nonfinite:
+            warnings.warn(
+                f"STCCLRewardCallback: non-finite x0-hat or decoded pixels for {n} gated sample(s); they are "
+                "dropped from the reward (counted in last_stats['num_skipped']). Warned once.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._warned_nonfinite = True
 
-    def _x0(self, pred, x, t_frames, s_frames):
-        # Flat layout: (B*T,) per-frame values; 5-D layout: (B,) broadcasts over T.
-        return predict_x0(self.scheduler, pred, x, t_frames, s_frames)
+    def _clips(self, ref, name, layout, num_frames):
+        """-> (B, T) of ``ref`` read in ``layout``; checks the channel count against the decoder's."""
+        if layout is None:
+            layout = "btchw" if ref.ndim == 5 else "flat"
+        want = 5 if layout in ("btchw", "bcfhw") else 4
+        if ref.ndim != want:
+            raise ValueError(f"expected {name} {_LAYOUTS[layout]} for layout={layout!r}, got {tuple(ref.shape)}")
+        if layout == "flat":
+            t_len = int(num_frames or self.config.num_frames or 1)
+            if ref.shape[0] % t_len:
+                raise ValueError(f"expected {name} with a batch divisible by num_frames={t_len} for (B*T, C, h, w), "
+                                 f"got {tuple(ref.shape)}")
+            b, c = ref.shape[0] // t_len, ref.shape[1]
+        elif layout == "btchw":
+            b, t_len, c = ref.shape[:3]
+        else:
+            b, c, t_len = ref.shape[:3]
+        cfg = getattr(self.decoder, "config", None) if self.decode_fn is None else None
+        want_c = getattr(cfg, "latent_channels", None)
+        if want_c is not None and c != want_c:
+            hint = ""
+            if layout == "btchw" and ref.shape[1] == want_c:
+                hint = "; for (B, C, F, h, w) latents (UNet3D) pass layout='bcfhw'"
+            elif layout == "bcfhw" and ref.shape[2] == want_c:
+                hint = "; for (B, T, C, h, w) latents pass layout='btchw'"
+            elif c > want_c:
+                hint = ("; pass the denoiser's latent output and the unscaled noisy latents, not the UNet input "
+                        "concatenated with its conditioning")
+            raise ValueError(f"expected {name} with {want_c} latent channels (the decoder's latent_channels) in "
+                             f"{_LAYOUTS[layout]}, got {tuple(ref.shape)} (C={c}){hint}")
+        return b, t_len
 
     def _scaling(self):
         cfg = getattr(self.decoder, "config", None) if self.decode_fn is None else None
@@ -451,6 +700,9 @@ class STCCLRewardCallback(ConfigMixin):
         gen = decode_latents(x0, gradient_checkpointing=self.config.gradient_checkpointing, **kw)
         with torch.no_grad():
             anc = decode_latents(x0_anchor, **kw)
+            fin = torch.isfinite(gen.detach()).flatten(1).all(1) & torch.isfinite(anc).flatten(1).all(1)
+            ok = fin.cpu().tolist()
+        ok = None if all(ok) else ok
         if face_boxes is not None:
             boxes = torch.as_tensor(face_boxes, device=gen.device).float()
             if boxes.ndim == 2:
@@ -469,7 +721,7 @@ class STCCLRewardCallback(ConfigMixin):
         if self.config.clamp_pixels:
             gen, anc = gen.clamp(-1, 1), anc.clamp(-1, 1)
         self._move_metric(gen.device)
-        return gen, anc
+        return gen, anc, ok
 
     def _move_metric(self, device):
         if isinstance(self.metric, torch.nn.Module):
@@ -590,5 +842,6 @@ class STCCLValidationCallback(PipelineCallback):
         gen5 = x0 if x0.ndim == 5 else x0.reshape(-1, t_len, *x0.shape[1:])
         anc5 = anchor_x0 if anchor_x0.ndim == 5 else anchor_x0.reshape(-1, t_len, *anchor_x0.shape[1:])
         idx = torch.arange(gen5.shape[0], device=gen5.device)
-        gen, anc = r._pixels(gen5, anc5, t_len, None, idx)
-        return r.metric(anc, gen)
+        gen, anc, _ = r._pixels(gen5, anc5, t_len, None, idx)
+        # A fresh generator per score: identical pipeline seeds give identical scores, global RNG untouched.
+        return r.metric(anc, gen, generator=torch.Generator(device=gen.device).manual_seed(int(r.config.seed)))

@@ -43,7 +43,9 @@ from diffusers import (
 )
 
 __all__ = [
+    "PRECONDITIONINGS",
     "predict_x0",
+    "preconditioning_scheduler",
     "timestep_gate",
     "timesteps_to_sigmas",
     "gate_threshold",
@@ -64,6 +66,30 @@ SUPPORTED_SCHEDULERS = {
     "EDMEulerScheduler": ("epsilon", "v_prediction"),
     "FlowMatchEulerDiscreteScheduler": ("flow (velocity)",),
 }
+
+
+# Named preconditionings for loops without a scheduler object (SVD fine-tuning scripts sample sigma
+# themselves): each is the diffusers scheduler whose x0 maths and gate it shares.
+_SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+PRECONDITIONINGS = {
+    # EDM with sigma_data = 1, v-prediction (SVD / DICE-Talk): x0 = x/(s^2+1) - s/sqrt(s^2+1) v,
+    # timesteps are c_noise = 0.25 ln sigma; gate sigma < 1.62 (t = 500 of SVD's training table).
+    "edm_v": lambda: EulerDiscreteScheduler(**_SD_BETAS, prediction_type="v_prediction",
+                                            timestep_type="continuous"),
+    # The DDPM family with SD's scaled-linear 0.00085..0.012 table (pass scheduler= for other betas).
+    "ddpm_eps": lambda: DDPMScheduler(**_SD_BETAS, prediction_type="epsilon", clip_sample=False),
+    "ddpm_v": lambda: DDPMScheduler(**_SD_BETAS, prediction_type="v_prediction", clip_sample=False),
+    "ddpm_sample": lambda: DDPMScheduler(**_SD_BETAS, prediction_type="sample", clip_sample=False),
+    # Rectified flow (SD3 / Flux): x_t = s eps + (1 - s) x0, velocity output, t = 1000 s.
+    "flow": lambda: FlowMatchEulerDiscreteScheduler(),
+}
+
+
+def preconditioning_scheduler(name: str):
+    """The diffusers scheduler that stands for the named preconditioning (``PRECONDITIONINGS``)."""
+    if name not in PRECONDITIONINGS:
+        raise ValueError(f"expected preconditioning one of {sorted(PRECONDITIONINGS)}, got {name!r}")
+    return PRECONDITIONINGS[name]()
 
 
 def _supported_text() -> str:

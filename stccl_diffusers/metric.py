@@ -187,8 +187,13 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "STCCLMetric":
-        return super().from_pretrained(*args, **kwargs).freeze()
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "STCCLMetric":
+        """Load a `save_pretrained` folder: local only (a hub id is an error; nothing downloads), frozen."""
+        from .utils.safety import local_dir
+
+        path = local_dir(pretrained_model_name_or_path, "STCCL metric")
+        kwargs["local_files_only"] = True
+        return super().from_pretrained(str(path), *args, **kwargs).freeze()
 
     def load_arcface_weights(self, path: Union[str, os.PathLike], strict: bool = True) -> "STCCLMetric":
         """Load an insightface ``arcface_torch`` ``backbone.pth`` (``module.`` prefix allowed)."""

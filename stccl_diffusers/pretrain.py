@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import yaml
 
+from .data.datasets import write_skipped_report
+from .utils.safety import RunLock, save_pretrained_atomic, verify_manifest, write_manifest
+
 logger = logging.getLogger("stccl_diffusers.pretrain")
 
 __all__ = ["DEFAULT_CONFIG", "load_config", "parse_args", "EpochSampler", "build_dataset", "build_metric", "evaluate_gap", "train", "main"]
@@ -81,6 +84,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "checkpointing_steps": 500,
     "checkpoints_total_limit": None,
     "resume_from_checkpoint": None,  # a checkpoint folder or "latest"
+    "overwrite_output_dir": False,  # a fresh run into a folder with another run's checkpoints refuses without it
     "report_to": "tensorboard",  # tensorboard | wandb | all | none
     "logging_dir": "logs",
     "logging_steps": 10,
@@ -323,6 +327,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, sampler: EpochSampl
     if accelerator.is_main_process:
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump({"global_step": step, "sampler": sampler.state_dict()}, f)
+        write_manifest(tmp)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -334,14 +339,39 @@ def save_checkpoint(accelerator, output_dir: str, step: int, sampler: EpochSampl
 
 
 def resolve_checkpoint(output_dir: str, which: Optional[str]) -> Optional[str]:
+    """The checkpoint to resume from, every file verified against its manifest; `latest` falls back
+    from a damaged newest checkpoint to the newest complete one, naming the damaged file."""
     if not which:
         return None
     if which == "latest":
-        found = _checkpoints(output_dir)
-        return found[-1][1] if found else None
+        damaged = []
+        for _, path in reversed(_checkpoints(output_dir)):
+            problem = verify_manifest(path)
+            if problem is None:
+                if damaged:
+                    logger.warning("skipping damaged %s; resuming from %s, the newest complete checkpoint",
+                                   "; ".join(damaged), path)
+                return path
+            damaged.append(f"{os.path.basename(path)} ({problem})")
+        if damaged:
+            raise ValueError(f"resume_from_checkpoint=latest: every checkpoint in {output_dir} is damaged: {'; '.join(damaged)}")
+        return None
     if not os.path.isfile(os.path.join(which, "trainer_state.json")):
         raise ValueError(f"resume_from_checkpoint: expected a checkpoint folder with trainer_state.json or 'latest', got {which!r}")
+    problem = verify_manifest(which)
+    if problem is not None:
+        raise ValueError(f"resume_from_checkpoint: {which} is damaged: {problem}; pass `latest` or an earlier checkpoint")
     return which
+
+
+def check_fresh_output_dir(cfg: Dict[str, Any], resuming: bool) -> None:
+    """A fresh run refuses an `output_dir` holding another run's checkpoints (unless overwriting)."""
+    old = [os.path.basename(p) for _, p in _checkpoints(cfg["output_dir"])]
+    if old and not resuming and not cfg.get("overwrite_output_dir"):
+        raise FileExistsError(
+            f"{cfg['output_dir']} holds another run's checkpoints ({', '.join(old)}); pass --resume_from_checkpoint "
+            "latest to continue it, --overwrite_output_dir true to start over, or another --output_dir"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -379,7 +409,9 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     dataset = build_dataset(cfg)
     if dataset.skipped:
-        logger.warning("skipped %d clip pairs: %s", len(dataset.skipped), "; ".join(f"{n}: {r}" for n, r in dataset.skipped[:10]))
+        report = write_skipped_report(dataset.skipped, out_dir) if accelerator.is_main_process else None
+        logger.warning("skipped %d clip pairs (all listed in %s): %s", len(dataset.skipped), report,
+                       "; ".join(f"{n}: {r}" for n, r in dataset.skipped[:10]))
     metric = build_metric(cfg)
     if cfg["use_tcc"] and int(cfg["num_frames"]) < 2:
         raise ValueError(f"use_tcc needs num_frames >= 2, got {cfg['num_frames']}")
@@ -402,6 +434,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     global_step = 0
     ckpt = resolve_checkpoint(out_dir, cfg["resume_from_checkpoint"])
+    check_fresh_output_dir(cfg, resuming=ckpt is not None)
     if cfg["resume_from_checkpoint"] and ckpt is None:
         logger.info("resume_from_checkpoint=%s: no checkpoint in %s, starting fresh", cfg["resume_from_checkpoint"], out_dir)
     if ckpt is not None:
@@ -458,7 +491,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(step_module).metric
         final.freeze()
-        final.save_pretrained(out_dir)
+        save_pretrained_atomic(final, out_dir)
         after = evaluate_gap(final, val_batches, seed=int(cfg["val_seed"])) if val_batches else None
         summary.update({"held_out_before": before, "held_out_after": after, "wall_time_s": time.time() - t0})
         with open(os.path.join(out_dir, "pretrain_summary.json"), "w") as f:
@@ -477,7 +510,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"stccl-pretrain: {e}", file=sys.stderr)
         return 2
-    summary = train(cfg)
+    lock = RunLock(cfg["output_dir"]).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        summary = train(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
         return 0
     if summary.get("held_out_before") and summary.get("held_out_after"):
@@ -492,4 +530,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    from .utils.safety import cli_errors
+
+    raise SystemExit(cli_errors(main)())

@@ -118,7 +118,7 @@ def test_nonfinite_x0_sample_is_dropped_counted_and_warned_once():
     with torch.no_grad():
         pred[0, 0, 0, 0] = float("nan")  # clip 0, gated
     t = torch.tensor([100, 200, 900])
-    with pytest.warns(RuntimeWarning, match="non-finite x0-hat for 1"):
+    with pytest.warns(RuntimeWarning, match="non-finite x0-hat or decoded pixels for 1"):
         loss = cb(model_pred=pred, anchor_pred=anchor, noisy_latents=x, timesteps=t, num_frames=T)
     assert torch.isfinite(loss) and loss.item() > 0
     assert cb.last_stats["num_skipped"] == 1 and cb.last_stats["num_scored"] == 1
@@ -324,7 +324,7 @@ def test_missing_metric_and_bad_shapes_raise_clear_errors():
     cb, _ = _callback()
     with pytest.raises(ValueError, match="divisible by num_frames=4"):
         cb(model_pred=pred, anchor_pred=anchor, noisy_latents=x, timesteps=torch.tensor([1, 2, 3]), num_frames=4)
-    with pytest.raises(ValueError, match=r"expected timesteps \(3,\) or \(6,\)"):
+    with pytest.raises(ValueError, match=r"expected timesteps of shape \(3,\) per clip or \(6,\) per frame"):
         cb(model_pred=pred, anchor_pred=anchor, noisy_latents=x, timesteps=torch.tensor([1, 2]), num_frames=T)
 
 
@@ -446,7 +446,31 @@ def test_lora_example_patch_adds_at_most_15_lines_removes_none_and_is_shown_in_t
     assert patch.rstrip("\n") in (docs / "callback.md").read_text(encoding="utf-8")
     # the added lines only use names the package provides
     code = "\n".join(added)
-    for name in ("STCCLRewardCallback", "anchor_forward"):
+    for name in ("STCCLRewardCallback", "neutral_captions"):
         assert name in code and hasattr(cbmod, name)
-    for method in ("needs_anchor", "log_dict"):
+    for method in ("needs_anchor", "run_anchor", "log_dict"):
         assert f".{method}(" in code and hasattr(STCCLRewardCallback, method)
+
+
+@pytest.mark.parametrize("target", ["main-58eb52c", "v0.29.0"])
+def test_lora_example_patch_applies_with_git_apply_to_diffusers_main_and_v0_29(target, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = Path("examples/text_to_image/train_text_to_image_lora.py")
+    src = root.parent / "shared" / "third_party" / "diffusers-examples" / target / script
+    if not src.is_file():
+        pytest.skip(f"diffusers example {target} not found at {src}")
+    if shutil.which("git") is None:
+        pytest.skip("git not on PATH")
+    (tmp_path / script).parent.mkdir(parents=True)
+    shutil.copy(src, tmp_path / script)  # a temporary copy: the script never enters the project
+    patch = root / "docs" / "train_text_to_image_lora.patch"
+    run = subprocess.run(["git", "apply", "--check", str(patch)], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    subprocess.run(["git", "apply", str(patch)], cwd=tmp_path, check=True)
+    patched = (tmp_path / script).read_text(encoding="utf-8")
+    compile(patched, str(script), "exec")
+    assert "neutral_captions(tokenizer.batch_decode(" in patched  # per-sample neutral caption

@@ -110,3 +110,19 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     state = json.loads((tmp_path / "acc" / "checkpoint-2" / "trainer_state.json").read_text())
     # 2 optimiser steps x 2 micro-batches x 2 clips = 8 items drawn from the 12-item epoch.
     assert s["global_step"] == 2 and (state["sampler"]["epoch"], state["sampler"]["position"]) == (0, 8)
+
+
+def test_fresh_pretrain_refuses_another_runs_checkpoints_and_resume_skips_a_truncated_one(tmp_path, caplog):
+    train(_cfg(tmp_path, "run", max_train_steps=4))
+    out = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in (out / "checkpoint-2").iterdir()}
+    with pytest.raises(FileExistsError, match="checkpoint-2, checkpoint-4.*--overwrite_output_dir"):
+        train(_cfg(tmp_path, "run", max_train_steps=4, seed=5))
+    assert {p.name: p.read_bytes() for p in (out / "checkpoint-2").iterdir()} == before
+    weights = out / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="stccl_diffusers.pretrain"):
+        assert resolve_checkpoint(str(out), "latest").endswith("checkpoint-2")
+    assert "checkpoint-4" in caplog.text and "model.safetensors has 100 bytes" in caplog.text
+    with pytest.raises(ValueError, match="model.safetensors has 100 bytes"):
+        resolve_checkpoint(str(out / "checkpoint-4"), str(out / "checkpoint-4"))

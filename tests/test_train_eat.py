@@ -33,6 +33,11 @@ def shared(tmp_path_factory):
     d = tmp_path_factory.mktemp("eat_shared")
     torch.manual_seed(0)
     STCCLMetric(backbone=(1, 1, 1, 1), input_size=64, num_samples=(4, 4, 2, 2)).save_pretrained(d / "metric")
+    # The scripts synthesize only into the demo's own folders (outputs/, cache); tests bring their data.
+    from stccl_diffusers.training.demo import ensure_synthetic_clips
+
+    ensure_synthetic_clips(d / "data", 1, 1, size=64, seed=3)
+    ensure_synthetic_clips(d / "data_val", 1, 1, size=64, seed=1234)
     return d
 
 

@@ -23,6 +23,7 @@ import torch
 from .. import edm
 from ..models.reference_dice import ReferenceDICE, audio_frame_features, fit_autoencoder
 from ..training.adapter import TalkingHeadAdapter
+from ..utils.safety import save_pretrained_atomic
 
 
 def make_svd_scheduler():
@@ -294,7 +295,7 @@ def pretrain_reference_dice(cfg: DiceTrainingConfig, dataset, save_dir: str | Pa
     adapter = build_reference_adapter(base_cfg, model, callback=None)
     result = train(adapter, dataset, base_cfg)
     model.requires_grad_(False)
-    model.save_pretrained(str(save_dir))
+    save_pretrained_atomic(model, save_dir)
     info.update(base_steps=result.global_step, base_loss_first=result.step_log[0]["loss"] if result.step_log else None,
                 base_loss_last=result.step_log[-1]["loss"] if result.step_log else None,
                 base_pretrain_s=time.perf_counter() - t0)

@@ -30,7 +30,24 @@ from .video_io import VideoReadError, read_frames_dir, read_image, read_video
 
 logger = logging.getLogger(__name__)
 
+SKIPPED_REPORT = "skipped_clips.tsv"
+
+
+def write_skipped_report(skipped: Sequence[Tuple[str, str]], out_dir: str) -> Optional[str]:
+    """Every skipped clip as `name<TAB>reason` in `out_dir/skipped_clips.tsv` (None when none was skipped)."""
+    path = os.path.join(out_dir, SKIPPED_REPORT)
+    if not skipped:
+        if os.path.isfile(path):
+            os.remove(path)  # this run skipped nothing: no stale report from an earlier one
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(f"{name}\t{' '.join(str(why).split())}\n" for name, why in skipped))
+    return path
+
+
 __all__ = [
+    "write_skipped_report",
     "AlignedSequence",
     "PairedClipDataset",
     "REAL_PAIR_TILES",

@@ -436,4 +436,6 @@ def pair_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(pair_main())
+    from ..utils.safety import cli_errors
+
+    raise SystemExit(cli_errors(pair_main)())

@@ -728,4 +728,6 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(synth_main())
+    from ..utils.safety import cli_errors
+
+    raise SystemExit(cli_errors(synth_main)())

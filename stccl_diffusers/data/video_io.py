@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import warnings
 import tempfile
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -180,6 +181,26 @@ def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
     return np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
 
 
+_IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+                     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _image_format(path: str) -> Optional[str]:
+    """The still-image format a file's first bytes announce (whatever its extension), else None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for sig, name in _IMAGE_SIGNATURES if head.startswith(sig)), None)
+
+
+def _is_grayscale(meta: dict, frames: np.ndarray) -> bool:
+    if str(meta.get("pix_fmt", "")).startswith(("gray", "ya8", "y400")):
+        return True
+    sample = frames[:: max(1, len(frames) // 4)].astype(np.int16)
+    return bool(np.abs(sample - sample[..., :1]).max() <= 2)
+
+
 def read_video(
     path: str,
     with_audio: bool = True,
@@ -195,6 +216,9 @@ def read_video(
 
     if not os.path.isfile(path):
         raise VideoReadError(f"no video file at {path!r}")
+    image = _image_format(path)
+    if image is not None:
+        raise VideoReadError(f"{path!r} is not a video: it is a {image} image (renamed?); expected a video file (mp4, ...)")
     try:
         gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
         meta = next(gen)
@@ -212,6 +236,9 @@ def read_video(
     fps = float(meta.get("fps") or 0.0)
     if fps <= 0:
         raise VideoReadError(f"could not read the frame rate of {path!r}")
+    stacked = np.stack(frames)
+    if _is_grayscale(meta, stacked):
+        warnings.warn(f"{path}: grayscale video, converted to RGB (3 equal channels)")
     audio = None
     if with_audio:
         try:
@@ -219,7 +246,7 @@ def read_video(
         except NoAudioError:
             if require_audio:
                 raise
-    return VideoClip(np.stack(frames), fps, audio, int(sample_rate), path)
+    return VideoClip(stacked, fps, audio, int(sample_rate), path)
 
 
 def write_frames_dir(

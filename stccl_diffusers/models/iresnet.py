@@ -91,12 +91,20 @@ class IResNet(nn.Module):
             nn.init.constant_(self.features.weight, 1.0)
             # insightface keeps the embedding BN scale fixed.
             self.features.weight.requires_grad = False
+        # A fresh network must give finite features in eval mode (BatchNorm running stats 0 / 1),
+        # where BN does not rescale: insightface's normal(0, 0.1) init grows layer-3/4 features to
+        # 1e22+ at 224 px and the STCCL heads overflow. Variance-preserving convs, plus a small scale
+        # on each block's last BN so the residual sum grows by (1 + 0.1^2) per block, not 2x.
+        # Loaded ArcFace weights replace all of this (`load_arcface_state_dict` is strict).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0, 0.1)
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+        for m in self.modules():
+            if isinstance(m, IBasicBlock):
+                nn.init.constant_(m.bn3.weight, 0.1)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

@@ -10,7 +10,9 @@ clip is usable the error lists why.
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,9 +31,61 @@ class _Clip:
     emotion: int
 
 
+#: Marks a folder whose clips this package synthesized (the only folders synthesis may write to).
+SYNTHETIC_MARKER = ".stccl_synthetic"
+
+
+def demo_data_roots() -> list[Path]:
+    """Folders the demos own: `./outputs` and the package cache (`$XDG_CACHE_HOME/stccl_diffusers`)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stccl_diffusers"
+    return [(Path.cwd() / "outputs").resolve(), cache.resolve()]
+
+
+def _found_summary(folder: Path) -> str:
+    kinds = Counter((p.suffix.lower() or "<no suffix>") for p in folder.rglob("*") if p.is_file())
+    return ", ".join(f"{n} {k}" for k, n in kinds.most_common(6)) or "nothing"
+
+
+def prepare_clip_folder(data_dir: str | Path, synthesize: bool = False, **synth_kwargs) -> bool:
+    """Check `data_dir` holds .mp4 clips; synthesize demo clips only into a folder the demo owns.
+
+    Synthesis (`synthesize=True`, keyword arguments as in `ensure_synthetic_clips`) happens only
+    when `data_dir` lies under `outputs/` or the cache and is missing, empty or already marked as
+    synthetic: never in a folder of the user's. Anything else without clips is an error naming the
+    folder and what it holds. Returns True when the folder holds synthetic (demo) clips.
+    """
+    folder = Path(data_dir)
+    marked = (folder / SYNTHETIC_MARKER).is_file()
+    if folder.is_dir() and any(folder.rglob("*.mp4")):
+        return marked
+    resolved = folder.resolve()
+    owned = any(resolved == root or root in resolved.parents for root in demo_data_roots())
+    empty = not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    if synthesize and owned and (empty or marked):
+        from .demo import ensure_synthetic_clips
+
+        ensure_synthetic_clips(folder, **synth_kwargs)
+        (folder / SYNTHETIC_MARKER).write_text("clips written by stccl_diffusers' demo synthesis\n")
+        return True
+    fix = ("pass --data_dir a folder of .mp4 clips (with audio) under emotion-named folders (MEAD layout)"
+           + ("; demo clips are synthesized only into a missing or empty folder under outputs/ or the cache"
+              if synthesize else ""))
+    if not folder.exists():
+        raise FileNotFoundError(f"--data_dir {folder} does not exist; {fix}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"--data_dir {folder} is a file, not a folder; {fix}")
+    raise ValueError(f"--data_dir {folder} holds no .mp4 clip (found: {_found_summary(folder)}); {fix}")
+
+
 def _resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square (never squash a non-square clip), then resize to `size`."""
     import cv2
 
+    h, w = frames.shape[1:3]
+    if h != w:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        frames = frames[:, top:top + side, left:left + side]
     if frames.shape[1] == size and frames.shape[2] == size:
         return frames
     interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
@@ -101,10 +155,12 @@ class TalkingClipDataset(Dataset):
             self.clips.append(_Clip(str(path), _resize(clip.frames, resolution), clip.audio.astype(np.float32),
                                     clip.fps, self.emotions.index(emo)))
         if self.skipped:
+            shown = min(5, len(self.skipped))
             warnings.warn(
-                f"{len(self.skipped)} of {len(files)} clips in {root} skipped: "
-                + "; ".join(f"{n} ({why})" for n, why in self.skipped[:5])
-                + (" ..." if len(self.skipped) > 5 else "")
+                f"{len(self.skipped)} of {len(files)} clips in {root} skipped"
+                + (f" (first {shown} named; all in `dataset.skipped`, written to <output_dir>/skipped_clips.tsv by "
+                   "the training scripts)" if len(self.skipped) > shown else "")
+                + ": " + "; ".join(f"{n} ({why})" for n, why in self.skipped[:shown])
             )
         if not self.clips:
             raise ValueError(f"no usable .mp4 clip with audio under {root} (found {len(files)} files; "

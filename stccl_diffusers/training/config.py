@@ -42,6 +42,9 @@ class TrainingConfig:
     report_to: str = "tensorboard"
     """`tensorboard`, `wandb`, `all` or `none`."""
     tracker_project_name: str = "stccl"
+    overwrite_output_dir: bool = False
+    """A fresh run into an `output_dir` holding another run's checkpoints refuses unless this is set
+    (then those checkpoints are moved aside to `output_dir/previous-<n>/`, never deleted)."""
 
     # -- optimisation --------------------------------------------------------------------
     train_batch_size: int = 1
@@ -99,7 +102,8 @@ class TalkingClipsConfig(TrainingConfig):
     data_dir: str = "outputs/demo_data"
     """Folder of .mp4 clips (with audio) under emotion-named folders (MEAD layout works)."""
     synthesize_if_missing: bool = True
-    """Write synthetic talking-face clips into `data_dir` when it holds none (the demos)."""
+    """Synthesize demo clips when `data_dir` is missing; only ever into the demo's own folders
+    (under `outputs/` or the cache, see `training.clips.prepare_clip_folder`), never a user's."""
     synth_speakers: int = 3
     synth_clips: int = 2
     windows_per_clip: int = 4
@@ -264,3 +268,26 @@ def parse_config(
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+#: Keys whose change on resume alters parameter shapes, the model or the data it was trained on.
+SHAPE_KEYS = (
+    "train_mode", "rank", "lora_alpha", "lora_target_modules", "trainable_modules", "resolution",
+    "num_frames", "metric_backbone", "metric_input_size", "metric_path", "backend",
+    "pretrained_model_name_or_path", "reference_model", "model", "audio_dim",
+)
+#: Keys that may differ on resume without a warning (where and how long to run).
+RESUME_FREE_KEYS = ("resume_from_checkpoint", "max_train_steps", "overwrite_output_dir", "output_dir",
+                    "report_to", "logging_dir", "dataloader_num_workers", "validation_steps")
+
+
+def compare_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(refusing, warning) lines `key: saved -> current` for a resume with a changed config."""
+    refuse, warn = [], []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_FREE_KEYS or key.startswith("_"):
+            continue
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if a != b:
+            (refuse if key in SHAPE_KEYS else warn).append(f"{key}: {a!r} -> {b!r}")
+    return refuse, warn

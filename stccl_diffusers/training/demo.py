@@ -13,6 +13,8 @@ from typing import Sequence
 
 import torch
 
+from ..utils.safety import save_pretrained_atomic
+
 
 def ensure_synthetic_clips(
     data_dir: str | Path, speakers: int = 4, clips: int = 2, size: int = 64, seed: int = 0,
@@ -75,8 +77,7 @@ def pretrain_metric_quick(
         first = last if i == 0 else first
         bar.set_postfix(loss=f"{last:.3f}")
     metric.freeze()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    metric.save_pretrained(str(out_dir))
+    save_pretrained_atomic(metric, out_dir)
     return metric, {"metric_loss_first": first, "metric_loss_last": last}
 
 
@@ -85,8 +86,6 @@ def ensure_metric(path: str | Path | None, fallback_dir: str | Path, **pretrain_
     from ..metric import STCCLMetric
 
     if path:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"metric_path: no pretrained STCCL metric at {path}")
         return STCCLMetric.from_pretrained(str(path)), {"metric": str(path)}
     fallback_dir = Path(fallback_dir)
     if (fallback_dir / "config.json").is_file():

@@ -33,7 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .adapter import TalkingHeadAdapter
-from .config import TrainingConfig, config_to_dict
+from ..utils.safety import RunLock, verify_manifest, write_into, write_manifest
+from .config import TrainingConfig, compare_resume_config, config_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"
 STEP_LOG = "train_log.jsonl"
 VALIDATION_LOG = "validation_log.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
 
 ValidationFn = Callable[[TalkingHeadAdapter, int], dict[str, Any]]
 
@@ -182,6 +184,11 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def resolve_resume_path(cfg: TrainingConfig) -> Path | None:
+    """The checkpoint to resume from, each file verified against its manifest.
+
+    `latest` falls back from a damaged newest checkpoint to the newest complete one, naming the
+    damaged file; an explicitly named damaged checkpoint is an error.
+    """
     if not cfg.resume_from_checkpoint:
         return None
     if cfg.resume_from_checkpoint == "latest":
@@ -189,13 +196,77 @@ def resolve_resume_path(cfg: TrainingConfig) -> Path | None:
         if not ckpts:
             warnings.warn(f"resume_from_checkpoint=latest: no checkpoint in {cfg.output_dir}; starting fresh")
             return None
-        return ckpts[-1]
+        damaged = []
+        for ckpt in reversed(ckpts):
+            problem = verify_manifest(ckpt)
+            if problem is None:
+                if damaged:
+                    warnings.warn(
+                        f"resume_from_checkpoint=latest: skipping damaged {'; '.join(damaged)}; "
+                        f"resuming from {ckpt.name}, the newest complete checkpoint"
+                    )
+                return ckpt
+            damaged.append(f"{ckpt.name} ({problem})")
+        raise ValueError(f"resume_from_checkpoint=latest: every checkpoint in {cfg.output_dir} is damaged: "
+                         + "; ".join(damaged))
     path = Path(cfg.resume_from_checkpoint)
     if not path.is_absolute() and not path.exists():
         path = Path(cfg.output_dir) / path
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"resume_from_checkpoint: {path} is not a complete checkpoint (no {STATE_FILE})")
+    problem = verify_manifest(path)
+    if problem is not None:
+        raise ValueError(f"resume_from_checkpoint: {path} is damaged: {problem}; pass `latest` or an earlier checkpoint")
     return path
+
+
+def check_resume_config(cfg: TrainingConfig, checkpoint: Path) -> None:
+    """Refuse a resume whose config changes shapes or the model (naming the keys); warn for the rest."""
+    saved_path = checkpoint / RUN_CONFIG_FILE
+    if not saved_path.is_file():
+        warnings.warn(f"{checkpoint} stores no {RUN_CONFIG_FILE}; the resumed config is not checked")
+        return
+    refuse, warn = compare_resume_config(json.loads(saved_path.read_text()), json.loads(json.dumps(config_to_dict(cfg), default=str)))
+    if refuse:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: the config changes the model or its shapes ({'; '.join(refuse)}); "
+            "resume with the saved values, or start a fresh run in another --output_dir"
+        )
+    if warn:
+        warnings.warn(f"resuming from {checkpoint} with a changed config: {'; '.join(warn)}")
+
+
+def claim_output_dir(cfg: TrainingConfig, resume_path: Path | None, is_main: bool = True) -> RunLock | None:
+    """Make `cfg.output_dir` this run's: lock it, and refuse a fresh run over another run's checkpoints.
+
+    With `overwrite_output_dir` the old checkpoints are moved to `previous-<n>/`, never deleted.
+    """
+    out = Path(cfg.output_dir)
+    lock = RunLock(out).acquire() if is_main else None
+    try:
+        old = [p for p in sorted(out.glob(f"{CHECKPOINT_PREFIX}*")) if p.is_dir()] if out.is_dir() else []
+        if resume_path is None and old:
+            if not cfg.overwrite_output_dir:
+                raise FileExistsError(
+                    f"{out} holds another run's checkpoints ({', '.join(p.name for p in old)}); pass "
+                    "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start over "
+                    "(the old ones are kept in previous-<n>/), or another --output_dir"
+                )
+            if is_main:
+                n = 0
+                while (out / f"previous-{n}").exists():
+                    n += 1
+                aside = out / f"previous-{n}"
+                aside.mkdir()
+                for p in old + [out / STEP_LOG, out / VALIDATION_LOG]:
+                    if p.exists():
+                        os.replace(p, aside / p.name)
+                warnings.warn(f"--overwrite_output_dir: moved the previous run's checkpoints and logs to {aside}")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
 
 
 def _register_hooks(accelerator, adapter: TalkingHeadAdapter) -> None:
@@ -216,8 +287,15 @@ def _register_hooks(accelerator, adapter: TalkingHeadAdapter) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, global_step: int, state: dict, total_limit: int | None) -> Path:
-    """Write `checkpoint-{step}.tmp` then rename it, so a kill never leaves a half checkpoint."""
+def save_checkpoint(
+    accelerator, output_dir: str | Path, global_step: int, state: dict, total_limit: int | None,
+    run_config: dict | None = None,
+) -> Path:
+    """Write `checkpoint-{step}.tmp` then rename it, so a kill never leaves a half checkpoint.
+
+    The run's config goes into `run_config.json`, and `manifest.json` records every file's size
+    and sha256 (checked on resume).
+    """
     out = Path(output_dir)
     final = out / f"{CHECKPOINT_PREFIX}{global_step}"
     tmp = out / f"{CHECKPOINT_PREFIX}{global_step}.tmp"
@@ -234,10 +312,18 @@ def save_checkpoint(accelerator, output_dir: str | Path, global_step: int, state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state))
+        if run_config is not None:
+            (tmp / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=1, default=str))
+        write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_final_weights(adapter: TalkingHeadAdapter, out: Path) -> None:
+    """The trained weights into `out`, each file written whole elsewhere first, then renamed in."""
+    write_into(out, adapter.save_weights)
 
 
 def _truncate_jsonl(path: Path, max_step: int) -> None:
@@ -284,6 +370,31 @@ def train(
     collate_fn: Callable | None = None,
     validation_fn: ValidationFn | None = None,
     stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train `adapter` (see `_train`) in an output folder claimed for this run (lock, no overwrite)."""
+    accelerator = accelerator or build_accelerator(cfg)
+    resume_path = resolve_resume_path(cfg)
+    if resume_path is not None:
+        check_resume_config(cfg, resume_path)
+    lock = claim_output_dir(cfg, resume_path, is_main=accelerator.is_main_process)
+    try:
+        return _train(adapter, train_dataset, cfg, accelerator=accelerator, collate_fn=collate_fn,
+                      validation_fn=validation_fn, stop_after_steps=stop_after_steps, resume_path=resume_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    adapter: TalkingHeadAdapter,
+    train_dataset: Dataset,
+    cfg: TrainingConfig,
+    *,
+    accelerator=None,
+    collate_fn: Callable | None = None,
+    validation_fn: ValidationFn | None = None,
+    stop_after_steps: int | None = None,
+    resume_path: Path | None = None,
 ) -> TrainResult:
     """Train `adapter` on `train_dataset` for `cfg.max_train_steps` optimizer steps.
 
@@ -356,7 +467,6 @@ def train(
         accelerator.init_trackers(cfg.tracker_project_name, config=tracker_cfg)
 
     global_step, skipped_steps, resumed_from = 0, 0, None
-    resume_path = resolve_resume_path(cfg)
     if resume_path is not None:
         accelerator.print(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
@@ -471,6 +581,7 @@ def train(
                         global_step,
                         {"global_step": global_step, "skipped_steps": skipped_steps},
                         cfg.checkpoints_total_limit,
+                        run_config=config_to_dict(cfg),
                     )
                 if (
                     cfg.validation_steps
@@ -487,7 +598,7 @@ def train(
     if finished:
         run_validation(global_step)
         if accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_weights(out)
+            save_final_weights(accelerator.unwrap_model(model), out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
