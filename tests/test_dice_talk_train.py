@@ -20,13 +20,16 @@ pytestmark = pytest.mark.skipif(not (DICE_ROOT / "dice_talk.py").is_file(),
 
 
 def _argv(cfg, tmp: Path, steps: int, extra=()):
+    from stccl_diffusers.training.demo import ensure_synthetic_clips
+
     metric_dir = tmp / "metric"
     if not metric_dir.is_dir():
         _metric().save_pretrained(str(metric_dir))
+    ensure_synthetic_clips(tmp / "data", 1, 1, size=64, seed=0)
     return ["--config", str(REPO_ROOT / "configs/dice_stccl.yaml"),
             "--dice_talk_root", cfg.dice_talk_root, "--dice_checkpoints", cfg.dice_checkpoints,
             "--svd_path", cfg.svd_path, "--whisper_path", cfg.whisper_path, "--metric_path", str(metric_dir),
-            "--output_dir", str(tmp / "run"), "--data_dir", str(tmp / "data"), "--synthesize_if_missing", "true",
+            "--output_dir", str(tmp / "run"), "--data_dir", str(tmp / "data"), "--synthesize_if_missing", "false",
             "--synth_speakers", "1", "--synth_clips", "1", "--resolution", "64", "--num_frames", "2",
             "--validation_num_frames", "2", "--windows_per_clip", "2", "--frame_subset", "0", "1",
             "--decode_chunk_size", "2", "--rank", "4", "--lora_alpha", "8", "--max_train_steps", str(steps),
