@@ -28,7 +28,7 @@ from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
-from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
 
@@ -82,7 +82,9 @@ def main(argv=None) -> dict:
     val_item = dataset.item(0, num_frames=cfg.validation_num_frames)
     val_batch = {k: v[None] for k, v in val_item.items()}
     val_batch["emotion"] = torch.tensor([emotion])
-    validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_item["fps"]), seed=cfg.validation_seed)
+    validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_item["fps"]), seed=cfg.validation_seed,
+                                       emotion=cfg.validation_emotion,
+                                       no_stccl_fn=lora_off_row if cfg.train_mode == "lora" else None)
 
     # 4. Train (LoRA on the UNet's attention by default), checkpoint, validate.
     result = train(adapter, dataset, cfg, validation_fn=validation_fn)

@@ -36,7 +36,7 @@ from stccl_diffusers.models.reference_eat import ReferenceEATModel
 from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
-from stccl_diffusers.training.validation import make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.training.validation import BeforeSTCCLRow, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local, save_pretrained_atomic
 
@@ -171,7 +171,9 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
 
     # 3. Fixed validation clips, rendered in their emotion and in neutral (the adapter renders both).
     validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_batch.get("fps", 25.0)),
-                                       seed=cfg.validation_seed, audio_key="waveform")
+                                       seed=cfg.validation_seed, audio_key="waveform",
+                                       emotion=EAT_EMOTION_NAMES[int(val_batch["y_trg"][0])],
+                                       no_stccl_fn=BeforeSTCCLRow(adapter.stccl.current_weight))
 
     # 4. The shared loop: checkpoints, resume, NaN guard, trackers, validation.
     result = train(adapter, train_set, cfg, accelerator=accelerator, collate_fn=collate, validation_fn=validation_fn,

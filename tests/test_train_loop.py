@@ -253,10 +253,12 @@ def test_validation_media_put_target_and_anchor_side_by_side_with_audio(tmp_path
     anchor = torch.full((1, 4, 3, 8, 8), -1.0)  # black
     paths = save_validation_media(target, anchor, tmp_path, "v", fps=25.0, audio=torch.zeros(4 * 640), upscale=2)
     grid = imageio.imread(paths["png"])
-    assert grid.shape[0] == 2 * 8 * 2  # row 1 target, row 2 anchor (upscaled x2)
-    assert grid[:16].min() == 255 and grid[16:, :16].max() == 0
+    frames = grid[:, -16:]  # the frame columns (labels on the left, no title without emotion/step)
+    assert grid.shape[0] == 2 * 8 * 2 + 2 * 2  # row 1 target, a gap, row 2 anchor (upscaled x2)
+    assert frames[:16].min() == 255 and frames[-16:].max() == 0
     info = probe_video(paths["mp4"])
-    assert info["has_audio"] and info["size"] == (2 * 8 * 2, 8 * 2)  # (W, H): the two streams side by side
+    w, h = info["size"]
+    assert info["has_audio"] and w == 2 * 8 * 2 and h > 8 * 2  # the two streams side by side, a label bar on top
     assert side_by_side_grid(torch.zeros(1, 24, 3, 8, 8), torch.zeros(1, 24, 3, 8, 8)).shape[1] == 8 * 8 + 7 * 2
 
 

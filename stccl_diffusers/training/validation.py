@@ -65,6 +65,61 @@ def side_by_side_video(target: torch.Tensor, anchor: torch.Tensor, index: int = 
     return both
 
 
+def _text_bar(width: int, lines: list[str], height_per_line: int = 14, scale: float = 0.4) -> np.ndarray:
+    """(n * height_per_line, width, 3) white bar with black text lines (cv2's Hershey font)."""
+    import cv2
+
+    bar = np.full((height_per_line * max(1, len(lines)), width, 3), 255, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(bar, line, (3, height_per_line * (i + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return bar
+
+
+def labelled_grid(rows: list[tuple[str, torch.Tensor]], title: str = "", upscale: int = 4, gap: int = 2,
+                  max_columns: int | None = 8, label_width: int = 150) -> np.ndarray:
+    """A grid of clip 0 of each stream (one row per `(label, frames (B, T, 3, H, W))`), a label
+    column on the left and `title` (emotion, step) on top, as (rows*H*upscale + bars, ..., 3) uint8."""
+    if not rows:
+        raise ValueError("expected at least one (label, frames) row, got none")
+    shape = rows[0][1].shape
+    for label, x in rows:
+        if x.ndim != 5 or x.shape[2] != 3 or x.shape[1:] != shape[1:]:
+            raise ValueError(f"expected every row (B, T, 3, H, W) of shape {tuple(shape)}, got {label!r}: {tuple(x.shape)}")
+    body = []
+    for label, x in rows:
+        # one row of frames: the first half of a (clip, clip) grid
+        img = side_by_side_grid(x[:1], x[:1], upscale=upscale, gap=gap, max_columns=max_columns)
+        h = x.shape[-2] * upscale
+        img = img[:h]
+        lab = _text_bar(label_width, [w for w in label.split("\n")], height_per_line=min(16, max(12, h // 3)))
+        col = np.full((h, label_width, 3), 255, np.uint8)
+        col[: min(h, lab.shape[0])] = lab[:h]
+        body.append(np.concatenate([col, img], axis=1))
+        body.append(np.full((gap * upscale, body[-1].shape[1], 3), 255, np.uint8))
+    grid = np.concatenate(body[:-1], axis=0)
+    if title:
+        grid = np.concatenate([_text_bar(grid.shape[1], [title], 18, 0.5), grid], axis=0)
+    return grid
+
+
+def labelled_video(rows: list[tuple[str, torch.Tensor]], title: str = "", upscale: int = 4) -> np.ndarray:
+    """(T, H', W', 3) uint8: clip 0 of every stream side by side, each under its label, `title` on top."""
+    panels = []
+    for label, x in rows:
+        v = to_uint8(x[0])
+        if upscale > 1:
+            v = v.repeat(upscale, 1).repeat(upscale, 2)
+        bar = _text_bar(v.shape[2], [label.replace("\n", " ")], 14, 0.35)
+        panels.append(np.concatenate([np.broadcast_to(bar, (v.shape[0], *bar.shape)), v], axis=1))
+    both = np.concatenate(panels, axis=2)
+    if title:
+        bar = _text_bar(both.shape[2], [title], 16, 0.45)
+        both = np.concatenate([np.broadcast_to(bar, (both.shape[0], *bar.shape)), both], axis=1)
+    h, w = both.shape[1:3]
+    return np.ascontiguousarray(both[:, : h - h % 2, : w - w % 2])  # even sides for H.264
+
+
 def save_validation_media(
     target: torch.Tensor,
     anchor: torch.Tensor,
@@ -74,20 +129,31 @@ def save_validation_media(
     audio: torch.Tensor | np.ndarray | None = None,
     sample_rate: int = 16000,
     upscale: int = 4,
+    emotion: str | None = None,
+    step: int | None = None,
+    extra_rows: list[tuple[str, torch.Tensor]] | None = None,
 ) -> dict[str, str]:
-    """Write `{name}.png` (grid) and `{name}.mp4` (clip 0 side by side, with `audio` (N,) when given)."""
+    """Write `{name}.png` and `{name}.mp4` (clip 0, with `audio` (N,) when given), labelled: the
+    title names the emotion and step, the rows "target (<emotion>)", "neutral anchor" and any
+    `extra_rows` (e.g. the same model without STCCL). Also `{name}_all.png`: every clip, unlabelled."""
     import imageio.v2 as imageio
 
     from ..data.video_io import write_video
 
+    _check_pair(target, anchor)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, mp4 = out_dir / f"{name}.png", out_dir / f"{name}.mp4"
-    imageio.imwrite(png, side_by_side_grid(target, anchor, upscale=upscale))
+    emo = emotion or "emotion"
+    rows = [(f"target\n({emo})", target), ("neutral anchor\n(same model)", anchor), *(extra_rows or [])]
+    title = "  ".join(p for p in (f"emotion: {emo}" if emotion else "", f"step {step}" if step is not None else "") if p)
+    imageio.imwrite(png, labelled_grid(rows, title, upscale=upscale))
+    if target.shape[0] > 1:
+        imageio.imwrite(out_dir / f"{name}_all.png", side_by_side_grid(target, anchor, upscale=upscale))
     if audio is not None:
         audio = np.asarray(torch.as_tensor(audio).detach().float().cpu().numpy(), np.float32).reshape(-1)
         audio = audio[: int(round(target.shape[1] * sample_rate / fps))]
-    write_video(str(mp4), side_by_side_video(target, anchor, upscale=upscale), fps, audio, sample_rate)
+    write_video(str(mp4), labelled_video(rows, title, upscale=upscale), fps, audio, sample_rate)
     return {"png": str(png), "mp4": str(mp4)}
 
 
@@ -112,11 +178,16 @@ def make_validation_fn(
     seed: int = 0,
     upscale: int = 4,
     audio_key: str = "audio",
+    emotion: str | None = None,
+    no_stccl_fn: Callable | None = None,
 ) -> Callable:
     """A `validation_fn(adapter, step)` for :func:`stccl_diffusers.training.loop.train`.
 
     Renders `batch` with `adapter.render_validation` (same seed every time), writes
-    `validation/step-{step:06d}.{png,mp4}` and returns the STCCL scores of target vs anchor.
+    `validation/step-{step:06d}.{png,mp4}` (labelled with `emotion` and the step) and returns the
+    STCCL scores of target vs anchor. `no_stccl_fn(adapter, batch, generator, step, rendered) ->
+    (label, frames) | None` adds a third row: the same model without STCCL (see
+    :func:`lora_off_row` and :class:`BeforeSTCCLRow`).
     """
     out_dir = Path(out_dir)
 
@@ -127,8 +198,14 @@ def make_validation_fn(
         rendered = adapter.render_validation(moved, generator=g)
         target, anchor = rendered["target"].float().cpu(), rendered["anchor"].float().cpu()
         audio = batch.get(audio_key)
+        extra = []
+        if no_stccl_fn is not None:
+            row = no_stccl_fn(adapter, moved, torch.Generator(device=device).manual_seed(seed), step, rendered)
+            if row is not None:
+                extra.append((row[0], row[1].float().cpu()))
         save_validation_media(target, anchor, out_dir / "validation", f"step-{step:06d}", fps,
-                              audio[0] if audio is not None else None, sample_rate, upscale)
+                              audio[0] if audio is not None else None, sample_rate, upscale,
+                              emotion=emotion, step=step, extra_rows=extra)
         scores = {}
         if metric is not None:
             scores = stccl_scores(metric, target, anchor, seed=seed)
@@ -137,6 +214,36 @@ def make_validation_fn(
         return scores
 
     return validation_fn
+
+
+def lora_off_row(adapter, batch, generator, step, rendered):
+    """Third validation row for a LoRA run: the target rendered with the LoRA layers switched off
+    (the base model, i.e. the same model without the STCCL fine-tuning)."""
+    from ..callback import adapters_disabled
+
+    model = adapter.lora_model()
+    try:
+        with adapters_disabled(model):
+            return "no STCCL\n(base, LoRA off)", adapter.render_validation(batch, generator=generator)["target"]
+    except ValueError:  # no LoRA layers (train_mode full): there is no "off" to render
+        return None
+
+
+class BeforeSTCCLRow:
+    """Third validation row for a run that switches STCCL on after a warm-up: the target as rendered
+    at the last validation while the STCCL weight was still 0 (`weight_at(step) -> float`)."""
+
+    def __init__(self, weight_at: Callable[[int], float]):
+        self.weight_at = weight_at
+        self.frames: torch.Tensor | None = None
+        self.step: int | None = None
+
+    def __call__(self, adapter, batch, generator, step, rendered):
+        if self.weight_at(step) == 0.0:
+            self.frames, self.step = rendered["target"].detach().float().cpu().clone(), step
+        if self.frames is None:
+            return None
+        return f"no STCCL yet\n(step {self.step})", self.frames
 
 
 def plot_loss_curves(step_log: list[dict], path: str | Path, keys: tuple[str, ...] = ("loss", "diffusion", "stccl"),

@@ -1,0 +1,419 @@
+"""Does STCCL preserve mouth motion? The same fine-tuning with and without it, on both backends.
+
+Synthetic talking faces (:mod:`stccl_diffusers.data.synthetic`): the renderer can draw any
+utterance in any emotion, so for every evaluation clip we know exactly what the mouth should do
+in the target emotion (the ground truth; training never sees it, training stays unpaired).
+
+For each backend (``dice``: the built-in ReferenceDICE fine-tuned with LoRA through
+``STCCLRewardCallback``, the path of ``train_dice_stccl.py``; ``eat``: the built-in EAT-style model
+through ``EATWithSTCCL``/``EATAdapter``, the path of ``train_eat_stccl.py``) two arms differ only
+in the STCCL weight (0 vs the configured one): same data, base model, seeds, steps, LoRA init.
+
+Measures per arm (mean ± std over seeds), on held-out identities/sentences:
+
+* ``emotion_acc``: accuracy of a small frozen probe (CNN trained here on rendered frames with
+  random identity, emotion and mouth opening) on the generated target clips; chance is 1/5.
+* ``anchor_emotion_acc``: how often the probe sees the *target* emotion in the neutral anchor
+  (low when the model really renders emotion: the anchor must differ from the target).
+* ``gt_corr`` / ``gt_mae`` / ``gt_lag``: mouth opening of the generated target clip (the probe's
+  regression head) against the renderer's exact ``mouth_open`` parameters of the same utterance in
+  the target emotion (:func:`stccl_diffusers.eval.mouth.mouth_preservation` on curves).
+* ``neu_corr`` / ``neu_mae``: the same against the model's own neutral rendering (the anchor).
+* ``px_gt_corr``: the pixel detector (:func:`~stccl_diffusers.eval.mouth.mouth_opening_curve`)
+  against the ground-truth frames; NaN where the detector rejects generated frames.
+* ``stccl``: the STCCL loss between the generated target and neutral streams (lower = closer).
+
+Base models, data, the metric and the probe are cached under ``outputs/bench_effect/cache``
+(reruns skip them); each run writes ``outputs/bench_effect/run-<time>/`` (results.json,
+results.md, effect.png) and never touches an older run.
+
+    python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
+        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--threads 2]
+
+Honest by construction: nothing here looks at the result to choose a setting; every setting run
+is written to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from stccl_diffusers.data.synthetic import EMOTIONS, VISEMES, make_pair, render_face, sample_identity  # noqa: E402
+from stccl_diffusers.eval.mouth import mouth_opening_curve, mouth_preservation  # noqa: E402
+from stccl_diffusers.training.clips import TalkingClipDataset, _resize  # noqa: E402
+from stccl_diffusers.training.config import parse_config  # noqa: E402
+from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips  # noqa: E402
+from stccl_diffusers.training.loop import train  # noqa: E402
+from stccl_diffusers.training.validation import stccl_scores, to_uint8  # noqa: E402
+
+EVAL_EMOTIONS = EMOTIONS[1:]  # targets: every non-neutral emotion
+MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "neu_corr", "neu_mae", "px_gt_corr", "stccl")
+
+
+# ----------------------------------------------------------------------------- the frozen probe
+
+
+class Probe(torch.nn.Module):
+    """Tiny CNN: frame (3, H, W) in [-1, 1] -> (emotion logits over EMOTIONS, mouth opening)."""
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        c = width
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 3, 2, 1), torch.nn.SiLU(), torch.nn.Conv2d(c, 2 * c, 3, 2, 1), torch.nn.SiLU(),
+            torch.nn.Conv2d(2 * c, 2 * c, 3, 2, 1), torch.nn.SiLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+        self.emotion = torch.nn.Linear(32 * c, len(EMOTIONS))
+        self.mouth = torch.nn.Linear(32 * c, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.emotion(h), self.mouth(h)[:, 0]
+
+
+def probe_frames(n: int, resolution: int, seed: int):
+    """n rendered frames (random identity, emotion, viseme opening/width) and their labels."""
+    rng = np.random.default_rng(seed)
+    names = [v for v in VISEMES]
+    frames, emo, opening = [], [], []
+    for _ in range(n):
+        ident = sample_identity(rng)
+        e = int(rng.integers(len(EMOTIONS)))
+        vis = VISEMES[names[int(rng.integers(len(names)))]]
+        o = float(np.clip(vis.open * rng.uniform(0.3, 1.1), 0, 1))
+        frames.append(render_face(ident, EMOTIONS[e], o, vis.width, size=64))
+        emo.append(e)
+        opening.append(o)
+    x = torch.from_numpy(_resize(np.stack(frames), resolution)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, torch.tensor(emo), torch.tensor(opening, dtype=torch.float32)
+
+
+def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple[Probe, dict]:
+    path = cache / f"probe_{resolution}px_{frames}x{steps}.pt"
+    probe = Probe()
+    if path.is_file():
+        probe.load_state_dict(torch.load(path, weights_only=True))
+        info = json.loads(path.with_suffix(".json").read_text())
+        return probe.eval().requires_grad_(False), info
+    x, y, o = probe_frames(frames, resolution, seed=1234)
+    xv, yv, ov = probe_frames(300, resolution, seed=4321)  # held-out identities
+    opt = torch.optim.Adam(probe.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        logits, m = probe(x[idx])
+        loss = F.cross_entropy(logits, y[idx]) + 10 * F.mse_loss(m, o[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    probe.eval().requires_grad_(False)
+    with torch.no_grad():
+        logits, m = probe(xv)
+    info = {"probe_val_emotion_acc": float((logits.argmax(1) == yv).float().mean()),
+            "probe_val_mouth_corr": float(np.corrcoef(m.numpy(), ov.numpy())[0, 1]),
+            "probe_frames": frames, "probe_steps": steps}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(probe.state_dict(), path)
+    path.with_suffix(".json").write_text(json.dumps(info))
+    return probe, info
+
+
+# ----------------------------------------------------------------------------- evaluation clips
+
+
+def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000) -> list[dict]:
+    """Held-out clips: identity + utterance, the target emotion's rendering (ground truth, audio)
+    and the neutral first frame as the identity reference."""
+    clips = []
+    for i in range(n):
+        emo = EVAL_EMOTIONS[i % len(EVAL_EMOTIONS)]
+        pair = make_pair(seed + i, emotion=emo, size=64)
+        e = pair.emotional
+        T = min(num_frames, e.num_frames)
+        spf = e.sample_rate / e.fps
+        frames = _resize(e.frames[:T], resolution)
+        clips.append({
+            "emotion": emo, "gt_frames": frames, "gt_open": np.asarray(e.mouth_open[:T], np.float64),
+            "reference": _resize(pair.neutral.frames[:1], resolution)[0],
+            "audio": np.asarray(e.audio[: int(round(T * spf))], np.float32), "fps": e.fps,
+        })
+    return clips
+
+
+def _item(c: dict, emotion_index: int, resolution: int) -> dict:
+    return {
+        "frames": torch.from_numpy(c["gt_frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1,  # shape only
+        "reference": torch.from_numpy(c["reference"]).permute(2, 0, 1).float() / 127.5 - 1,
+        "audio": torch.from_numpy(c["audio"]), "emotion": torch.tensor(emotion_index),
+        "face_box": torch.tensor([0.0, 0.0, float(resolution), float(resolution)]), "fps": torch.tensor(c["fps"]),
+    }
+
+
+@torch.no_grad()
+def measure(render, clips, probe, metric, emotions: list[str], resolution: int, collate) -> dict:
+    """Render every clip (target + neutral anchor) and score it. ``render(batch) -> {target, anchor}``."""
+    rows = []
+    for k, c in enumerate(clips):
+        batch = collate([_item(c, emotions.index(c["emotion"]), resolution)])
+        out = render(batch, torch.Generator().manual_seed(k))
+        tgt, anc = out["target"][0].float(), out["anchor"][0].float()
+        logits, m_t = probe(tgt.clamp(-1, 1))
+        logits_a, m_a = probe(anc.clamp(-1, 1))
+        acc = float((logits.argmax(1) == EMOTIONS.index(c["emotion"])).float().mean())
+        acc_a = float((logits_a.argmax(1) == EMOTIONS.index(c["emotion"])).float().mean())
+        gt = mouth_preservation(c["gt_open"], m_t.numpy(), already_curves=True)
+        neu = mouth_preservation(m_a.numpy(), m_t.numpy(), already_curves=True)
+        try:
+            px = mouth_preservation(mouth_opening_curve(c["gt_frames"]), mouth_opening_curve(to_uint8(tgt)),
+                                    already_curves=True)["mouth_corr"]
+        except ValueError:  # the detector rejects frames without a flat skin colour
+            px = float("nan")
+        sc = stccl_scores(metric, out["target"][:1], out["anchor"][:1], seed=k)["stccl"]
+        rows.append({"emotion_acc": acc, "anchor_emotion_acc": acc_a, "gt_corr": gt["mouth_corr"], "gt_mae": gt["mouth_mae"],
+                     "gt_lag": abs(gt["mouth_lag"]), "neu_corr": neu["mouth_corr"], "neu_mae": neu["mouth_mae"],
+                     "px_gt_corr": px, "stccl": sc, "curve_target": m_t.tolist(), "curve_gt": c["gt_open"].tolist()})
+    agg = {k: float(np.nanmean([r[k] for r in rows])) if not all(np.isnan(r[k]) for r in rows) else float("nan")
+           for k in MEASURES}
+    agg["curves"] = {"gt": rows[0]["curve_gt"], "target": rows[0]["curve_target"]}
+    return agg
+
+
+# ----------------------------------------------------------------------------- the backends
+
+
+def _cfg(cls, demo_config: Path, overrides: dict):
+    argv = []
+    for k, v in overrides.items():
+        argv += [f"--{k}", *(str(x) for x in v)] if isinstance(v, (list, tuple)) else [f"--{k}", str(v)]
+    return parse_config(cls, argv, default_config=demo_config)
+
+
+def run_arms(backend, base_cfg, weight, steps, make_adapter, data, collate_fn, evaluate, seeds, run_dir, results, log):
+    """Fine-tune from the cached base once per (arm, seed): the arms differ only in the STCCL weight."""
+    for arm, w in (("without", 0.0), ("with", weight)):
+        for seed in seeds:
+            t0 = time.perf_counter()
+            cfg = replace(base_cfg, output_dir=str(run_dir / backend / f"{arm}_s{seed}"), seed=seed, stccl_weight=w,
+                          max_train_steps=steps, checkpointing_steps=0, validation_steps=0, validate_at_start=False,
+                          resume_from_checkpoint=None)
+            torch.manual_seed(seed)
+            adapter = make_adapter(cfg)
+            train(adapter, data, cfg, collate_fn=collate_fn)
+            adapter.eval()
+            r = evaluate(adapter)
+            r["train_s"] = time.perf_counter() - t0
+            results.setdefault(arm, []).append({"seed": seed, **r})
+            log(f"{backend} {arm} seed {seed}: " + ", ".join(f"{k}={r[k]:.3f}" for k in MEASURES))
+
+
+def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
+    from stccl_diffusers.adapters.dice import (DiceTrainingConfig, build_callback, build_reference_adapter,
+                                               pretrain_reference_dice)
+    from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
+
+    base = _cfg(DiceTrainingConfig, ROOT / "configs" / "dice_stccl_demo.yaml",
+                {"output_dir": str(cache / "dice"), "data_dir": str(cache / "dice_data"), "report_to": "none",
+                 "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
+    ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
+    data = TalkingClipDataset(base.data_dir, DICE_EMOTIONS, base.num_frames, base.resolution,
+                              windows_per_clip=base.windows_per_clip, progress=False)
+    metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
+                              input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
+                              progress=False)
+    base_dir = cache / "dice" / f"reference_dice_v{args.dice_vae_steps}_b{args.dice_base_steps}"
+    if not (base_dir / "config.json").is_file():
+        log(f"dice: pre-training the base model ({args.dice_base_steps} steps; cached in {base_dir})")
+        pretrain_reference_dice(base, data, base_dir)
+    clips = eval_clips(args.clips, args.dice_frames, base.resolution)
+    collate = torch.utils.data.default_collate
+    results = {"settings": {"base_steps": args.dice_base_steps, "vae_steps": args.dice_vae_steps,
+                            "steps": args.steps_dice, "weight": args.dice_weight, "gate_timestep": base.gate_timestep,
+                            "lr": base.learning_rate, "rank": base.rank, "clips": args.clips,
+                            "eval_frames": args.dice_frames}}
+    model = ReferenceDICE.from_pretrained(str(base_dir))
+    results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
+                              list(DICE_EMOTIONS), base.resolution, collate)
+    def make_adapter(cfg):
+        model = ReferenceDICE.from_pretrained(str(base_dir))  # the same base and LoRA init for every arm
+        return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
+
+    run_arms("dice", base, args.dice_weight, args.steps_dice, make_adapter, data, None,
+             lambda a: measure(a.render_validation, clips, probe, metric, list(DICE_EMOTIONS), base.resolution,
+                               collate), args.seeds, run_dir, results, log)
+    return results
+
+
+def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig, build_backend
+
+    from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, EATAdapter, eat_collate
+
+    base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
+                                              "report_to": "none"})
+    ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
+    data = TalkingClipDataset(base.data_dir, EAT_EMOTION_NAMES, base.num_frames, base.resolution,
+                              windows_per_clip=base.windows_per_clip, progress=False)
+    metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
+                              input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
+                              progress=False)
+    audio_dim = eat_collate([data[0]])["audio"].shape[-1]
+    base_dir = cache / "eat" / f"reference_eat_b{args.eat_base_steps}"
+
+    def adapter_for(cfg):
+        gen, size = build_backend(cfg, audio_dim)
+        return EATAdapter(gen, metric, weight=cfg.stccl_weight, warmup_steps=cfg.stccl_warmup_steps,
+                          ramp_steps=cfg.stccl_ramp_steps, crop_size=cfg.crop_size, image_size=size,
+                          num_frames=cfg.num_frames), gen
+
+    if not (base_dir / "config.json").is_file():
+        log(f"eat: pre-training the base model ({args.eat_base_steps} steps, reconstruction only; cached in {base_dir})")
+        bcfg = replace(base, output_dir=str(cache / "eat" / "base_run"), stccl_weight=0.0, stccl_warmup_steps=0,
+                       stccl_ramp_steps=0, max_train_steps=args.eat_base_steps, checkpointing_steps=0,
+                       validation_steps=0, validate_at_start=False, resume_from_checkpoint=None)
+        adapter, gen = adapter_for(bcfg)
+        train(adapter, data, bcfg, collate_fn=eat_collate)
+        gen.model.save_pretrained(str(base_dir))
+    clips = eval_clips(args.clips, args.eat_frames, base.resolution)
+    results = {"settings": {"base_steps": args.eat_base_steps, "steps": args.steps_eat, "weight": args.eat_weight,
+                            "lr": base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
+    ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0)
+    adapter, _ = adapter_for(replace(ref, stccl_weight=0.0))
+    results["base"] = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES),
+                              base.resolution, eat_collate)
+    run_arms("eat", ref, args.eat_weight, args.steps_eat, lambda cfg: adapter_for(cfg)[0], data, eat_collate,
+             lambda a: measure(a.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES), base.resolution,
+                               eat_collate), args.seeds, run_dir, results, log)
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def summarize(results: dict) -> dict:
+    """{backend: {arm: {measure: (mean, std)}}} over seeds."""
+    out = {}
+    for backend, res in results.items():
+        out[backend] = {}
+        for arm in ("without", "with"):
+            runs = res.get(arm, [])
+            out[backend][arm] = {k: (float(np.nanmean([r[k] for r in runs])), float(np.nanstd([r[k] for r in runs])))
+                                 if runs and not all(np.isnan(r[k]) for r in runs) else (float("nan"), float("nan"))
+                                 for k in MEASURES}
+    return out
+
+
+def markdown_table(results: dict, summary: dict) -> str:
+    head = "| backend | arm | seed | " + " | ".join(MEASURES) + " |"
+    lines = [head, "|" + "---|" * (3 + len(MEASURES))]
+    for backend, res in results.items():
+        b = res["base"]
+        lines.append(f"| {backend} | base | - | " + " | ".join(f"{b[k]:.3f}" for k in MEASURES) + " |")
+        for arm in ("without", "with"):
+            for r in res.get(arm, []):
+                lines.append(f"| {backend} | {arm} | {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k in MEASURES) + " |")
+            s = summary[backend][arm]
+            lines.append(f"| {backend} | **{arm} (mean ± std)** | all | "
+                         + " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in MEASURES) + " |")
+    return "\n".join(lines)
+
+
+def draw_figure(results: dict, summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(results)
+    fig, axes = plt.subplots(2, len(backends), figsize=(6.5 * len(backends), 7.5), squeeze=False)
+    for j, backend in enumerate(backends):
+        res = results[backend]
+        ax = axes[0, j]
+        gt = res["without"][0]["curves"]["gt"]
+        ax.plot(gt, "k-", lw=2, label="ground truth (renderer, target emotion)")
+        ax.plot(res["without"][0]["curves"]["target"], "C0--", label=f"without STCCL (seed {res['without'][0]['seed']})")
+        ax.plot(res["with"][0]["curves"]["target"], "C3-", label=f"with STCCL (seed {res['with'][0]['seed']})")
+        ax.set(title=f"{backend}: mouth opening, eval clip 0", xlabel="frame", ylabel="mouth opening")
+        ax.legend(fontsize=8)
+        ax = axes[1, j]
+        x = np.arange(len(MEASURES))
+        for k, (arm, col) in enumerate((("without", "C0"), ("with", "C3"))):
+            s = summary[backend][arm]
+            ax.bar(x + (k - 0.5) * 0.38, [s[m][0] for m in MEASURES], 0.38, yerr=[s[m][1] for m in MEASURES],
+                   color=col, capsize=3, label=f"{arm} STCCL (n={len(res[arm])} seeds)")
+        ax.set_xticks(x, MEASURES, rotation=30, fontsize=8)
+        ax.axhline(0.2, color="grey", ls=":", lw=1)
+        ax.set(title=f"{backend}: measures (mean ± std over seeds; dotted: emotion chance 0.2)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 seeds, few steps, short base schedules (smoke run)")
+    ap.add_argument("--backends", nargs="+", default=["dice", "eat"], choices=["dice", "eat"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--dice-weight", type=float, default=0.5, help="configs/dice_stccl_demo.yaml's stccl_weight")
+    ap.add_argument("--eat-weight", type=float, default=0.02, help="configs/eat_stccl_demo.yaml's stccl_weight")
+    ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm (both backends)")
+    ap.add_argument("--clips", type=int, default=None, help="held-out evaluation clips")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_effect"))
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.seeds = args.seeds or ([0, 1] if q else [0, 1, 2])
+    args.steps_dice = args.steps or (6 if q else 40)
+    args.steps_eat = args.steps or (10 if q else 60)
+    args.clips = args.clips or (2 if q else 4)
+    args.dice_base_steps, args.dice_vae_steps = (40, 40) if q else (300, 160)
+    args.eat_base_steps = 30 if q else 300
+    args.dice_frames, args.eat_frames = (8, 10) if q else (16, 25)
+    args.probe_frames, args.probe_steps = (600, 150) if q else (2000, 400)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    out = Path(args.out)
+    cache = out / "cache" / ("quick" if args.quick else "full")
+    run_dir = out / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    log = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
+    results, probes = {}, {}
+    for backend in args.backends:
+        res = 32 if backend == "dice" else 64
+        probe, pinfo = ensure_probe(cache, res, args.probe_frames, args.probe_steps)
+        probes[backend] = pinfo
+        log(f"{backend}: probe ({res} px) held-out emotion acc {pinfo['probe_val_emotion_acc']:.2f}, "
+            f"mouth corr {pinfo['probe_val_mouth_corr']:.2f}")
+        results[backend] = (run_dice if backend == "dice" else run_eat)(args, cache, run_dir, probe, log)
+    summary = summarize(results)
+    table = markdown_table(results, summary)
+    wall = time.perf_counter() - started
+    payload = {"args": {k: v for k, v in vars(args).items()}, "probes": probes, "results": results,
+               "summary": summary, "wall_time_s": wall, "torch_threads": args.threads}
+    (run_dir / "results.json").write_text(json.dumps(payload, indent=1))
+    (run_dir / "results.md").write_text(table + "\n")
+    draw_figure(results, summary, run_dir / "effect.png")
+    print(table)
+    print(f"\nwall time {wall:.0f} s; results in {run_dir}/ (results.json, results.md, effect.png)")
+    return {"run_dir": str(run_dir), **payload}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""benchmarks/bench_effect.py --quick runs end to end and writes its table, JSON and figure.
+
+It checks that the benchmark runs and reports every arm and seed, never what the numbers are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+from conftest import REPO_ROOT
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_effect", REPO_ROOT / "benchmarks" / "bench_effect.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_benchmark_writes_table_json_and_figure_for_both_backends(tmp_path):
+    bench = _load_bench()
+    out = bench.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+    run_dir = tmp_path / out["run_dir"].split("/")[-1]
+    table = (run_dir / "results.md").read_text()
+    payload = json.loads((run_dir / "results.json").read_text())
+    assert (run_dir / "effect.png").stat().st_size > 0
+    for backend in ("dice", "eat"):
+        res = payload["results"][backend]
+        for arm in ("without", "with"):
+            assert [r["seed"] for r in res[arm]] == payload["args"]["seeds"]
+            for r in res[arm]:
+                assert math.isfinite(r["emotion_acc"]) and math.isfinite(r["stccl"])
+                assert f"| {backend} | {arm} | {r['seed']} |" in table
+        assert res["settings"]["weight"] > 0
+    # base models are cached for reruns
+    assert any((tmp_path / "cache" / "quick" / "dice").glob("reference_dice_*/config.json"))
