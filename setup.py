@@ -38,7 +38,9 @@ setup(
         # What EAT's own source (the user's checkout) imports, beyond the core requirements.
         "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile", "pandas"],
         "xformers": ["xformers"],
-        "test": ["pytest>=7", "scikit-image", "python_speech_features"],
+        # DICE-Talk's own modules import einops (its requirements.txt); the dice_talk backend needs it.
+        "dice": ["einops"],
+        "test": ["pytest>=7", "scikit-image", "python_speech_features", "einops"],
     },
     entry_points={
         "console_scripts": [
@@ -47,6 +49,7 @@ setup(
             "stccl-pretrain=stccl_diffusers.console:pretrain",
             "stccl-analyze=stccl_diffusers.console:analyze",
             "stccl-eval=stccl_diffusers.console:evaluate",
+            "stccl-merge-lora=stccl_diffusers.console:merge_lora",
         ],
     },
 )

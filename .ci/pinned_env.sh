@@ -25,7 +25,7 @@ PY="$VENV/bin/python"
   "huggingface_hub<0.26" "peft==0.12.0" "tokenizers<0.20"
 "$PY" -m pip install -q --no-deps -e .
 "$PY" -m pip install -q "safetensors>=0.4" "opencv-python-headless>=4.8,<5" "librosa>=0.10" numpy pyyaml tqdm \
-  matplotlib scipy imageio imageio-ffmpeg tensorboard "pytest>=7"
+  matplotlib scipy imageio imageio-ffmpeg tensorboard "pytest>=7" einops
 "$PY" - <<'PYEOF'
 import accelerate, diffusers, transformers, peft, torch
 print("pinned env:", "diffusers", diffusers.__version__, "transformers", transformers.__version__,
@@ -40,7 +40,8 @@ else
   for t in tests/test_edm.py tests/test_diffusion_x0.py tests/test_callback.py tests/test_callback_api.py \
            tests/test_callback_loops.py tests/test_callback_patch.py tests/test_lora_loop.py \
            tests/test_reference_dice.py \
-           tests/test_train_loop.py tests/test_run_safety.py tests/test_dice_adapter.py tests/test_ddp.py; do
+           tests/test_train_loop.py tests/test_run_safety.py tests/test_dice_adapter.py tests/test_ddp.py \
+           tests/test_dice_talk_real.py tests/test_dice_talk_inference_match.py tests/test_dice_talk_train.py; do
     [ -f "$t" ] && TESTS+=("$t")
   done
 fi

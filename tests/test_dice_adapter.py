@@ -260,9 +260,11 @@ def test_audio_windows_follow_dice_talk_padding():
     steps = torch.arange(12, dtype=torch.float32).view(1, 12, 1, 1).expand(1, 12, 5, 384)
     w = audio_windows(steps, num_frames=3)
     assert w.shape == (1, 3, 10, 5, 384)
-    # 4 zeros of padding in front: frame 0 sees [0,0,0,0,0..5], frame 1 starts two steps later.
+    # 4 zeros of padding in front: frame 0 sees [0,0,0,0,0..5]; at 12.5 fps (step 2) frame 1 starts
+    # four 50 Hz steps later, at 25 fps (step 1) two.
     assert w[0, 0, :, 0, 0].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 4, 5]
-    assert w[0, 1, :, 0, 0].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    assert w[0, 1, :, 0, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert audio_windows(steps, num_frames=3, step=1)[0, 1, :, 0, 0].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
     with pytest.raises(ValueError, match="audio too short"):
         audio_windows(steps, num_frames=20)
 

@@ -60,6 +60,9 @@ class DiceStepMixin:
     dropout_probs: tuple[float, float, float] = (0.05, 0.05, 0.05)
     use_face_boxes: bool = True
 
+    def sample_dropout(self, batch_size: int, generator, device) -> tuple[torch.Tensor, ...]:
+        return condition_dropout(batch_size, self.dropout_probs, generator, device)
+
     def edm_step(self, batch: dict[str, Any], step: int, generator: torch.Generator | None) -> dict[str, Any]:
         x0 = self.encode_latents(batch)
         B, device = x0.shape[0], x0.device
@@ -67,7 +70,7 @@ class DiceStepMixin:
         sigma = edm.sample_sigmas(B, self.p_mean, self.p_std, generator=generator, device=gdev).to(device)
         noise = torch.randn(x0.shape, generator=generator, device=gdev).to(device, x0.dtype)
         x_t = edm.add_noise(x0, noise, sigma)
-        drops = condition_dropout(B, self.dropout_probs, generator, device)
+        drops = self.sample_dropout(B, generator, device)
         cond = self.conditions(batch, self.target_prior(batch), drops)
         v = self.denoise(x_t, sigma, cond)
         diffusion = edm.edm_loss(edm.x0_from_v(v.float(), x_t, sigma), x0, sigma).mean()
@@ -235,6 +238,16 @@ class DiceTrainingConfig(TalkingClipsConfig):
     dice_checkpoints: Optional[str] = None
     svd_path: Optional[str] = None
     whisper_path: Optional[str] = None
+    appearance_guidance_scale: float = 3.0
+    audio_guidance_scale: float = 6.0
+    """dice_talk validation: DICE-Talk's three-branch CFG scales (its inference config: 3.0 and 6.0)."""
+    motion_bucket_id_exp: float = 16.0
+    """dice_talk: third added_time_id, as DICE-Talk's inference config."""
+    dice_fps: float = 12.5
+    """dice_talk: frames are resampled to this rate from each clip's real fps (DICE-Talk generates at
+    12.5 fps, `step: 2`, and doubles the rate with RIFE afterwards)."""
+    emotion_retrieval: bool = False
+    """dice_talk: EmotionModel(retrieval=...); False is what DICE-Talk's inference uses."""
 
 
 def build_callback(cfg: DiceTrainingConfig, metric, decoder=None, decode_fn=None):

@@ -76,7 +76,21 @@ class TalkingHeadAdapter(torch.nn.Module, ABC):
         model = self.lora_model()
         if model is None or not hasattr(model, "enable_gradient_checkpointing"):
             raise ValueError(f"{type(self).__name__} does not support gradient checkpointing")
-        model.enable_gradient_checkpointing()
+        import inspect
+
+        setter = getattr(type(model), "_set_gradient_checkpointing", None)
+        old_style = setter is not None and "value" in inspect.signature(setter).parameters
+        if not old_style:
+            model.enable_gradient_checkpointing()
+            return
+        # A model written for diffusers < 0.32 (DICE-Talk's UNet) overrides
+        # `_set_gradient_checkpointing(module, value)`, which diffusers >= 0.32 calls with `enable=`;
+        # its blocks only read `self.gradient_checkpointing`, so set that flag as old diffusers did.
+        if not getattr(model, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+        for module in model.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
 
     def enable_xformers(self) -> None:
         found = False

@@ -99,6 +99,11 @@ class TalkingClipDataset(Dataset):
     frame: the identity image), "audio": (T * sr / fps,) float32 waveform of the window,
     "emotion": int index into `emotions`, "face_box": (4,) x1, y1, x2, y2 in pixels (the whole
     frame: clips are face crops), "clip_index": int}.
+
+    `target_fps` (DICE-Talk: 12.5): frames are first resampled from each clip's real fps to this
+    rate (nearest frame), and items also carry the whole clip's audio for models that encode it
+    as a whole: "clip_audio" (zero-padded to the longest clip, so items batch), "clip_audio_len"
+    and "start_frame" (the window's first frame at `target_fps`).
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class TalkingClipDataset(Dataset):
         windows_per_clip: int = 4,
         max_clips: int | None = None,
         progress: bool = True,
+        target_fps: float | None = None,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -123,7 +129,7 @@ class TalkingClipDataset(Dataset):
             raise ValueError(f"expected num_frames >= 1 and resolution >= 8, got {num_frames}, {resolution}")
         self.emotions = list(emotions)
         self.num_frames, self.resolution, self.sample_rate = num_frames, resolution, sample_rate
-        self.windows_per_clip = windows_per_clip
+        self.windows_per_clip, self.target_fps = windows_per_clip, target_fps
         files = sorted(root.rglob("*.mp4"))
         if max_clips is not None:
             files = files[:max_clips]
@@ -139,6 +145,10 @@ class TalkingClipDataset(Dataset):
             except ValueError as err:  # VideoReadError / NoAudioError are ValueErrors
                 self.skipped.append((str(path), str(err)))
                 continue
+            if target_fps is not None:
+                keep = np.arange(int(clip.frames.shape[0] * target_fps / clip.fps))
+                keep = np.minimum(np.round(keep * clip.fps / target_fps).astype(int), clip.frames.shape[0] - 1)
+                clip.frames, clip.fps = clip.frames[keep], float(target_fps)
             if clip.frames.shape[0] < num_frames:
                 self.skipped.append((str(path), f"{clip.frames.shape[0]} frames < num_frames={num_frames}"))
                 continue
@@ -183,7 +193,15 @@ class TalkingClipDataset(Dataset):
         audio = np.zeros(n, np.float32)
         seg = clip.audio[a0:a0 + n]
         audio[: len(seg)] = seg
+        extra = {}
+        if self.target_fps is not None:
+            longest = max(len(c.audio) for c in self.clips)
+            whole = np.zeros(longest, np.float32)
+            whole[: len(clip.audio)] = clip.audio
+            extra = {"clip_audio": torch.from_numpy(whole), "clip_audio_len": torch.tensor(len(clip.audio)),
+                     "start_frame": torch.tensor(start)}
         return {
+            **extra,
             "frames": frames,
             "reference": reference,
             "audio": torch.from_numpy(audio),

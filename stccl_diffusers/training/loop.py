@@ -57,6 +57,9 @@ def build_accelerator(cfg: TrainingConfig):
         raise ValueError(f"report_to must be tensorboard, wandb, all or none, got {cfg.report_to!r}")
     if cfg.mixed_precision not in (None, "no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed_precision fp16 needs a CUDA GPU and none is available; on CPU use "
+                         "--mixed_precision bf16 (CPU autocast) or --mixed_precision no")
     if cfg.report_to in ("wandb", "all"):
         try:
             import wandb  # noqa: F401
