@@ -123,10 +123,10 @@ def build_data(cfg: EATSTCCLConfig, progress: bool = True):
             # Validation (demo only): other identities and sentences than training, in a sibling the demo owns.
             prepare_clip_folder(f"{cfg.data_dir}_val", True, speakers=1, clips=1, size=size, seed=cfg.validation_seed)
         train_set = TalkingClipDataset(cfg.data_dir, EAT_EMOTION_NAMES, cfg.num_frames, cfg.resolution,
-                                       windows_per_clip=cfg.windows_per_clip, progress=progress)
+                                       windows_per_clip=cfg.windows_per_clip, progress=progress, crop=cfg.crop)
         val_dir = f"{cfg.data_dir}_val" if Path(f"{cfg.data_dir}_val").is_dir() else cfg.data_dir
         held_out = TalkingClipDataset(val_dir, EAT_EMOTION_NAMES, cfg.validation_frames, cfg.resolution,
-                                      windows_per_clip=1, progress=progress)
+                                      windows_per_clip=1, progress=progress, crop=cfg.crop)
         emotional = [held_out[i] for i in range(len(held_out)) if int(held_out[i]["emotion"]) != 5]
         val_batch = eat_collate((emotional or [held_out[0]])[: cfg.num_validation_clips])
         return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1]

@@ -59,3 +59,36 @@ def test_every_skipped_clip_is_named_in_the_report(tmp_path):
     assert sorted(line.split("\t")[0] for line in lines) == sorted(names)
     assert write_skipped_report([], str(tmp_path / "out")) is None
     assert not (tmp_path / "out" / SKIPPED_REPORT).exists()
+
+
+def test_face_crop_keeps_an_off_centre_real_face_that_the_centre_crop_cuts(shared_data):
+    from stccl_diffusers.data.face_align import clip_face_box
+    from stccl_diffusers.training.clips import square_window
+
+    tiles = read_video(str(sorted((shared_data / "real_pairs").glob("*.mp4"))[0]), with_audio=False).frames[:8]
+    face = tiles[:, :, :256]  # the first 256x256 tile of the comparison video: a real MEAD face
+    canvas = np.zeros((8, 256, 700, 3), np.uint8)
+    canvas[:, :, 20:276] = face  # the face at the left of a wide frame
+    x, _, w, _ = clip_face_box(canvas)
+    top, left, side = square_window(canvas, "face")
+    assert left <= x and x + w <= left + side  # the whole face box is inside the face crop
+    _, c_left, c_side = square_window(canvas, "center")
+    assert not (c_left <= x and x + w <= c_left + c_side)  # ...and the centre crop would have cut it
+
+
+def test_face_crop_skips_and_names_a_clip_without_a_face(tmp_path):
+    root = tmp_path / "data" / "happy"
+    root.mkdir(parents=True)
+    audio = (0.1 * np.sin(np.arange(16000 * 8 // 25) / 5)).astype(np.float32)
+    write_video(str(root / "blank.mp4"), np.zeros((8, 16, 32, 3), np.uint8), fps=25, audio=audio)
+    write_video(str(root / "other.mp4"), np.zeros((8, 16, 32, 3), np.uint8), fps=25, audio=audio)
+    with pytest.raises(ValueError, match="no usable .mp4"):
+        with pytest.warns(UserWarning, match="no face found for crop='face'"):
+            TalkingClipDataset(tmp_path / "data", ["happy"], num_frames=4, resolution=16, progress=False, crop="face")
+    ds = TalkingClipDataset(tmp_path / "data", ["happy"], num_frames=4, resolution=16, progress=False, crop="center")
+    assert len(ds.clips) == 2
+
+
+def test_unknown_crop_is_an_error_naming_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"expected crop in \('center', 'face'\), got 'squash'"):
+        TalkingClipDataset(tmp_path, ["happy"], crop="squash")

@@ -77,14 +77,43 @@ def prepare_clip_folder(data_dir: str | Path, synthesize: bool = False, **synth_
     raise ValueError(f"--data_dir {folder} holds no .mp4 clip (found: {_found_summary(folder)}); {fix}")
 
 
-def _resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square (never squash a non-square clip), then resize to `size`."""
+CROPS = ("center", "face")
+
+
+def square_window(frames: np.ndarray, crop: str = "center", face_margin: float = 1.6) -> tuple[int, int, int]:
+    """(top, left, side) of the square a non-square clip is cut to; never a squash.
+
+    `crop="center"`: the largest centred square. `crop="face"`: a square of `face_margin` times
+    the clip's face box (`data.face_align.clip_face_box`), centred on the face and kept inside the
+    frame; a clip without a detectable face raises `NoFaceError` (the dataset skips and names it).
+    """
+    if crop not in CROPS:
+        raise ValueError(f"expected crop in {CROPS}, got {crop!r}")
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    if crop == "center":
+        return (h - side) // 2, (w - side) // 2, side
+    from ..data.face_align import NoFaceError, clip_face_box
+
+    box = clip_face_box(frames)
+    if box is None:
+        raise NoFaceError("no face found for crop='face' (use crop='center' for clips without a detectable face)")
+    x, y, bw, bh = (float(v) for v in box)
+    side = int(min(side, max(8, round(max(bw, bh) * face_margin))))
+    cx, cy = x + bw / 2, y + bh / 2
+    top = int(np.clip(round(cy - side / 2), 0, h - side))
+    left = int(np.clip(round(cx - side / 2), 0, w - side))
+    return top, left, side
+
+
+def _resize(frames: np.ndarray, size: int, crop: str = "center") -> np.ndarray:
+    """Cut a non-square clip to a square (`square_window`: centre or face; never squash), then
+    resize to `size`."""
     import cv2
 
     h, w = frames.shape[1:3]
-    if h != w:
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
+    if h != w or crop == "face":
+        top, left, side = square_window(frames, crop)
         frames = frames[:, top:top + side, left:left + side]
     if frames.shape[1] == size and frames.shape[2] == size:
         return frames
@@ -117,6 +146,7 @@ class TalkingClipDataset(Dataset):
         max_clips: int | None = None,
         progress: bool = True,
         target_fps: float | None = None,
+        crop: str = "center",
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -130,6 +160,9 @@ class TalkingClipDataset(Dataset):
         self.emotions = list(emotions)
         self.num_frames, self.resolution, self.sample_rate = num_frames, resolution, sample_rate
         self.windows_per_clip, self.target_fps = windows_per_clip, target_fps
+        if crop not in CROPS:
+            raise ValueError(f"expected crop in {CROPS}, got {crop!r}")
+        self.crop = crop
         files = sorted(root.rglob("*.mp4"))
         if max_clips is not None:
             files = files[:max_clips]
@@ -152,8 +185,13 @@ class TalkingClipDataset(Dataset):
             if clip.frames.shape[0] < num_frames:
                 self.skipped.append((str(path), f"{clip.frames.shape[0]} frames < num_frames={num_frames}"))
                 continue
-            self.clips.append(_Clip(str(path), _resize(clip.frames, resolution), clip.audio.astype(np.float32),
-                                    clip.fps, self.emotions.index(emo)))
+            try:
+                frames = _resize(clip.frames, resolution, crop)
+            except ValueError as err:  # NoFaceError with crop="face"
+                self.skipped.append((str(path), str(err)))
+                continue
+            self.clips.append(_Clip(str(path), frames, clip.audio.astype(np.float32), clip.fps,
+                                    self.emotions.index(emo)))
         if self.skipped:
             shown = min(5, len(self.skipped))
             warnings.warn(

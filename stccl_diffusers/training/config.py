@@ -108,6 +108,9 @@ class TalkingClipsConfig(TrainingConfig):
     synth_clips: int = 2
     windows_per_clip: int = 4
     resolution: int = 32
+    crop: str = "center"
+    """How non-square clips become square (never squashed): `center` (largest centred square) or
+    `face` (a square around the clip's detected face; clips without a face are skipped and named)."""
     num_frames: int = 8
     validation_seed: int = 1234
 
