@@ -17,3 +17,17 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (only present in the development workspace)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each test that builds an `Accelerator` gets a fresh process state: accelerate keeps one
+    per process and refuses a second run with another `mixed_precision` (a user's run is one
+    process; the suite runs many configurations in one)."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
