@@ -217,6 +217,17 @@ def run_arms(backend, base_cfg, weight, steps, make_adapter, data, collate_fn, e
             log(f"{backend} {arm} seed {seed}: " + ", ".join(f"{k}={r[k]:.3f}" for k in MEASURES))
 
 
+def data_and_metric(base, emotions, cache: Path):
+    """The backend's synthetic training clips (made once in the cache) and the shared cached metric."""
+    ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
+    data = TalkingClipDataset(base.data_dir, emotions, base.num_frames, base.resolution,
+                              windows_per_clip=base.windows_per_clip, progress=False)
+    metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
+                              input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
+                              progress=False)
+    return data, metric
+
+
 def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     from stccl_diffusers.adapters.dice import (DiceTrainingConfig, build_callback, build_reference_adapter,
                                                pretrain_reference_dice)
@@ -225,12 +236,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     base = _cfg(DiceTrainingConfig, ROOT / "configs" / "dice_stccl_demo.yaml",
                 {"output_dir": str(cache / "dice"), "data_dir": str(cache / "dice_data"), "report_to": "none",
                  "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
-    ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
-    data = TalkingClipDataset(base.data_dir, DICE_EMOTIONS, base.num_frames, base.resolution,
-                              windows_per_clip=base.windows_per_clip, progress=False)
-    metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
-                              input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
-                              progress=False)
+    data, metric = data_and_metric(base, DICE_EMOTIONS, cache)
     base_dir = cache / "dice" / f"reference_dice_v{args.dice_vae_steps}_b{args.dice_base_steps}"
     if not (base_dir / "config.json").is_file():
         log(f"dice: pre-training the base model ({args.dice_base_steps} steps; cached in {base_dir})")
@@ -262,12 +268,7 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
 
     base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                               "report_to": "none"})
-    ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
-    data = TalkingClipDataset(base.data_dir, EAT_EMOTION_NAMES, base.num_frames, base.resolution,
-                              windows_per_clip=base.windows_per_clip, progress=False)
-    metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
-                              input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
-                              progress=False)
+    data, metric = data_and_metric(base, EAT_EMOTION_NAMES, cache)
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]
     base_dir = cache / "eat" / f"reference_eat_b{args.eat_base_steps}"
 

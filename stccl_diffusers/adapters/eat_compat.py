@@ -125,14 +125,22 @@ class _MelSpectrogram(torch.nn.Module):
         return mel.reshape(*shape[:-1], *mel.shape[-2:])
 
 
-def _torchaudio_stand_in() -> None:
+def _usable(package: str, transform: str) -> bool:
+    """True when `package` imports and has `transforms.<transform>`; otherwise the half-imported
+    modules are forgotten so that a stand-in can take their place. A wheel built for another torch
+    fails at import (OSError/RuntimeError/ImportError) or in its operator registration."""
     try:
-        importlib.import_module("torchaudio").transforms.MelSpectrogram  # noqa: B018
+        getattr(importlib.import_module(package).transforms, transform)
+        return True
+    except Exception:
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+        return False
+
+
+def _torchaudio_stand_in() -> None:
+    if _usable("torchaudio", "MelSpectrogram"):
         return
-    except Exception:  # a wheel built for another torch raises OSError/RuntimeError/ImportError
-        pass
-    for name in [n for n in sys.modules if n == "torchaudio" or n.startswith("torchaudio.")]:
-        del sys.modules[name]
     ta = types.ModuleType("torchaudio")
     ta.__doc__ = "stccl-diffusers stand-in: only transforms.MelSpectrogram (what EAT uses)."
     ta.transforms = types.ModuleType("torchaudio.transforms")
@@ -181,13 +189,8 @@ def _no_torchvision_model(name):
 
 
 def _torchvision_stand_in() -> None:
-    try:
-        importlib.import_module("torchvision").transforms.Normalize  # noqa: B018
+    if _usable("torchvision", "Normalize"):
         return
-    except Exception:  # a wheel built for another torch fails in its operator registration
-        pass
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
     tv = types.ModuleType("torchvision")
     tv.__doc__ = "stccl-diffusers stand-in: transforms.{Compose, Resize, Normalize}; models raise on use."
     tv.transforms = types.ModuleType("torchvision.transforms")
