@@ -111,7 +111,16 @@ def write_markdown(result: dict, path: str | os.PathLike) -> str:
     parts.append("")
     mouth = format_mouth_table(result)
     if mouth:
-        parts += ["## Mouth (--mouth; anchor = the real clip)", "", mouth, ""]
+        parts += ["## Mouth (--mouth; anchor = the real clip)", "", mouth, "", "Per clip:", "",
+                  "| Clip | Method | M-LMD | F-LMD | opening corr | opening MAE | best lag | corr at best lag | faceless real / generated |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in result["clips"]:
+            if c.get("mouth_corr") is None and c.get("M-LMD") is None:
+                continue
+            faceless = f"{c['faceless_anchor']} / {c['faceless_generated']} of {c['paired_frames']}" if "paired_frames" in c else "—"
+            parts.append(f"| {c['clip']} | {c['method']} | " + " | ".join(_fmt(c.get(k)) for k in ("M-LMD", "F-LMD", "mouth_corr", "mouth_mae"))
+                         + f" | {c.get('mouth_lag', '—')} | {_fmt(c.get('mouth_lag_corr'))} | {faceless} |")
+        parts.append("")
     extra = _extra_table(result)
     if extra:
         parts += ["## Further measures (averaged per method)", "", extra, ""]
