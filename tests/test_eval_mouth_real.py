@@ -231,3 +231,26 @@ def test_stccl_eval_mouth_on_a_real_comparison_video(real_source_tile, tmp_path)
     md = (out / "results.md").read_text()
     assert "## Mouth" in md and "M-LMD" in md and "landmark coverage" in md
     assert (out / "mouth_curves.png").is_file()
+
+
+def test_haar_backend_reports_that_real_mouths_need_landmarks(shared_data, tmp_path):
+    from stccl_diffusers.eval.cli import main
+
+    clip = sorted((shared_data / "real_pairs").glob("*.mp4"))[0]
+    out = tmp_path / "eval"
+    main(["--tiled", str(clip), "--metrics", "none", "--mouth", "--face_backend", "haar", "--max_frames", "6",
+          "--output_dir", str(out), "--no_progress"])
+    res = json.loads((out / "results.json").read_text())
+    assert any("Haar backend (--face_backend haar)" in n for n in res["notes"])
+    failed = [u for u in res["unreadable"] if u.get("metric") == "mouth_pair_metric"]
+    assert {u["method"] for u in failed} == {"STCCL_VD", "NED"}
+    assert all("68-point landmarks" in u["reason"] for u in failed)
+    assert "M-LMD" not in res["methods"]["STCCL_VD"]
+
+
+def test_insightface_backend_without_a_pack_folder_is_a_one_line_error(tmp_path):
+    from stccl_diffusers.eval.cli import main
+
+    with pytest.raises(SystemExit, match="--face_backend insightface: .*needs insightface_root"):
+        main(["--reference_dir", str(tmp_path), "--generated", f"x={tmp_path}", "--metrics", "none", "--mouth",
+              "--face_backend", "insightface", "--output_dir", str(tmp_path / "out")])

@@ -332,6 +332,22 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
         models, random_parts = _build_models(args, metrics)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"stccl-eval: {e}")
+    cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
+                     csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device, face_backend=args.face_backend,
+                     insightface_root=args.insightface_root, mouth_detector=args.mouth_detector)
+    ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
+    if not args.aligned and (metrics or args.mouth):
+        try:
+            backend = backend_name(ctx.face_detector())
+        except (ImportError, ValueError) as e:
+            raise SystemExit(f"stccl-eval --face_backend {args.face_backend}: {e}")
+        if backend == "haar":
+            why = "--face_backend haar" if args.face_backend == "haar" else "the `landmarks` extra (dlib) is not installed"
+            notes.append(f"faces: Haar backend ({why}): FAD/CSIM alignment places the 5-point template in one Haar box per clip "
+                         "(APPROXIMATE); --mouth on real faces needs 68-point landmarks and is reported as failed")
+        else:
+            notes.append(f"faces: {backend} landmarks; FAD/CSIM frames aligned by their own 5 points (eye centres, nose tip, mouth "
+                         "corners) onto insightface's 112x112 template; frames without landmarks use the nearest frame's (counted per clip)")
 
     real_row = not args.no_real_row
     if args.tiled:
@@ -380,22 +396,6 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
         notes.append(f"--max_frames {args.max_frames}: only the first {args.max_frames} frames of each clip are decoded")
     if args.frame_stride > 1:
         notes.append(f"--frame_stride {args.frame_stride}: FAD and CSIM use every {args.frame_stride}th frame")
-    cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
-                     csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device, face_backend=args.face_backend,
-                     insightface_root=args.insightface_root, mouth_detector=args.mouth_detector)
-    ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
-    if not args.aligned and (metrics or args.mouth):
-        try:
-            backend = backend_name(ctx.face_detector())
-        except (ImportError, ValueError) as e:
-            raise SystemExit(f"stccl-eval --face_backend {args.face_backend}: {e}")
-        if backend == "haar":
-            why = "--face_backend haar" if args.face_backend == "haar" else "the `landmarks` extra (dlib) is not installed"
-            notes.append(f"faces: Haar backend ({why}): FAD/CSIM alignment places the 5-point template in one Haar box per clip "
-                         "(APPROXIMATE); --mouth on real faces needs 68-point landmarks and is reported as failed")
-        else:
-            notes.append(f"faces: {backend} landmarks; FAD/CSIM frames aligned by their own 5 points (eye centres, nose tip, mouth "
-                         "corners) onto insightface's 112x112 template; frames without landmarks use the nearest frame's (counted per clip)")
     if "lse" in metrics:
         notes.append("LSE: video resampled to 25 fps by nearest-frame index where the clip has another frame rate; SyncNet crops from the clip's face box")
 
