@@ -223,7 +223,7 @@ def test_stccl_eval_mouth_on_a_real_comparison_video(real_source_tile, tmp_path)
     res = json.loads((out / "results.json").read_text())
     for method in ("STCCL_VD", "NED"):
         agg = res["methods"][method]
-        for key in ("M-LMD", "F-LMD", "mouth_corr", "mouth_lag", "landmark_coverage_total"):
+        for key in ("M-LMD", "F-LMD", "mouth_corr", "mouth_lag", "mouth_lag_median", "landmark_coverage_total"):
             assert agg.get(key) is not None, f"{method} has no {key}"
         assert agg["paired_frames_total"] == 30 and 0.8 <= agg["landmark_coverage_total"] <= 1.0
         assert 0 < agg["M-LMD"] < 30

@@ -19,9 +19,10 @@ loudly that the numbers are meaningless.
 Further measures (plug-ins, a second Markdown table and the JSON; reference/real clip = anchor,
 generated = target, frames paired by index): ``--mouth`` (mouth preservation, :mod:`.mouth`: on
 real faces M-LMD, F-LMD and the inner-lip opening curve from 68-point landmarks, with the frames
-without a face counted; on data.synthetic faces the exact pixel detector) and ``--analysis_metric DIR [--analysis_untrained]`` (per-layer pos/neg similarity
-of an STCCL metric, the paper's Fig. 3/7/8, via :mod:`stccl_diffusers.analysis`; also
-``correlation_analysis.png``). ``--metrics none`` runs only these.
+without a face counted; on data.synthetic faces the exact pixel detector) and
+``--analysis_metric DIR [--analysis_untrained]`` (per-layer pos/neg similarity of an STCCL metric,
+the paper's Fig. 3/7/8, via :mod:`stccl_diffusers.analysis`; also ``correlation_analysis.png``).
+``--metrics none`` runs only these.
 """
 
 from __future__ import annotations

@@ -338,10 +338,12 @@ def mouth_pair_metric(pair, ctx=None) -> dict:
         mode = "synthetic" if is_synthetic_face(np.asarray(pair.real[0])) else "landmarks"
     if mode == "synthetic":
         r = mouth_preservation(pair.real, pair.generated)
-        out = {k: r[k] for k in ("mouth_corr", "mouth_mae", "mouth_lag")}
+        out = {k: r[k] for k in ("mouth_corr", "mouth_mae", "mouth_lag", "mouth_lag_corr")}
         out["mouth_detector"] = "synthetic"
         if r["note"]:
             out["mouth_note"] = r["note"]
+        if ctx is not None:
+            ctx.counters.setdefault(pair.method, {}).setdefault("lags", []).append(out["mouth_lag"])
         return out
     if mode != "landmarks":
         raise ValueError(f"expected mouth_detector 'auto', 'synthetic' or 'landmarks', got {mode!r}")
@@ -357,14 +359,18 @@ def mouth_pair_metric(pair, ctx=None) -> dict:
     for k in ("faceless_anchor", "faceless_generated", "paired_frames"):
         c[k] = c.get(k, 0) + out[k]
     c["both_found"] = c.get("both_found", 0) + out["lmd_frames"]
+    if "mouth_lag" in out:
+        c.setdefault("lags", []).append(out["mouth_lag"])
     return out
 
 
 def mouth_set_metric(method: str, ctx) -> dict:
-    """``stccl-eval --mouth`` per-method totals of the landmark accounting: frames without a face
-    in the anchor / generated clips (summed over clips) and the overall landmark coverage."""
-    c = ctx.counters.get(method)
-    if not c or not c.get("paired_frames"):
-        return {}
-    return {"faceless_anchor_total": int(c["faceless_anchor"]), "faceless_generated_total": int(c["faceless_generated"]),
-            "paired_frames_total": int(c["paired_frames"]), "landmark_coverage_total": float(c["both_found"] / c["paired_frames"])}
+    """``stccl-eval --mouth`` per method: the median best lag over clips (a mean of lags hides that
+    most clips agree), and the totals of the landmark accounting: frames without a face in the
+    anchor / generated clips (summed over clips) and the overall landmark coverage."""
+    c = ctx.counters.get(method) or {}
+    out = {"mouth_lag_median": float(np.median(c["lags"]))} if c.get("lags") else {}
+    if c.get("paired_frames"):
+        out.update({"faceless_anchor_total": int(c["faceless_anchor"]), "faceless_generated_total": int(c["faceless_generated"]),
+                    "paired_frames_total": int(c["paired_frames"]), "landmark_coverage_total": float(c["both_found"] / c["paired_frames"])})
+    return out

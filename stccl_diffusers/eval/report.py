@@ -15,8 +15,8 @@ __all__ = ["TABLE_COLUMNS", "MOUTH_COLUMNS", "format_table", "format_mouth_table
 TABLE_COLUMNS = [("FAD", "FAD↓", False), ("LSE-D", "LSE-D↓", False), ("LSE-C", "LSE-C↑", True), ("CSIM", "CSIM↑", True)]
 # --mouth (result key, header); the keys of the mouth section are left out of the generic table.
 MOUTH_COLUMNS = [("M-LMD", "M-LMD↓"), ("F-LMD", "F-LMD↓"), ("mouth_corr", "opening corr↑"), ("mouth_mae", "opening MAE↓"),
-                 ("mouth_lag", "best lag"), ("mouth_lag_corr", "corr at best lag")]
-_MOUTH_KEYS = {k for k, _ in MOUTH_COLUMNS} | {"mouth_frames", "lmd_frames", "faceless_anchor", "faceless_generated",
+                 ("mouth_lag_median", "best lag (median)"), ("mouth_lag_corr", "corr at best lag")]
+_MOUTH_KEYS = {k for k, _ in MOUTH_COLUMNS} | {"mouth_lag", "mouth_frames", "lmd_frames", "faceless_anchor", "faceless_generated",
                                                "landmark_coverage", "paired_frames", "faceless_anchor_total", "faceless_generated_total",
                                                "paired_frames_total", "landmark_coverage_total"}
 _CORE_KEYS = {"num_clips", "FAD", "LSE-D", "LSE-C", "CSIM", "offset_median", "lse_curve_mean", "fad_note", "fad_eps", "lse_windows"}

@@ -113,7 +113,7 @@ class EvalContext:
     detector: Optional[Callable] = None  # built from config.face_backend on first use
     tracks: Dict[str, LandmarkTrack] = field(default_factory=dict)
     # per-method counters of plug-ins (e.g. --mouth's faceless frames), read by their set metrics
-    counters: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    counters: Dict[str, Dict[str, object]] = field(default_factory=dict)
 
     def face_detector(self):
         if self.detector is None:
