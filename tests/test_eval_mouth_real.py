@@ -254,3 +254,10 @@ def test_insightface_backend_without_a_pack_folder_is_a_one_line_error(tmp_path)
     with pytest.raises(SystemExit, match="--face_backend insightface: .*needs insightface_root"):
         main(["--reference_dir", str(tmp_path), "--generated", f"x={tmp_path}", "--metrics", "none", "--mouth",
               "--face_backend", "insightface", "--output_dir", str(tmp_path / "out")])
+
+
+def test_mouth_without_weights_suggests_metrics_none(tmp_path):
+    from stccl_diffusers.eval.cli import main
+
+    with pytest.raises(SystemExit, match="needs weights.*add --metrics none to run only --mouth"):
+        main(["--reference_dir", str(tmp_path), "--generated", f"x={tmp_path}", "--mouth", "--output_dir", str(tmp_path / "out")])

@@ -332,7 +332,8 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     try:
         models, random_parts = _build_models(args, metrics)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stccl-eval: {e}")
+        hint = "; or add --metrics none to run only --mouth / --analysis_metric" if (args.mouth or args.analysis_metric) else ""
+        raise SystemExit(f"stccl-eval: {e}{hint}")
     cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
                      csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device, face_backend=args.face_backend,
                      insightface_root=args.insightface_root, mouth_detector=args.mouth_detector)
