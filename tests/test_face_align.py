@@ -206,3 +206,13 @@ def test_dlib_five_points_are_insightface_order_from_the_68():
     np.testing.assert_allclose(five_points_from_68(p68), [[10, 20], [50, 20], [30, 40], [15, 60], [45, 60]])
     with pytest.raises(ValueError, match=r"expected \(68, 2\)"):
         five_points_from_68(p68[:5])
+
+
+def test_dlib_backend_upsamples_only_when_the_face_is_too_small(astronaut):
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    from stccl_diffusers.data.face_align import DlibLandmarkDetector
+
+    small = np.ascontiguousarray(cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA))  # a 45-px face
+    assert DlibLandmarkDetector(upsample=0)(small) is None  # dlib's HOG window is 80 px
+    lm = DlibLandmarkDetector()(small)  # default: as it is, then once upsampled
+    assert lm is not None and lm.points68.shape == (68, 2) and 35 < lm.box[2] < 60

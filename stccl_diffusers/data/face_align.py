@@ -231,7 +231,7 @@ class DlibLandmarkDetector:
     (the ``landmarks`` extra; nothing is downloaded). ``points``: the eye centres (mean of iBUG
     points 36-41 and 42-47) and the mouth centre (mean of 48-67); ``points68`` keeps all 68."""
 
-    def __init__(self, upsample: int = 1):
+    def __init__(self, upsample: Optional[int] = None):
         try:
             import dlib
         except ImportError as e:
@@ -241,13 +241,17 @@ class DlibLandmarkDetector:
             raise ValueError(f"expected dlib's 68-point predictor at {path!r} (from face_recognition_models), it is missing")
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(path)
-        self.upsample = int(upsample)
+        # None: the image as it is, then upsampled once only when no face was found. On 256-px
+        # real_pairs tiles both find the same frames (1132 of 1146) and the first pass is 3x cheaper.
+        self.upsample = None if upsample is None else int(upsample)
 
     def __call__(self, image: np.ndarray) -> Optional[Landmarks]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB image (H, W, 3) uint8, got {image.shape} {image.dtype}")
         image = np.ascontiguousarray(image)
-        rects = self.detector(image, self.upsample)
+        rects = self.detector(image, 0 if self.upsample is None else self.upsample)
+        if len(rects) == 0 and self.upsample is None:
+            rects = self.detector(image, 1)
         if len(rects) == 0:
             return None
         r = max(rects, key=lambda r: r.width() * r.height())
