@@ -68,6 +68,9 @@ class EATSTCCLConfig(TalkingClipsConfig):
     """Then a linear ramp of the weight over this many steps."""
     crop_size: int = 112
     """Face crops (from `bboxs`) fed to the metric; the metric resizes to its input_size."""
+    face_boxes: str = "frame"
+    """`bboxs` of `data=clips`: `frame` (the whole frame: clips are face crops) or `track` (per-frame
+    boxes of a face track over each clip, `data.face_align.face_track`; faceless clips are skipped)."""
 
     # -- data ------------------------------------------------------------------------------
     data: str = "clips"
@@ -123,10 +126,11 @@ def build_data(cfg: EATSTCCLConfig, progress: bool = True):
             # Validation (demo only): other identities and sentences than training, in a sibling the demo owns.
             prepare_clip_folder(f"{cfg.data_dir}_val", True, speakers=1, clips=1, size=size, seed=cfg.validation_seed)
         train_set = TalkingClipDataset(cfg.data_dir, EAT_EMOTION_NAMES, cfg.num_frames, cfg.resolution,
-                                       windows_per_clip=cfg.windows_per_clip, progress=progress, crop=cfg.crop)
+                                       windows_per_clip=cfg.windows_per_clip, progress=progress, crop=cfg.crop,
+                                       face_boxes=cfg.face_boxes)
         val_dir = f"{cfg.data_dir}_val" if Path(f"{cfg.data_dir}_val").is_dir() else cfg.data_dir
         held_out = TalkingClipDataset(val_dir, EAT_EMOTION_NAMES, cfg.validation_frames, cfg.resolution,
-                                      windows_per_clip=1, progress=progress, crop=cfg.crop)
+                                      windows_per_clip=1, progress=progress, crop=cfg.crop, face_boxes=cfg.face_boxes)
         emotional = [held_out[i] for i in range(len(held_out)) if int(held_out[i]["emotion"]) != 5]
         val_batch = eat_collate((emotional or [held_out[0]])[: cfg.num_validation_clips])
         return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1]

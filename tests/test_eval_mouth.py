@@ -117,4 +117,5 @@ def test_stccl_eval_mouth_flag_adds_per_method_columns(tmp_path):
     assert any(s["method"] == "reference (real)" and "mouth" in s["reason"] for s in res["skipped"])
     assert any("frozen" in c.get("mouth_note", "") for c in res["clips"] if c["method"] == "frozen")
     md = (out / "results.md").read_text()
-    assert "mouth_corr" in md and "mouth_mae" in md and "--mouth" in md
+    assert "## Mouth" in md and "opening corr" in md and "opening MAE" in md and "--mouth" in md
+    assert all(c.get("mouth_detector") == "synthetic" for c in res["clips"] if c["method"] != "reference (real)")

@@ -180,3 +180,39 @@ def test_dlib_backend_finds_68_landmarks_on_a_real_mead_tile():
     assert left[0] < right[0] and mouth[1] > max(left[1], right[1])  # eyes level-ish, mouth below
     x, y, bw, bh = lm.box
     assert (lm.points68[:, 0] > x - bw).all() and (lm.points68[:, 0] < x + 2 * bw).all()
+
+
+def test_insightface_backend_accepts_the_unpacked_pack_folder_itself(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("insightface") is not None:
+        pytest.skip("insightface is installed: an empty .onnx would be handed to onnxruntime (no real pack here)")
+    pack = tmp_path / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    (pack / "det_10g.onnx").write_bytes(b"")
+    # The folder check passes for the pack folder itself (no 'models/buffalo_l/' under it); what is
+    # missing next is the insightface package, named with its install command.
+    with pytest.raises(ImportError, match="pip install insightface onnxruntime"):
+        InsightFaceLandmarkDetector(str(pack))
+    with pytest.raises(ValueError, match="model pack not found"):
+        InsightFaceLandmarkDetector(str(tmp_path / "models"))
+
+
+def test_dlib_five_points_are_insightface_order_from_the_68():
+    from stccl_diffusers.data.face_align import five_points_from_68
+
+    p68 = np.zeros((68, 2), np.float32)
+    p68[36:42], p68[42:48], p68[30], p68[48], p68[54] = (10, 20), (50, 20), (30, 40), (15, 60), (45, 60)
+    np.testing.assert_allclose(five_points_from_68(p68), [[10, 20], [50, 20], [30, 40], [15, 60], [45, 60]])
+    with pytest.raises(ValueError, match=r"expected \(68, 2\)"):
+        five_points_from_68(p68[:5])
+
+
+def test_dlib_backend_upsamples_only_when_the_face_is_too_small(astronaut):
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    from stccl_diffusers.data.face_align import DlibLandmarkDetector
+
+    small = np.ascontiguousarray(cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA))  # a 45-px face
+    assert DlibLandmarkDetector(upsample=0)(small) is None  # dlib's HOG window is 80 px
+    lm = DlibLandmarkDetector()(small)  # default: as it is, then once upsampled
+    assert lm is not None and lm.points68.shape == (68, 2) and 35 < lm.box[2] < 60

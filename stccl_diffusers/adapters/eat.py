@@ -190,7 +190,8 @@ def eat_collate(items: Sequence[Dict[str, Any]], n_mels: int = 20, context: int 
     """Talking-clip items (:class:`~stccl_diffusers.training.clips.TalkingClipDataset` built with
     :data:`EAT_EMOTION_NAMES`) -> an EAT-style batch: ``source`` ``(B, 3, H, W)`` and ``driving``
     ``(B, T, 3, H, W)`` in ``[0, 1]``, ``audio`` ``(B, T, n_mels * (2 * context + 1))`` per-frame
-    log-mel, ``y_trg`` ``(B,)`` EAT labels, ``bboxs`` ``(B, T, 4)`` pixels, ``waveform`` ``(B, N)``
+    log-mel, ``y_trg`` ``(B,)`` EAT labels, ``bboxs`` ``(B, T, 4)`` x1, y1, x2, y2 pixels (the items'
+    per-frame ``face_boxes`` from a face track when present, else their ``face_box``), ``waveform`` ``(B, N)``
     (for validation videos), ``fps``."""
     from ..models.reference_dice import audio_frame_features
 
@@ -207,7 +208,9 @@ def eat_collate(items: Sequence[Dict[str, Any]], n_mels: int = 20, context: int 
         "driving": frames.add(1).div(2),
         "audio": audio_frame_features(waveform, 16000, fps, t, n_mels=n_mels, context=context),
         "y_trg": y,
-        "bboxs": stack("face_box").float().view(b, 1, 4).expand(b, t, 4).contiguous(),
+        # Per-frame face tracks when the dataset has them (face_boxes="track"), else one box per clip.
+        "bboxs": (stack("face_boxes").float() if all("face_boxes" in it for it in items)
+                  else stack("face_box").float().view(b, 1, 4).expand(b, t, 4).contiguous()),
         "waveform": waveform,
         "fps": fps,
     }

@@ -4,7 +4,8 @@ Functional core (numpy / torch, no I/O): :func:`frechet_distance`, :func:`fad_fr
 :func:`sync_offset_search`, :func:`mfcc`, :func:`cosine_similarity_score`, :func:`align_face_112`.
 Shells: :class:`SyncNet` (public ``syncnet_v2.model`` layout), :func:`compute_lse`,
 :func:`arcface_embeddings`, :func:`run_evaluation` (pluggable per-pair / per-method metrics).
-Plug-ins: :func:`mouth_pair_metric` (``--mouth``; core :func:`mouth_opening`, :func:`mouth_preservation`)
+Plug-ins: :func:`mouth_pair_metric` (``--mouth``; core :func:`mouth_opening` for synthetic faces,
+:func:`landmark_distances` (M-LMD, F-LMD) and :func:`lip_opening_curve` for real ones, :func:`mouth_preservation`)
 and :class:`CorrelationAnalysis` (``--analysis_metric``; core in :mod:`stccl_diffusers.analysis`).
 """
 
@@ -13,7 +14,7 @@ from .faces import ARCFACE_TEMPLATE_112, align_face_112, landmarks_from_box, syn
 from .fad import FADResult, arcface_embeddings, fad_from_embeddings, frechet_distance
 from .lse import LSEResult, compute_lse, sync_offset_search, syncnet_features
 from .mfcc import mfcc
-from .mouth import mouth_opening, mouth_opening_curve, mouth_pair_metric, mouth_preservation
+from .mouth import landmark_distances, lip_opening_curve, mouth_opening, mouth_opening_curve, mouth_pair_metric, mouth_preservation
 from .runner import ClipPair, EvalConfig, EvalContext, MetricSkipped, run_evaluation
 from .syncnet import SyncNet, build_syncnet, load_syncnet_state_dict
 from .cli import CorrelationAnalysis
@@ -37,7 +38,9 @@ __all__ = [
     "encode_faces",
     "fad_from_embeddings",
     "frechet_distance",
+    "landmark_distances",
     "landmarks_from_box",
+    "lip_opening_curve",
     "load_syncnet_state_dict",
     "mfcc",
     "mouth_opening",

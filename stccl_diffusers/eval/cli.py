@@ -17,10 +17,12 @@ Writes ``results.json``, ``results.md`` (Table I: FAD↓ LSE-D↓ LSE-C↑ CSIM�
 loudly that the numbers are meaningless.
 
 Further measures (plug-ins, a second Markdown table and the JSON; reference/real clip = anchor,
-generated = target, frames paired by index): ``--mouth`` (mouth preservation on synthetic faces,
-:mod:`.mouth`) and ``--analysis_metric DIR [--analysis_untrained]`` (per-layer pos/neg similarity
-of an STCCL metric, the paper's Fig. 3/7/8, via :mod:`stccl_diffusers.analysis`; also
-``correlation_analysis.png``). ``--metrics none`` runs only these.
+generated = target, frames paired by index): ``--mouth`` (mouth preservation, :mod:`.mouth`: on
+real faces M-LMD, F-LMD and the inner-lip opening curve from 68-point landmarks, with the frames
+without a face counted; on data.synthetic faces the exact pixel detector) and
+``--analysis_metric DIR [--analysis_untrained]`` (per-layer pos/neg similarity of an STCCL metric,
+the paper's Fig. 3/7/8, via :mod:`stccl_diffusers.analysis`; also ``correlation_analysis.png``).
+``--metrics none`` runs only these.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import torch
 
 from .csim import build_iresnet_encoder, resolve_csim_encoder
 from .eval_io import VIDEO_EXTS, extract_audio_16k, read_frame_folder, read_video, read_wav_16k
+from ..data.face_align import backend_name
 from .faces import find_label_mask, mask_tile_label
-from .report import format_table, random_init_banner, write_json, write_markdown, write_plots
+from .report import format_mouth_table, format_table, write_mouth_plot, random_init_banner, write_json, write_markdown, write_plots
 from .runner import ClipPair, EvalConfig, EvalContext, run_evaluation
 from .syncnet import build_syncnet
 
@@ -58,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--audio_from", choices=("generated", "reference"), default="generated", help="whose audio track drives LSE")
     src.add_argument("--fps", type=float, default=25.0, help="frame rate of frame folders")
     src.add_argument("--aligned", action="store_true", help="frames are already face crops: resize instead of detecting and aligning")
+    src.add_argument("--face_backend", choices=("auto", "dlib", "insightface", "haar"), default="auto",
+                     help="landmarks for FAD/CSIM alignment and --mouth: auto = dlib when the `landmarks` extra is installed, else Haar "
+                          "(approximate alignment, no --mouth on real faces; said in the output)")
+    src.add_argument("--insightface_root", type=str, help="local insightface model pack for --face_backend insightface "
+                     "(the unpacked buffalo_l/ under models/, or the folder holding models/; never downloaded)")
     src.add_argument("--no_real_row", action="store_true", help="do not evaluate the real clips as a row of their own")
     w = p.add_argument_group("weights")
     w.add_argument("--arcface_weights", type=str, help="insightface backbone.pth for FAD (depth read from the file)")
@@ -81,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared machine)")
     r.add_argument("--no_progress", action="store_true")
     x = p.add_argument_group("further measures (reference clip = anchor, generated = target, frames paired by index)")
-    x.add_argument("--mouth", action="store_true", help="mouth preservation (mouth_corr, mouth_mae, mouth_lag) with the pixel detector of "
-                   "eval.mouth; for data.synthetic faces only")
+    x.add_argument("--mouth", action="store_true", help="mouth preservation against the real clip: M-LMD, F-LMD (pixels at 256 px height), "
+                   "inner-lip opening corr / MAE / lag and landmark coverage on real faces; corr / MAE / lag on data.synthetic faces")
+    x.add_argument("--mouth_detector", choices=("auto", "synthetic", "landmarks"), default="auto",
+                   help="auto: the exact pixel detector when the anchor is a data.synthetic face, else 68-point landmarks")
     x.add_argument("--analysis_metric", type=str, help="save_pretrained STCCLMetric folder: per-layer pos/neg similarity (paper Fig. 3/7/8)")
     x.add_argument("--analysis_untrained", action="store_true", help="also an untrained metric of the same config (fresh init, --seed)")
     x.add_argument("--analysis_frames", type=int, default=2, help="frames per analysis window (>= 2 when the metric uses TCC)")
@@ -263,11 +273,16 @@ def _extra_metrics(args, notes: List[str]):
     """Plug-ins requested by flags: (pair metrics, set metrics, CorrelationAnalysis or None)."""
     pair, per_set, analysis = [], [], None
     if args.mouth:
-        from .mouth import mouth_pair_metric
+        from .mouth import mouth_pair_metric, mouth_set_metric
 
         pair.append(mouth_pair_metric)
-        notes.append("--mouth: pixel mouth-opening detector for data.synthetic faces (eval.mouth); anchor = real clip, frames paired "
-                     "by index; mouth_mae in face-width units, mouth_lag > 0 = generated mouth late")
+        per_set.append(mouth_set_metric)
+        notes.append("--mouth: anchor = real clip, frames paired by index, mouth_lag > 0 = generated mouth late. Real faces: 68-point "
+                     "landmarks; M-LMD / F-LMD = mean distance over the mouth (48-67) / all 68 points after a per-frame similarity on "
+                     "the stable points (nose, eye corners), in pixels at 256 px frame height; opening = inner-lip gap (61-67, 62-66, "
+                     "63-65) / outer-eye-corner distance, mouth_mae in those units; frames without a face in either clip are left "
+                     "out and counted (faceless_*, landmark_coverage). data.synthetic faces: the pixel detector of eval.mouth, "
+                     "mouth_mae in face widths")
     if args.analysis_untrained and not args.analysis_metric:
         raise SystemExit("--analysis_untrained needs --analysis_metric DIR (the untrained metric copies its config)")
     if args.analysis_metric:
@@ -317,7 +332,24 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     try:
         models, random_parts = _build_models(args, metrics)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"stccl-eval: {e}")
+        hint = "; or add --metrics none to run only --mouth / --analysis_metric" if (args.mouth or args.analysis_metric) else ""
+        raise SystemExit(f"stccl-eval: {e}{hint}")
+    cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
+                     csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device, face_backend=args.face_backend,
+                     insightface_root=args.insightface_root, mouth_detector=args.mouth_detector)
+    ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
+    if not args.aligned and (metrics or args.mouth):
+        try:
+            backend = backend_name(ctx.face_detector())
+        except (ImportError, ValueError) as e:
+            raise SystemExit(f"stccl-eval --face_backend {args.face_backend}: {e}")
+        if backend == "haar":
+            why = "--face_backend haar" if args.face_backend == "haar" else "the `landmarks` extra (dlib) is not installed"
+            notes.append(f"faces: Haar backend ({why}): FAD/CSIM alignment places the 5-point template in one Haar box per clip "
+                         "(APPROXIMATE); --mouth on real faces needs 68-point landmarks and is reported as failed")
+        else:
+            notes.append(f"faces: {backend} landmarks; FAD/CSIM frames aligned by their own 5 points (eye centres, nose tip, mouth "
+                         "corners) onto insightface's 112x112 template; frames without landmarks use the nearest frame's (counted per clip)")
 
     real_row = not args.no_real_row
     if args.tiled:
@@ -366,14 +398,9 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
         notes.append(f"--max_frames {args.max_frames}: only the first {args.max_frames} frames of each clip are decoded")
     if args.frame_stride > 1:
         notes.append(f"--frame_stride {args.frame_stride}: FAD and CSIM use every {args.frame_stride}th frame")
-    if not args.aligned and metrics:
-        notes.append("faces: one OpenCV Haar box per clip; ArcFace alignment places the 5-point template in that box (approximate, no landmark detector)")
     if "lse" in metrics:
         notes.append("LSE: video resampled to 25 fps by nearest-frame index where the clip has another frame rate; SyncNet crops from the clip's face box")
 
-    cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
-                     csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device)
-    ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
     from .runner import DEFAULT_PAIR_METRICS, DEFAULT_SET_METRICS
 
     pair_metrics = [DEFAULT_PAIR_METRICS[m] for m in metrics] + extra_pair
@@ -393,6 +420,9 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     write_json(result, out / "results.json")
     write_markdown(result, out / "results.md")
     plots = write_plots(result, out)
+    if args.mouth:
+        mouth_png = write_mouth_plot(result, out)
+        plots += [mouth_png] if mouth_png else []
     if analysis is not None:
         from ..analysis import plot_similarities
 
@@ -405,6 +435,9 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     if random_parts:
         print("\n" + random_init_banner(random_parts) + "\n")
     print(format_table(result))
+    mouth = format_mouth_table(result)
+    if mouth:
+        print("\nMouth (anchor = the real clip):\n" + mouth)
     n_bad = len(result["unreadable"])
     print(f"\n{len(result['clips'])} clip pairs, {n_bad} unreadable/failed{' (see results.md)' if n_bad else ''}; "
           f"wrote {out / 'results.json'}, {out / 'results.md'}, {', '.join(Path(p).name for p in plots)}; {result['wall_seconds']:.1f} s")

@@ -9,10 +9,16 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["TABLE_COLUMNS", "format_table", "write_json", "write_markdown", "write_plots", "random_init_banner"]
+__all__ = ["TABLE_COLUMNS", "MOUTH_COLUMNS", "format_table", "format_mouth_table", "write_mouth_plot", "write_json", "write_markdown", "write_plots", "random_init_banner"]
 
 # (result key, header, higher is better)
 TABLE_COLUMNS = [("FAD", "FAD↓", False), ("LSE-D", "LSE-D↓", False), ("LSE-C", "LSE-C↑", True), ("CSIM", "CSIM↑", True)]
+# --mouth (result key, header); the keys of the mouth section are left out of the generic table.
+MOUTH_COLUMNS = [("M-LMD", "M-LMD↓"), ("F-LMD", "F-LMD↓"), ("mouth_corr", "opening corr↑"), ("mouth_mae", "opening MAE↓"),
+                 ("mouth_lag_median", "best lag (median)"), ("mouth_lag_corr", "corr at best lag")]
+_MOUTH_KEYS = {k for k, _ in MOUTH_COLUMNS} | {"mouth_lag", "mouth_frames", "lmd_frames", "faceless_anchor", "faceless_generated",
+                                               "landmark_coverage", "paired_frames", "faceless_anchor_total", "faceless_generated_total",
+                                               "paired_frames_total", "landmark_coverage_total"}
 _CORE_KEYS = {"num_clips", "FAD", "LSE-D", "LSE-C", "CSIM", "offset_median", "lse_curve_mean", "fad_note", "fad_eps", "lse_windows"}
 
 
@@ -51,6 +57,27 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_mouth_table(result: dict) -> Optional[str]:
+    """Markdown table of ``--mouth`` (None when no method has mouth numbers): per method the means
+    over clips of M-LMD, F-LMD, opening corr / MAE / best lag, and the landmark accounting over all
+    paired frames (coverage = share with a face in both clips; faceless = frames without a face in
+    the real (anchor) / generated clip)."""
+    per = result["methods"]
+    rows = [m for m in result["method_order"] if any(per[m].get(k) is not None for k, _ in MOUTH_COLUMNS)]
+    if not rows:
+        return None
+    lines = ["| Method | " + " | ".join(h for _, h in MOUTH_COLUMNS) + " | landmark coverage | faceless real / generated | clips |",
+             "|" + "---|" * (len(MOUTH_COLUMNS) + 4)]
+    for m in rows:
+        r = per[m]
+        cov = r.get("landmark_coverage_total")
+        faceless = (f"{r['faceless_anchor_total']} / {r['faceless_generated_total']} of {r['paired_frames_total']}"
+                    if "paired_frames_total" in r else "—")
+        lines.append(f"| {m} | " + " | ".join(_fmt(r.get(k)) for k, _ in MOUTH_COLUMNS)
+                     + f" | {'—' if cov is None else f'{100 * cov:.1f} %'} | {faceless} | {r.get('mouth_corr_n', r.get('num_clips', 0))} |")
+    return "\n".join(lines)
+
+
 def write_json(result: dict, path: str | os.PathLike) -> None:
     Path(path).write_text(json.dumps(result, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
@@ -59,7 +86,7 @@ def _extra_table(result: dict) -> Optional[str]:
     """Numbers from plug-in metrics (anything beyond Table I), one row per method."""
     per = result["methods"]
     keys = sorted({k for m in per.values() for k, v in m.items()
-                   if isinstance(v, (int, float)) and not k.endswith("_n") and k not in _CORE_KEYS and not k.startswith(("fad_", "lse_"))})
+                   if isinstance(v, (int, float)) and not k.endswith("_n") and k not in _CORE_KEYS and k not in _MOUTH_KEYS and not k.startswith(("fad_", "lse_"))})
     if not keys:
         return None
     lines = ["| Method | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
@@ -82,6 +109,18 @@ def write_markdown(result: dict, path: str | os.PathLike) -> str:
             parts.append(f"- FAD {m}: {note}")
     parts += [f"- {n}" for n in result.get("notes", [])]
     parts.append("")
+    mouth = format_mouth_table(result)
+    if mouth:
+        parts += ["## Mouth (--mouth; anchor = the real clip)", "", mouth, "", "Per clip:", "",
+                  "| Clip | Method | M-LMD | F-LMD | opening corr | opening MAE | best lag | corr at best lag | faceless real / generated |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in result["clips"]:
+            if c.get("mouth_corr") is None and c.get("M-LMD") is None:
+                continue
+            faceless = f"{c['faceless_anchor']} / {c['faceless_generated']} of {c['paired_frames']}" if "paired_frames" in c else "—"
+            parts.append(f"| {c['clip']} | {c['method']} | " + " | ".join(_fmt(c.get(k)) for k in ("M-LMD", "F-LMD", "mouth_corr", "mouth_mae"))
+                         + f" | {c.get('mouth_lag', '—')} | {_fmt(c.get('mouth_lag_corr'))} | {faceless} |")
+        parts.append("")
     extra = _extra_table(result)
     if extra:
         parts += ["## Further measures (averaged per method)", "", extra, ""]
@@ -148,3 +187,42 @@ def write_plots(result: dict, out_dir: str | os.PathLike) -> List[str]:
         plt.close(fig)
         written.append(str(p))
     return written
+
+
+def write_mouth_plot(result: dict, out_dir: str | os.PathLike, max_clips: int = 16) -> Optional[str]:
+    """``mouth_curves.png``: per clip, the real (anchor) clip's mouth-opening curve and each
+    method's, with the opening correlation in the legend; gaps are frames without a face."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_clip: Dict[str, list] = {}
+    for c in result["clips"]:
+        if c.get("anchor_curve") is not None and c.get("generated_curve") is not None:
+            by_clip.setdefault(c["clip"], []).append(c)
+    if not by_clip:
+        return None
+    names = list(by_clip)[:max_clips]
+    cols = min(3, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 2.4 * rows), squeeze=False)
+    to_arr = lambda v: np.array([np.nan if x is None else x for x in v], float)  # noqa: E731
+    for ax, name in zip(axes.ravel(), names):
+        recs = by_clip[name]
+        ax.plot(to_arr(recs[0]["anchor_curve"]), color="k", lw=1.6, label="real (anchor)")
+        for i, c in enumerate(recs):
+            ax.plot(to_arr(c["generated_curve"]), lw=1.0, color=f"C{i}", label=f"{c['method']} (corr {_fmt(c.get('mouth_corr'))})")
+        ax.set_title(name, fontsize=8)
+        ax.legend(fontsize=6, loc="upper right")
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    unit = "inner-lip gap / inter-ocular distance" if any("LMD" in k for c in result["clips"] for k in c) else "face widths"
+    fig.supxlabel("frame", fontsize=8)
+    fig.supylabel(f"mouth opening ({unit})", fontsize=8)
+    fig.tight_layout()
+    p = Path(out_dir) / "mouth_curves.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return str(p)

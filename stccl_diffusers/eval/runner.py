@@ -20,6 +20,7 @@ import torch
 
 from .csim import cosine_similarity_score, encode_faces
 from .eval_io import nearest_frame_indices
+from ..data.face_align import LandmarkTrack, backend_name, landmark_track, make_detector
 from .faces import NoFaceError, align_face_112, clip_face_box, face_track, landmarks_from_box, syncnet_crop
 from .fad import arcface_embeddings, fad_from_embeddings
 from .lse import SYNCNET_FPS, compute_lse
@@ -83,6 +84,9 @@ class EvalConfig:
     csim_mode: str = "frame"
     batch_size: int = 32
     device: str = "cpu"
+    face_backend: str = "auto"  # landmarks for FAD/CSIM alignment and --mouth: auto (dlib if installed), dlib, insightface, haar
+    insightface_root: Optional[str] = None  # local insightface model pack (backend insightface); never downloaded
+    mouth_detector: str = "auto"  # --mouth: auto (synthetic detector on data.synthetic faces, else landmarks), synthetic, landmarks
 
 
 @dataclass
@@ -106,10 +110,28 @@ class EvalContext:
     # FAD sets: method -> {clip key -> embeddings}
     fad_real: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
     fad_gen: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    detector: Optional[Callable] = None  # built from config.face_backend on first use
+    tracks: Dict[str, LandmarkTrack] = field(default_factory=dict)
+    # per-method counters of plug-ins (e.g. --mouth's faceless frames), read by their set metrics
+    counters: Dict[str, Dict[str, object]] = field(default_factory=dict)
+
+    def face_detector(self):
+        if self.detector is None:
+            self.detector = make_detector(self.config.face_backend, self.config.insightface_root)
+        return self.detector
+
+    def landmarks(self, key: str, frames: np.ndarray) -> LandmarkTrack:
+        """The clip's landmark track (one detector pass per clip key, shared by all metrics)."""
+        if key not in self.tracks:
+            self.tracks[key] = landmark_track(np.asarray(frames), self.face_detector())
+        return self.tracks[key]
 
     def crops(self, key: str, frames: np.ndarray, fps: float) -> FaceCrops:
         if key not in self.faces:
-            self.faces[key] = prepare_faces(frames, fps, self.config)
+            track = None
+            if not self.config.aligned and self.config.face_backend != "haar" and backend_name(self.face_detector()) != "haar":
+                track = self.landmarks(key, frames)
+            self.faces[key] = prepare_faces(frames, fps, self.config, track)
         return self.faces[key]
 
     def embed(self, key: str, frames: np.ndarray, fps: float) -> np.ndarray:
@@ -125,16 +147,22 @@ class EvalContext:
     def release(self, keep: Iterable[str] = ()) -> None:
         """Drop per-clip crop caches (embeddings stay, they are small)."""
         keep = set(keep)
-        for k in [k for k in self.faces if k not in keep]:
-            del self.faces[k]
+        for cache in (self.faces, self.tracks):
+            for k in [k for k in cache if k not in keep]:
+                del cache[k]
 
 
-def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig) -> FaceCrops:
+def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig, track: Optional[LandmarkTrack] = None) -> FaceCrops:
     """Face crops of one clip: ArcFace-aligned 112x112 (every ``frame_stride``-th frame) and
-    SyncNet 224x224 BGR crops resampled to 25 fps. FAD/CSIM: one detector box per clip
-    (``clip_face_box``); SyncNet: a face track over the clip (``face_track``, running median of
-    9 frames; frames without a face take the nearest track box and are counted in the notes).
-    Raises ValueError when no face is found."""
+    SyncNet 224x224 BGR crops resampled to 25 fps.
+
+    FAD/CSIM alignment: with a landmark ``track`` giving 5 points (dlib, insightface), each frame
+    is warped by its own 5 points onto insightface's template (``norm_crop``); a frame without a
+    face uses the nearest frame's points, counted in the notes. Without one (Haar backend, or no
+    landmarks in the whole clip) the template is placed in one Haar box per clip
+    (``clip_face_box``), an approximation said in the notes. SyncNet: a Haar face track over the
+    clip (``face_track``, running median of 9 frames; frames without a face take the nearest track
+    box and are counted in the notes). Raises ValueError when no face is found."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected frames (T, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
@@ -151,19 +179,30 @@ def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig) -> FaceCro
         aligned = np.stack([cv2.resize(frames[i], (112, 112), interpolation=cv2.INTER_AREA) for i in sub])
         sync = np.stack([cv2.resize(frames[i], (224, 224))[..., ::-1] for i in idx25]) if "lse" in config.metrics else np.zeros((0, 224, 224, 3), np.uint8)
         return FaceCrops(aligned, sync, fps, notes + ["frames used as given face crops (--aligned)"])
-    box = clip_face_box(frames)
-    if box is None:
-        raise ValueError("no face found by the Haar detector")
-    lmk = landmarks_from_box(box)
-    aligned = np.stack([align_face_112(frames[i], lmk) for i in sub])
+    has5 = track is not None and track.points5 is not None and np.isfinite(track.points5[:, 0, 0]).any()
+    if has5:
+        ok = np.nonzero(np.isfinite(track.points5[:, 0, 0]))[0]
+        nearest = ok[np.abs(sub[:, None] - ok[None]).argmin(1)]
+        aligned = np.stack([align_face_112(frames[i], track.points5[j]) for i, j in zip(sub, nearest)])
+        missing = int((nearest != sub).sum())
+        if missing:
+            notes.append(f"FAD/CSIM alignment: no {track.backend} landmarks in {missing} of {len(sub)} frames (nearest frame's 5 points used)")
+    else:
+        if track is not None:
+            notes.append(f"FAD/CSIM alignment: no {track.backend} landmarks in any frame; fell back to the 5-point template placed in a Haar box")
+        box = clip_face_box(frames)
+        if box is None:
+            raise ValueError("no face found by the Haar detector")
+        lmk = landmarks_from_box(box)
+        aligned = np.stack([align_face_112(frames[i], lmk) for i in sub])
     if "lse" in config.metrics:
         try:
-            track, found = face_track(frames, window=9)
+            boxes, found = face_track(frames, window=9)
         except NoFaceError as err:
             raise ValueError(f"no face found by the Haar detector for the SyncNet track: {err}") from err
         if not found.all():
             notes.append(f"SyncNet face track: no face in {int((~found).sum())} of {len(found)} frames (nearest track box used)")
-        sync = np.stack([np.ascontiguousarray(syncnet_crop(frames[i], track[i])[..., ::-1]) for i in idx25])
+        sync = np.stack([np.ascontiguousarray(syncnet_crop(frames[i], boxes[i])[..., ::-1]) for i in idx25])
     else:
         sync = np.zeros((0, 224, 224, 3), np.uint8)
     return FaceCrops(aligned, sync, fps, notes)

@@ -29,6 +29,7 @@ class _Clip:
     audio: np.ndarray  # (N,) float32 in [-1, 1]
     fps: float
     emotion: int
+    face_boxes: np.ndarray | None = None  # (T, 4) x1, y1, x2, y2 at the training resolution (face_boxes="track")
 
 
 #: Marks a folder whose clips this package synthesized (the only folders synthesis may write to).
@@ -121,6 +122,21 @@ def _resize(frames: np.ndarray, size: int, crop: str = "center") -> np.ndarray:
     return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
 
 
+def _track_boxes(frames: np.ndarray, size: int, crop: str = "center") -> tuple[np.ndarray, int]:
+    """Per-frame face boxes of a clip at the training resolution: ((T, 4) float32 x1, y1, x2, y2,
+    frames without a face). Detected on the original frames (a 32-px frame has no detectable
+    face), then mapped through the same square window and resize as the frames (`_resize`)."""
+    from ..data.face_align import face_track
+
+    boxes, found = face_track(frames)  # NoFaceError (a ValueError) when the clip has no face
+    h, w = frames.shape[1:3]
+    top, left, side = square_window(frames, crop) if (h != w or crop == "face") else (0, 0, h)
+    s = size / side
+    x, y, bw, bh = boxes.T
+    out = np.stack([(x - left) * s, (y - top) * s, (x + bw - left) * s, (y + bh - top) * s], 1)
+    return np.clip(out, 0, size).astype(np.float32), int((~found).sum())
+
+
 class TalkingClipDataset(Dataset):
     """Windows of `num_frames` frames from a folder of labelled talking-head clips.
 
@@ -128,6 +144,12 @@ class TalkingClipDataset(Dataset):
     frame: the identity image), "audio": (T * sr / fps,) float32 waveform of the window,
     "emotion": int index into `emotions`, "face_box": (4,) x1, y1, x2, y2 in pixels (the whole
     frame: clips are face crops), "clip_index": int}.
+
+    `face_boxes="track"`: items also carry "face_boxes" (T, 4) x1, y1, x2, y2 pixels per frame, a
+    face track over the clip (`data.face_align.face_track`, running median, frames without a face
+    take the nearest detected box); EAT's `bboxs` come from it (`adapters.eat.eat_collate`). A clip
+    without any face is skipped and named; the frames without a face are counted in
+    `dataset.faceless_frames` {clip path: count}. `"frame"` (default): the whole frame.
 
     `target_fps` (DICE-Talk: 12.5): frames are first resampled from each clip's real fps to this
     rate (nearest frame), and items also carry the whole clip's audio for models that encode it
@@ -147,6 +169,7 @@ class TalkingClipDataset(Dataset):
         progress: bool = True,
         target_fps: float | None = None,
         crop: str = "center",
+        face_boxes: str = "frame",
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -163,6 +186,10 @@ class TalkingClipDataset(Dataset):
         if crop not in CROPS:
             raise ValueError(f"expected crop in {CROPS}, got {crop!r}")
         self.crop = crop
+        if face_boxes not in ("frame", "track"):
+            raise ValueError(f"expected face_boxes 'frame' or 'track', got {face_boxes!r}")
+        self.face_boxes = face_boxes
+        self.faceless_frames: dict[str, int] = {}
         files = sorted(root.rglob("*.mp4"))
         if max_clips is not None:
             files = files[:max_clips]
@@ -187,11 +214,16 @@ class TalkingClipDataset(Dataset):
                 continue
             try:
                 frames = _resize(clip.frames, resolution, crop)
-            except ValueError as err:  # NoFaceError with crop="face"
+                boxes = _track_boxes(clip.frames, resolution, crop) if face_boxes == "track" else None
+            except ValueError as err:  # NoFaceError with crop="face" or face_boxes="track"
                 self.skipped.append((str(path), str(err)))
                 continue
+            if boxes is not None:
+                boxes, missing = boxes
+                if missing:
+                    self.faceless_frames[str(path)] = missing
             self.clips.append(_Clip(str(path), frames, clip.audio.astype(np.float32), clip.fps,
-                                    self.emotions.index(emo)))
+                                    self.emotions.index(emo), boxes))
         if self.skipped:
             shown = min(5, len(self.skipped))
             warnings.warn(
@@ -238,6 +270,8 @@ class TalkingClipDataset(Dataset):
             whole[: len(clip.audio)] = clip.audio
             extra = {"clip_audio": torch.from_numpy(whole), "clip_audio_len": torch.tensor(len(clip.audio)),
                      "start_frame": torch.tensor(start)}
+        if clip.face_boxes is not None:
+            extra["face_boxes"] = torch.from_numpy(clip.face_boxes[start:start + T])
         return {
             **extra,
             "frames": frames,
