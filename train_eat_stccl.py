@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 
 from stccl_diffusers import STCCLMetric
 from stccl_diffusers.adapters.eat import (
@@ -110,11 +111,7 @@ def build_backend(cfg: EATSTCCLConfig, audio_dim: int):
     if cfg.eat_root:
         if not cfg.eat_checkpoint or not cfg.eat_config:
             raise ValueError("--eat_root needs --eat_checkpoint and --eat_config")
-        full = load_eat_generator_full(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg))
-        if full.loss_weights.get("sync", 0) != 0 and cfg.num_frames != 5:
-            raise ValueError(f"EAT's SyncNet loss (loss_weights.sync = {full.loss_weights['sync']}) takes exactly 5 "
-                             f"frames; got num_frames {cfg.num_frames} (set 5, or sync: 0 in your eat_config)")
-        return full, 256
+        return load_eat_generator_full(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg)), 256
     if cfg.reference_model:
         model = from_pretrained_local(ReferenceEATModel, cfg.reference_model, "--reference_model")
     else:
@@ -169,10 +166,17 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     if cfg.train_mode != "full":
         raise ValueError(f"train_mode must be 'full' for EAT (LoRA does not apply), got {cfg.train_mode!r}")
     if cfg.eat_root:  # fail on a wrong checkout before any data or metric work, naming every missing file
+        if not cfg.eat_checkpoint or not cfg.eat_config:
+            raise ValueError("--eat_root needs --eat_checkpoint and --eat_config")
         check_eat_checkout(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg))
-    if cfg.eat_root and cfg.data != "eat":
-        raise ValueError(f"the real EAT (--eat_root) trains on EAT's own batch layout: set data: eat (and "
-                         f"--eat_mead_path), got data: {cfg.data!r}")
+        if cfg.data != "eat":
+            raise ValueError(f"the real EAT (--eat_root) trains on EAT's own batch layout: set data: eat (and "
+                             f"--eat_mead_path), got data: {cfg.data!r}")
+        with open(_eat_config_path(cfg), encoding="utf-8") as f:
+            sync = ((yaml.safe_load(f) or {}).get("train_params") or {}).get("loss_weights", {}).get("sync", 0)
+        if sync != 0 and cfg.num_frames != 5:
+            raise ValueError(f"EAT's SyncNet loss (loss_weights.sync = {sync}) takes exactly 5 frames, got num_frames "
+                             f"{cfg.num_frames}: set 5, or sync: 0 in your eat_config")
     started = time.perf_counter()
     accelerator = build_accelerator(cfg)
     torch.manual_seed(cfg.seed)

@@ -96,6 +96,15 @@ def make_checkout(tmp: Path, source: Path = EAT_SOURCE) -> dict:
             "stage2": root / "ckpt" / "stage2.pth.tar"}
 
 
+def eat_test_checkout(tmp_path_factory) -> dict:
+    """The tests' checkout (skipping without EAT's source): :func:`make_checkout` plus
+    ``config_1frame`` (:func:`one_frame_config`)."""
+    eat_source_or_skip()
+    d = make_checkout(tmp_path_factory.mktemp("eat"))
+    one_frame_config(d)
+    return d
+
+
 def one_frame_config(d: dict) -> Path:
     """EAT's reduced stage-2 config with the SyncNet loss off (SyncNet takes exactly 5 frames; the
     tests render 1 frame per window): written beside ``d["config"]``, stored as ``d["config_1frame"]``."""

@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from _eat_real_checkout import eat_batch, eat_source_or_skip, load_with_eats_demo, make_checkout, one_frame_config
+from _eat_real_checkout import eat_batch, eat_test_checkout, load_with_eats_demo
 
 
 class _MSEMetric(nn.Module):
@@ -29,10 +29,7 @@ class _MSEMetric(nn.Module):
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
-    eat_source_or_skip()
-    d = make_checkout(tmp_path_factory.mktemp("eat"))
-    one_frame_config(d)
-    return d
+    return eat_test_checkout(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,13 @@ import json
 import pytest
 import torch
 
-from _eat_real_checkout import eat_source_or_skip, load_with_eats_demo, make_checkout, one_frame_config
+from _eat_real_checkout import eat_test_checkout, load_with_eats_demo
 from test_train_eat import load_script
 
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
-    eat_source_or_skip()
-    d = make_checkout(tmp_path_factory.mktemp("eat"))
-    one_frame_config(d)
-    return d
+    return eat_test_checkout(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +71,15 @@ def test_a_prepared_mead_eats_dataset_cannot_read_is_named_first(checkout, mead,
         load_eat_dataset(checkout["root"], checkout["config_1frame"], num_frames=5, **{**mead, "vox_path": tmp_path})
     with pytest.raises(ValueError, match="has 8 frames, EAT's windows need at least 9"):
         load_eat_dataset(checkout["root"], checkout["config_1frame"], num_frames=9, **mead)
+
+
+def test_a_clip_without_a_neutral_clip_of_its_speaker_is_named(tmp_path):
+    from stccl_diffusers.data.eat_mead import check_eat_mead, write_synthetic_eat_mead
+
+    paths = write_synthetic_eat_mead(tmp_path / "mead", train_emotions=("happy",), test_emotions=("neutral",),
+                                     max_frames=5)
+    with pytest.raises(ValueError, match=r"S001_hap_3_001: no neutral clip S001_neu_1_\* in .*train"):
+        check_eat_mead(**paths)
 
 
 def test_validation_batch_is_an_emotional_test_clip_drawn_reproducibly(checkout, mead):
@@ -160,3 +166,15 @@ def test_train_eat_stccl_on_real_eat_resumes_after_a_kill_and_saves_what_eats_de
     side = loaded["sidetuning"].state_dict()
     shared = [k for k in side if k in stage1 and stage1[k].shape == side[k].shape]
     assert shared and any(not torch.equal(side[k], stage1[k]) for k in shared)  # moved off its stage-1 init
+
+
+def test_the_real_eat_refuses_other_data_and_a_window_syncnet_cannot_take(checkout, tmp_path):
+    script = load_script()
+    base = ["--config", str(script.Path(script.__file__).parent / "configs" / "eat_stccl.yaml"),
+            "--eat_root", str(checkout["root"]), "--eat_checkpoint", str(checkout["stage1"]),
+            "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    with pytest.raises(ValueError, match="set data: eat"):
+        script.main(base + ["--eat_config", str(checkout["config_1frame"]), "--data", "clips"])
+    with pytest.raises(ValueError, match="SyncNet loss .* takes exactly 5 frames, got num_frames 1"):
+        script.main(base + ["--eat_config", str(checkout["config"]), "--num_frames", "1"])
+    assert not (tmp_path / "out").exists()  # refused before anything was built or written

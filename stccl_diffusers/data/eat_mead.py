@@ -88,6 +88,8 @@ def check_eat_mead(root_dir: PathLike, mead_path: PathLike, poseimg_path: PathLi
         if not names:
             problems.append(f"no clip folders in {split}")
         clips[split.name] = names
+        # Speakers with a `{id}_neu_1_*` clip in this split (one pass, not a glob per clip: MEAD has ~30k clips).
+        with_neutral = {n.split("_")[0] for n in names if n.split("_")[1:3] == ["neu", "1"]}
         for name in names:
             try:
                 eat_clip_emotion(name)
@@ -101,11 +103,11 @@ def check_eat_mead(root_dir: PathLike, mead_path: PathLike, poseimg_path: PathLi
             missing += [str(p) for p in need if not p.is_file()]
             if not (folder / "0001.jpg").is_file():
                 missing.append(str(folder / "0001.jpg"))
-            n = len(list(folder.glob("*.jpg")))
+            n = sum(1 for e in os.scandir(folder) if e.name.endswith(".jpg"))
             if n < min_frames:
                 problems.append(f"{folder} has {n} frames, EAT's windows need at least {min_frames}")
             speaker = name.split("_")[0]
-            if not any(p.is_dir() for p in split.glob(f"{speaker}_neu_1_*")):
+            if speaker not in with_neutral:
                 problems.append(f"{folder}: no neutral clip {speaker}_neu_1_* in {split} (EAT's source frame)")
     if missing:
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
