@@ -122,7 +122,9 @@ def load_with_eats_demo(root: Path, config: Path, checkpoint: Path, monkeypatch)
     import types
 
     from stccl_diffusers.adapters.eat import _import_from_checkout, _on_path
+    from stccl_diffusers.adapters.eat_compat import apply_eat_compat
 
+    apply_eat_compat()  # demo.py imports what the training path imports (torchvision, clip, ...)
     # demo.py builds dlib's face detector at import (for aligning new portraits, not for load_ckpt);
     # dlib is not installable from wheels here, so the tests give it an inert one.
     dlib = types.ModuleType("dlib")
