@@ -192,7 +192,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
             steps=cfg.metric_pretrain_steps, seed=cfg.seed, progress=accelerator.is_local_main_process)
 
     if getattr(metric.config, "use_tcc", False) and cfg.num_frames < 2:
-        raise ValueError(f"the metric's temporal term (use_tcc) needs windows of num_frames >= 2, got {cfg.num_frames}; "
+        raise ValueError(f"the metric's temporal term (use_tcc) needs windows of num_frames >= 2, got "
+                         f"{cfg.num_frames}; "
                          "use more frames or a spatial-only metric (use_tcc=False)")
 
     # 2. The generator behind EAT's interface, wrapped with the STCCL term.
@@ -219,7 +220,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
             save_pretrained_atomic(generator_full.model, out / "reference_eat")
         plot_loss_curves(result.step_log, out / "loss_curves.png", keys=("loss", "rec", "stccl", "stccl_raw"),
                          validations=result.validations)
-        info = {"config": cfg._config_path, **metric_info, "num_clips": len(getattr(train_set, "clips", None) or getattr(train_set, "videos", [])),
+        clips = getattr(train_set, "clips", None) or getattr(train_set, "videos", [])  # ours / EAT's data set
+        info = {"config": cfg._config_path, **metric_info, "num_clips": len(clips),
                 "skipped_clips": getattr(train_set, "skipped", []), "global_step": result.global_step,
                 "skipped_steps": result.skipped_steps, "resumed_from": result.resumed_from,
                 "validations": result.validations,

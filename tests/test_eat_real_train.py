@@ -69,7 +69,7 @@ def test_a_prepared_mead_eats_dataset_cannot_read_is_named_first(checkout, mead,
                          **{**mead, "poseimg_path": tmp_path})
     with pytest.raises(FileNotFoundError, match=r"voxselect/Angry\.txt"):
         load_eat_dataset(checkout["root"], checkout["config_1frame"], num_frames=5, **{**mead, "vox_path": tmp_path})
-    with pytest.raises(ValueError, match="has 8 frames, EAT's windows need at least 9"):
+    with pytest.raises(ValueError, match=r"no clip in .*train has the 9 frames EAT's windows need: S001_hap"):
         load_eat_dataset(checkout["root"], checkout["config_1frame"], num_frames=9, **mead)
 
 
@@ -132,6 +132,7 @@ def test_train_eat_stccl_on_real_eat_resumes_after_a_kill_and_saves_what_eats_de
             "--eat_mead_path", str(mead["mead_path"]), "--output_dir", str(out), "--metric_path", str(metric_path),
             "--report_to", "none", "--num_frames", "1", "--validation_frames", "2", "--num_validation_clips", "1",
             "--train_batch_size", "1", "--max_train_steps", "2", "--checkpointing_steps", "1",
+            "--checkpoints_total_limit", "1",
             "--validation_steps", "0", "--validate_at_start", "false", "--stccl_warmup_steps", "1",
             "--stccl_ramp_steps", "0", "--crop_size", "32", "--seed", "0"]
     monkeypatch.chdir(script.Path(script.__file__).parent)  # the config path is relative to the project

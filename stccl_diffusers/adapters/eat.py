@@ -805,7 +805,7 @@ def load_eat_dataset(
     if num_frames is not None:
         params["syncnet_T"] = int(num_frames)
     check_eat_mead(params["root_dir"], mod.mead_path, mod.poseimg_path, mod.vox_path,
-                   min_frames=int(params.get("syncnet_T", 5)))
+                   min_frames=int(params.get("syncnet_T", 5)), split="train" if is_train else "test")
     with _on_path(root), working_directory(root), contextlib.redirect_stdout(None):  # EAT prints split and sizes
         return mod.FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt(is_train=is_train, **params)
 

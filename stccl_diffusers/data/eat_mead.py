@@ -51,7 +51,8 @@ def eat_clip_emotion(name: str) -> int:
     """EAT's label of a clip named ``{id}_{emo}_{level}_{nr}`` (as EAT parses it: the second field)."""
     parts = name.split("_")
     if len(parts) < 4 or parts[1] not in EAT_EMOTIONS:
-        raise ValueError(f"expected a clip named {{id}}_{{emo}}_{{level}}_{{nr}} with emo in {EAT_EMOTIONS}, got {name!r}")
+        raise ValueError(f"expected a clip named {{id}}_{{emo}}_{{level}}_{{nr}} with emo in {EAT_EMOTIONS}, "
+                         f"got {name!r}")
     return EAT_EMOTIONS.index(parts[1])
 
 
@@ -62,14 +63,18 @@ def _split_dirs(root_dir: Path) -> List[Path]:
 
 
 def check_eat_mead(root_dir: PathLike, mead_path: PathLike, poseimg_path: PathLike, vox_path: PathLike,
-                   min_frames: int = 5) -> Dict[str, List[str]]:
+                   min_frames: int = 5, split: Optional[str] = None) -> Dict[str, List[str]]:
     """Check a prepared MEAD against what EAT's stage-2 data set reads; return ``{split: [clips]}``.
 
-    Raises ``FileNotFoundError`` naming every missing file (at most 20, then a count) and
-    ``ValueError`` for a layout EAT misreads: a ``train`` folder without ``test``, a root path in
-    which 'images' occurs more than once (EAT finds latents by replacing every 'images' in the clip
-    path), a clip without a neutral clip of its speaker, or shorter than ``min_frames``.
+    ``split``: ``"train"`` or ``"test"`` checks only that folder of a ``train/`` + ``test/`` layout
+    (None: all). Raises ``FileNotFoundError`` naming every missing file (at most 20, then a count)
+    and ``ValueError`` for what EAT's class would crash or hang on: a ``train`` folder without
+    ``test``, a root path in which 'images' occurs more than once (EAT finds latents by replacing
+    every 'images' in the clip path), a clip without a neutral clip of its speaker, a split with no
+    clip of ``min_frames`` frames. Shorter clips are only warned about: EAT skips them.
     """
+    import warnings
+
     root_dir, mead, pose, vox = (Path(p) for p in (root_dir, mead_path, poseimg_path, vox_path))
     if not root_dir.is_dir():
         raise FileNotFoundError(f"EAT's dataset_params.root_dir {root_dir} is not a directory "
@@ -83,11 +88,15 @@ def check_eat_mead(root_dir: PathLike, mead_path: PathLike, poseimg_path: PathLi
                           if not (vox / "voxselect" / f"{e}.txt").is_file()]
     problems: List[str] = []
     clips: Dict[str, List[str]] = {}
-    for split in _split_dirs(root_dir):
-        names = sorted(p.name for p in split.iterdir() if p.is_dir())
+    folders = _split_dirs(root_dir)
+    if split is not None and len(folders) == 2:
+        folders = [f for f in folders if f.name == split]
+    for split_dir in folders:
+        names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
         if not names:
-            problems.append(f"no clip folders in {split}")
-        clips[split.name] = names
+            problems.append(f"no clip folders in {split_dir}")
+        clips[split_dir.name] = names
+        short: List[str] = []
         # Speakers with a `{id}_neu_1_*` clip in this split (one pass, not a glob per clip: MEAD has ~30k clips).
         with_neutral = {n.split("_")[0] for n in names if n.split("_")[1:3] == ["neu", "1"]}
         for name in names:
@@ -96,7 +105,7 @@ def check_eat_mead(root_dir: PathLike, mead_path: PathLike, poseimg_path: PathLi
             except ValueError as e:
                 problems.append(str(e))
                 continue
-            folder = split / name
+            folder = split_dir / name
             latent = Path(str(folder).replace("images", "latent") + ".npy")
             need = [latent, mead / "deepfeature32" / f"{name}.npy", mead / "wav_16000" / f"{name}.wav",
                     mead / "bboxs" / f"{name}.npy", pose / "poseimg" / f"{name}.npy.gz"]
@@ -105,10 +114,16 @@ def check_eat_mead(root_dir: PathLike, mead_path: PathLike, poseimg_path: PathLi
                 missing.append(str(folder / "0001.jpg"))
             n = sum(1 for e in os.scandir(folder) if e.name.endswith(".jpg"))
             if n < min_frames:
-                problems.append(f"{folder} has {n} frames, EAT's windows need at least {min_frames}")
+                short.append(f"{name} ({n})")
             speaker = name.split("_")[0]
             if speaker not in with_neutral:
-                problems.append(f"{folder}: no neutral clip {speaker}_neu_1_* in {split} (EAT's source frame)")
+                problems.append(f"{folder}: no neutral clip {speaker}_neu_1_* in {split_dir} (EAT's source frame)")
+        if names and len(short) == len(names):  # EAT would skip clip after clip, forever
+            problems.append(f"no clip in {split_dir} has the {min_frames} frames EAT's windows need: "
+                            f"{', '.join(short[:5])}")
+        elif short:
+            warnings.warn(f"{len(short)} clips in {split_dir} have fewer than {min_frames} frames; EAT's data set "
+                          f"skips them: {', '.join(short[:5])}")
     if missing:
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         raise FileNotFoundError("EAT's prepared MEAD is missing: " + ", ".join(missing[:20]) + more)
@@ -204,7 +219,8 @@ def write_synthetic_eat_mead(
         for split, emotions in (("train", train_emotions), ("test", test_emotions)):
             for k, emotion in enumerate(emotions):
                 utterance = sample_utterance(rng, (4, 6))
-                plan = render_clip(identity, emotion, utterance, fps=EAT_FPS, size=8, with_audio=False, frame_indices=[])
+                plan = render_clip(identity, emotion, utterance, fps=EAT_FPS, size=8, with_audio=False,
+                                   frame_indices=[])
                 n = min(max_frames, len(plan.mouth_open))  # its length in frames, none drawn
                 clip = render_clip(identity, emotion, utterance, fps=EAT_FPS, size=size, frame_indices=range(n),
                                    seed=int(rng.integers(1 << 30)))
