@@ -35,8 +35,10 @@ setup(
         "face": ["onnxruntime", "onnx"],
         # 68-point landmarks (data.face_align backend="dlib"); the models ship in the wheel.
         "landmarks": ["dlib-bin", "face_recognition_models"],
-        # What EAT's own source (the user's checkout) imports, beyond the core requirements.
-        "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile", "pandas"],
+        # What EAT's own source (the user's checkout) imports, beyond the core requirements; its
+        # stage-2 data set (frames_dataset_transformer25.py) adds scikit-learn and python_speech_features.
+        "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile", "pandas", "scikit-learn",
+                "python_speech_features"],
         "xformers": ["xformers"],
         # DICE-Talk's own modules import einops (its requirements.txt); the dice_talk backend needs it.
         "dice": ["einops"],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 
 from stccl_diffusers import STCCLMetric
 from stccl_diffusers.adapters.eat import (
@@ -77,6 +78,15 @@ class EATSTCCLConfig(TalkingClipsConfig):
     """`clips` (a folder of labelled .mp4 clips with audio, MEAD layout; synthesized for the demo)
     or `eat` (EAT's own data set from `eat_config`)."""
     data_dir: str = "outputs/eat_demo_data"
+    eat_mead_path: Optional[str] = None
+    """`data: eat`: EAT's prepared MEAD (holding `images_evp_25/`, `latent_evp_25/`, `deepfeature32/`,
+    `wav_16000/`, `bboxs/`, `poseimg/`, `voxselect/`). Sets `dataset_params.root_dir` to its
+    `images_evp_25/` and EAT's module constants `mead_path`, `poseimg_path`, `vox_path` for this run;
+    None keeps what the user's checkout and eat_config say (EAT's README way: edit them there)."""
+    eat_poseimg_path: Optional[str] = None
+    """Folder holding `poseimg/`, if not eat_mead_path (EAT keeps it on another disk)."""
+    eat_vox_path: Optional[str] = None
+    """Folder holding `voxselect/`, if not eat_mead_path."""
     resolution: int = 256
     num_frames: int = 5
     num_validation_clips: int = 2
@@ -135,10 +145,20 @@ def build_data(cfg: EATSTCCLConfig, progress: bool = True):
         val_batch = eat_collate((emotional or [held_out[0]])[: cfg.num_validation_clips])
         return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1]
     if cfg.data == "eat":
-        from stccl_diffusers.adapters.eat import load_eat_dataset
+        if not cfg.eat_root:
+            raise ValueError("data: eat reads EAT's prepared MEAD through EAT's own data set: it needs --eat_root "
+                             "and --eat_config")
+        from stccl_diffusers.adapters.eat import eat_validation_batch, load_eat_dataset
 
-        train_set = load_eat_dataset(cfg.eat_root, _eat_config_path(cfg))
-        val_batch = torch.utils.data.default_collate([train_set[i] for i in range(cfg.num_validation_clips)])
+        mead = cfg.eat_mead_path
+        paths = dict(root_dir=Path(mead) / "images_evp_25" if mead else None, mead_path=mead,
+                     poseimg_path=cfg.eat_poseimg_path or mead, vox_path=cfg.eat_vox_path or mead)
+        train_set = load_eat_dataset(cfg.eat_root, _eat_config_path(cfg), is_train=True, num_frames=cfg.num_frames,
+                                     **paths)
+        # EAT's test split, whole validation_frames-long windows (rendered num_frames at a time).
+        held_out = load_eat_dataset(cfg.eat_root, _eat_config_path(cfg), is_train=False,
+                                    num_frames=cfg.validation_frames, **paths)
+        val_batch = eat_validation_batch(held_out, cfg.num_validation_clips, seed=cfg.validation_seed)
         return train_set, None, val_batch, None
     raise ValueError(f"data must be 'clips' or 'eat', got {cfg.data!r}")
 
@@ -150,7 +170,17 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     if cfg.train_mode != "full":
         raise ValueError(f"train_mode must be 'full' for EAT (LoRA does not apply), got {cfg.train_mode!r}")
     if cfg.eat_root:  # fail on a wrong checkout before any data or metric work, naming every missing file
+        if not cfg.eat_checkpoint or not cfg.eat_config:
+            raise ValueError("--eat_root needs --eat_checkpoint and --eat_config")
         check_eat_checkout(cfg.eat_root, cfg.eat_checkpoint, _eat_config_path(cfg))
+        if cfg.data != "eat":
+            raise ValueError(f"the real EAT (--eat_root) trains on EAT's own batch layout: set data: eat (and "
+                             f"--eat_mead_path), got data: {cfg.data!r}")
+        with open(_eat_config_path(cfg), encoding="utf-8") as f:
+            sync = ((yaml.safe_load(f) or {}).get("train_params") or {}).get("loss_weights", {}).get("sync", 0)
+        if sync != 0 and cfg.num_frames != 5:
+            raise ValueError(f"EAT's SyncNet loss (loss_weights.sync = {sync}) takes exactly 5 frames, got num_frames "
+                             f"{cfg.num_frames}: set 5, or sync: 0 in your eat_config")
     started = time.perf_counter()
     accelerator = build_accelerator(cfg)
     torch.manual_seed(cfg.seed)
@@ -164,6 +194,11 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
         metric, metric_info = ensure_metric(
             cfg.metric_path, out / "metric", backbone=_backbone(cfg.metric_backbone), input_size=cfg.metric_input_size,
             steps=cfg.metric_pretrain_steps, seed=cfg.seed, progress=accelerator.is_local_main_process)
+
+    if getattr(metric.config, "use_tcc", False) and cfg.num_frames < 2:
+        raise ValueError(f"the metric's temporal term (use_tcc) needs windows of num_frames >= 2, got "
+                         f"{cfg.num_frames}; "
+                         "use more frames or a spatial-only metric (use_tcc=False)")
 
     # 2. The generator behind EAT's interface, wrapped with the STCCL term.
     generator_full, image_size = build_backend(cfg, audio_dim)
@@ -189,7 +224,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
             save_pretrained_atomic(generator_full.model, out / "reference_eat")
         plot_loss_curves(result.step_log, out / "loss_curves.png", keys=("loss", "rec", "stccl", "stccl_raw"),
                          validations=result.validations)
-        info = {"config": cfg._config_path, **metric_info, "num_clips": len(getattr(train_set, "clips", [])),
+        clips = getattr(train_set, "clips", None) or getattr(train_set, "videos", [])  # ours / EAT's data set
+        info = {"config": cfg._config_path, **metric_info, "num_clips": len(clips),
                 "skipped_clips": getattr(train_set, "skipped", []), "global_step": result.global_step,
                 "skipped_steps": result.skipped_steps, "resumed_from": result.resumed_from,
                 "validations": result.validations,

@@ -96,6 +96,58 @@ def make_checkout(tmp: Path, source: Path = EAT_SOURCE) -> dict:
             "stage2": root / "ckpt" / "stage2.pth.tar"}
 
 
+def eat_test_checkout(tmp_path_factory) -> dict:
+    """The tests' checkout (skipping without EAT's source): :func:`make_checkout` plus
+    ``config_1frame`` (:func:`one_frame_config`)."""
+    eat_source_or_skip()
+    d = make_checkout(tmp_path_factory.mktemp("eat"))
+    one_frame_config(d)
+    return d
+
+
+def one_frame_config(d: dict) -> Path:
+    """EAT's reduced stage-2 config with the SyncNet loss off (SyncNet takes exactly 5 frames; the
+    tests render 1 frame per window): written beside ``d["config"]``, stored as ``d["config_1frame"]``."""
+    cfg = yaml.safe_load(d["config"].read_text())
+    cfg["train_params"]["loss_weights"]["sync"] = 0
+    d["config_1frame"] = d["config"].with_name("reduced_stage2_1frame.yaml")
+    d["config_1frame"].write_text(yaml.safe_dump(cfg))
+    return d["config_1frame"]
+
+
+def load_with_eats_demo(root: Path, config: Path, checkpoint: Path, monkeypatch) -> dict:
+    """Load ``checkpoint`` with EAT's own ``demo.load_ckpt`` (strict loads) into modules built as
+    ``demo.py`` builds them; returns those modules by EAT's checkpoint names."""
+    import sys
+    import types
+
+    from stccl_diffusers.adapters.eat import _import_from_checkout, _on_path
+    from stccl_diffusers.adapters.eat_compat import apply_eat_compat
+
+    apply_eat_compat()  # demo.py imports what the training path imports (torchvision, clip, ...)
+    # demo.py builds dlib's face detector at import (for aligning new portraits, not for load_ckpt);
+    # dlib is not installable from wheels here, so the tests give it an inert one.
+    dlib = types.ModuleType("dlib")
+    dlib.get_frontal_face_detector = dlib.shape_predictor = lambda *a: None
+    monkeypatch.setitem(sys.modules, "dlib", dlib)
+    mp = yaml.safe_load(Path(config).read_text())["model_params"]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with _on_path(root):
+            demo = _import_from_checkout(root, "demo")
+            out = {"generator": demo.OcclusionAwareSPADEGeneratorEam(**mp["generator_params"], **mp["common_params"]),
+                   "kp_detector": demo.KPDetector(**mp["kp_detector_params"], **mp["common_params"]),
+                   "audio2kptransformer": demo.Audio2kpTransformer(**mp["audio2kp_params"], face_ea=True),
+                   "sidetuning": demo.EmotionalDeformationTransformer(**mp["audio2kp_params"]),
+                   "emotionprompt": demo.EmotionDeepPrompt()}
+            demo.load_ckpt(str(checkpoint), out["kp_detector"], out["generator"], out["audio2kptransformer"],
+                           out["sidetuning"], out["emotionprompt"])
+    finally:
+        os.chdir(cwd)
+    return out
+
+
 def eat_batch(b: int = 1, t: int = 5, seed: int = 0) -> dict:
     """One batch in the layout of EAT's ``FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt`` after its
     DataLoader (num_w = 5: 11 audio frames per video frame)."""

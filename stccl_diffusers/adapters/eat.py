@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..callback import crop_faces as crop_box
+from ..data.eat_mead import EAT_EMOTIONS
 from ..models.reference_eat import NEUTRAL_INDEX, ReferenceEATModel
 from ..training.adapter import TalkingHeadAdapter
 from ..training.warmup import warmup_weight
@@ -65,9 +66,11 @@ __all__ = [
     "EAT_EMOTION_NAMES",
     "eat_collate",
     "load_eat_dataset",
+    "eat_validation_batch",
+    "time_window",
+    "PER_FRAME_KEYS",
 ]
 
-EAT_EMOTIONS = ("ang", "con", "dis", "fea", "hap", "neu", "sad", "sur")
 #: MEAD emotion names (as the synthetic data and MEAD folders spell them) -> EAT label.
 EMOTION_TO_EAT = {"angry": 0, "contempt": 1, "disgusted": 2, "fear": 3, "happy": 4, "neutral": 5, "sad": 6,
                   "surprised": 7}
@@ -214,6 +217,29 @@ def eat_collate(items: Sequence[Dict[str, Any]], n_mels: int = 20, context: int 
         "waveform": waveform,
         "fps": fps,
     }
+
+
+#: Batch entries with a time axis (dim 1): EAT's per-frame inputs (``he_driving`` is a dict of
+#: ``(B, T, ...)`` tensors) and the reference model's ``audio``. Everything else is per clip
+#: (``source``, ``he_source``, ``z_trg``, ``y_trg``, ``sync_mel``, names); selecting by key, not by
+#: shape, keeps e.g. ``source`` (B, 3, H, W) whole in a 3-frame clip.
+PER_FRAME_KEYS = ("driving", "he_driving", "mel", "pose", "deep", "bboxs", "audio")
+
+
+def time_window(batch: Dict[str, Any], start: int, end: int) -> Dict[str, Any]:
+    """Frames ``[start, end)`` of a clip batch: every tensor under :data:`PER_FRAME_KEYS`
+    (recursively through dicts, e.g. ``he_driving['yaw']`` ``(B, T, 66)``) sliced on dim 1; the
+    rest shared as is."""
+    def cut(v):
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if isinstance(v, torch.Tensor):
+            if v.ndim < 2:
+                raise ValueError(f"expected per-frame tensors (B, T, ...), got shape {tuple(v.shape)}")
+            return v[:, start:end]
+        return v
+
+    return {k: (cut(v) if k in PER_FRAME_KEYS else v) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- the EAT hook
@@ -517,8 +543,8 @@ class EATAdapter(TalkingHeadAdapter):
         """Target and neutral-anchor frames ``(B, T, 3, H, W)`` in ``[-1, 1]``.
 
         A clip longer than ``num_frames`` (the window EAT renders at once) is rendered window by
-        window: every tensor whose dim 1 is the clip length is split along time; one ``z_trg`` per
-        clip for all windows.
+        window (:func:`time_window`: the per-frame entries, EAT's nested ``he_driving`` included,
+        split along time); one ``z_trg`` per clip for all windows.
         """
         batch = self._with_latent(batch, generator)
         b, t = self.stccl._shape(batch)
@@ -528,9 +554,7 @@ class EATAdapter(TalkingHeadAdapter):
         parts = []
         for s in range(0, t, n):
             e = min(t, s + n)
-            chunk = {k: (v[:, s:e] if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[1] == t else v)
-                     for k, v in batch.items()}
-            parts.append(self._render_pair(chunk, b, e - s))
+            parts.append(self._render_pair(time_window(batch, s, e), b, e - s))
         return {k: torch.cat([p[k] for p in parts], dim=1) for k in ("target", "anchor")}
 
     def _render_pair(self, batch: Dict[str, Any], b: int, t: int) -> Dict[str, torch.Tensor]:
@@ -740,19 +764,86 @@ def set_eat_trainable(full: nn.Module) -> None:
     full.sidetuning.requires_grad_(True)
 
 
-def load_eat_dataset(eat_root: Union[str, os.PathLike], eat_config: Union[str, os.PathLike]):
-    """EAT's own stage-2 training set (``FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt`` from its
-    ``frames_dataset_transformer25.py``, built from ``dataset_params`` as EAT's script does)."""
+def load_eat_dataset(
+    eat_root: Union[str, os.PathLike],
+    eat_config: Union[str, os.PathLike],
+    is_train: bool = True,
+    num_frames: Optional[int] = None,
+    root_dir: Optional[Union[str, os.PathLike]] = None,
+    mead_path: Optional[Union[str, os.PathLike]] = None,
+    poseimg_path: Optional[Union[str, os.PathLike]] = None,
+    vox_path: Optional[Union[str, os.PathLike]] = None,
+):
+    """EAT's own stage-2 data set, ``FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt`` from the user's
+    ``frames_dataset_transformer25.py``, built from ``dataset_params`` of ``eat_config`` as EAT's
+    ``prompt_st_dp_eam3d.py`` builds it.
+
+    ``is_train=False`` gives EAT's test split (``test/`` or its random 20 %). ``num_frames``
+    replaces ``dataset_params.syncnet_T`` (frames per item; EAT: 5). ``root_dir`` replaces
+    ``dataset_params.root_dir``; ``mead_path``, ``poseimg_path`` and ``vox_path`` replace the
+    module constants EAT's README has users edit, on the imported module only (the checkout's
+    files are not touched). The layout is checked first (:func:`~stccl_diffusers.data.eat_mead.check_eat_mead`),
+    since EAT's data set loops forever over clips it cannot read.
+    """
     import yaml
+
+    from ..data.eat_mead import check_eat_mead
+    from .eat_compat import apply_eat_compat
 
     root = Path(eat_root)
     if not (root / "frames_dataset_transformer25.py").is_file():
         raise FileNotFoundError(f"EAT checkout is missing: {root / 'frames_dataset_transformer25.py'}")
     with open(eat_config, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
-    from .eat_compat import apply_eat_compat
-
+        params = dict((yaml.safe_load(f) or {}).get("dataset_params") or {})
+    if "root_dir" not in params and root_dir is None:
+        raise ValueError(f"{eat_config}: expected EAT's config with dataset_params.root_dir (or pass root_dir)")
     apply_eat_compat()
     mod = _import_from_checkout(root, "frames_dataset_transformer25")
-    with _on_path(root), working_directory(root):
-        return mod.FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt(is_train=True, **config["dataset_params"])
+    # EAT formats these into f-strings ending in '/...': absolute, as strings.
+    for name, value in (("mead_path", mead_path), ("poseimg_path", poseimg_path), ("vox_path", vox_path)):
+        if value is not None:
+            setattr(mod, name, str(Path(value).absolute()))
+    if root_dir is not None:
+        params["root_dir"] = str(Path(root_dir).absolute())
+    if num_frames is not None:
+        params["syncnet_T"] = int(num_frames)
+    check_eat_mead(params["root_dir"], mod.mead_path, mod.poseimg_path, mod.vox_path,
+                   min_frames=int(params.get("syncnet_T", 5)), split="train" if is_train else "test")
+    with _on_path(root), working_directory(root), contextlib.redirect_stdout(None):  # EAT prints split and sizes
+        return mod.FramesWavsDatasetMEL25VoxBoxQG2ImgPrompt(is_train=is_train, **params)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed Python's, numpy's and torch's global RNGs for the block (EAT's data set draws from all
+    three), then restore them."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def eat_validation_batch(dataset, num_clips: int, seed: int = 0) -> Dict[str, Any]:
+    """A fixed validation batch from EAT's data set: its emotional clips first (a neutral clip's
+    target and anchor are the same), in name order, each item drawn with ``seed`` (EAT picks the
+    window, the source frame and ``z_trg`` at random), collated as EAT's DataLoader does."""
+    from torch.utils.data import default_collate
+
+    from ..data.eat_mead import eat_clip_emotion
+
+    names = list(dataset.videos)
+    order = sorted(range(len(names)), key=lambda i: (eat_clip_emotion(names[i]) == NEUTRAL_INDEX, names[i]))
+    if not order:
+        raise ValueError("EAT's data set has no clips for validation")
+    with _seeded(seed):
+        return default_collate([dataset[i] for i in order[: max(1, num_clips)]])

@@ -188,6 +188,14 @@ def _no_torchvision_model(name):
     return build
 
 
+def _resnet_attribute(name):
+    # Dunders are AttributeError: `inspect.getmodule` (librosa's lazy loader runs it) probes every
+    # module in sys.modules with hasattr(module, "__file__"), which only catches AttributeError.
+    if name.startswith("__") and name.endswith("__"):
+        raise AttributeError(name)
+    return _no_torchvision_model(f"resnet.{name}")()
+
+
 def _torchvision_stand_in() -> None:
     if _usable("torchvision", "Normalize"):
         return
@@ -198,7 +206,7 @@ def _torchvision_stand_in() -> None:
     tv.models = types.ModuleType("torchvision.models")
     tv.models.vgg19 = _no_torchvision_model("vgg19")
     tv.models.resnet = types.ModuleType("torchvision.models.resnet")
-    tv.models.resnet.__getattr__ = lambda name: _no_torchvision_model(f"resnet.{name}")()
+    tv.models.resnet.__getattr__ = _resnet_attribute
     for m in (tv, tv.transforms, tv.models, tv.models.resnet):
         sys.modules[m.__name__] = m
     _APPLIED.append("torchvision stand-in (transforms)")
