@@ -47,7 +47,8 @@ class STCCLOutput(BaseOutput):
         pos_sim: detached scalar, mean cosine similarity of corresponding correlations (Fig. 3).
         neg_sim: detached scalar, the same for non-corresponding correlations.
         sample_loss: (B,) loss per clip.
-        per_layer: ``{"scc/1": {"loss", "pos_sim", "neg_sim"}, ..., "tcc/4": {...}}`` (detached).
+        per_layer: ``{"scc/1": {"loss", "pos_sim", "neg_sim", "sample_loss"}, ..., "tcc/4": {...}}``
+            (detached; ``sample_loss`` is that layer's (B,) loss per clip, ``loss`` its mean).
     """
 
     loss: torch.Tensor
@@ -310,12 +311,12 @@ class STCCLMetric(ModelMixin, ConfigMixin):
                 loss, w, pos, neg = self._scc_layer(l, x, y, generator)
                 clip = (w * loss).flatten(1).mean(1).view(batch, frames).mean(1)
                 spatial = spatial + clip
-                per_layer[f"scc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean()}
+                per_layer[f"scc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean(), "sample_loss": clip.detach()}
             if cfg.use_tcc:
                 loss, w, pos, neg = self._tcc_layer(l, x, y, batch, frames, generator)
                 clip = (w * loss).flatten(1).mean(1)
                 temporal = temporal + clip
-                per_layer[f"tcc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean()}
+                per_layer[f"tcc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean(), "sample_loss": clip.detach()}
         sample_loss = cfg.spatial_weight * spatial + cfg.temporal_weight * temporal
         pos_sim = torch.stack([v["pos_sim"] for v in per_layer.values()]).mean() if per_layer else zero
         neg_sim = torch.stack([v["neg_sim"] for v in per_layer.values()]).mean() if per_layer else zero
