@@ -64,6 +64,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "num_negatives": 8,
     "tau": 0.07,
     "caas": True,
+    "time_negatives": False,  # SCC negatives also from the target's other frames (speech timing; not in the paper)
     "embedding_head": True,  # keep ArcFace's 12.8 M-parameter recognition head (only FAD needs it)
     "arcface_weights": None,  # insightface backbone.pth to start from
     "init_from": None,  # a save_pretrained metric folder to start from
@@ -273,6 +274,7 @@ def build_metric(cfg: Dict[str, Any]):
         num_negatives=None if cfg["num_negatives"] is None else int(cfg["num_negatives"]),
         tau=float(cfg["tau"]),
         caas=bool(cfg["caas"]),
+        time_negatives=bool(cfg["time_negatives"]),
         embedding_head=bool(cfg["embedding_head"]),
     )
     if cfg["arcface_weights"]:
