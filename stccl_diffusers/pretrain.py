@@ -64,6 +64,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "num_negatives": 8,
     "tau": 0.07,
     "caas": True,
+    "spatial_weight": 1.0,  # weight of the SCC term in the loss
+    "temporal_weight": 1.0,  # weight of the TCC term in the loss
     "time_negatives": False,  # SCC negatives also from the target's other frames (speech timing; not in the paper)
     "embedding_head": True,  # keep ArcFace's 12.8 M-parameter recognition head (only FAD needs it)
     "arcface_weights": None,  # insightface backbone.pth to start from
@@ -275,6 +277,8 @@ def build_metric(cfg: Dict[str, Any]):
         tau=float(cfg["tau"]),
         caas=bool(cfg["caas"]),
         time_negatives=bool(cfg["time_negatives"]),
+        spatial_weight=float(cfg["spatial_weight"]),
+        temporal_weight=float(cfg["temporal_weight"]),
         embedding_head=bool(cfg["embedding_head"]),
     )
     if cfg["arcface_weights"]:

@@ -72,10 +72,11 @@ def test_stccl_analyze_end_to_end_on_synthetic_pairs(tmp_path, capsys):
 def test_stccl_analyze_on_real_tiled_pairs(shared_data, tmp_path):
     _tiny().save_pretrained(str(tmp_path / "metric"))
     analyze_main(["--trained", str(tmp_path / "metric"), "--data", "real_pairs", "--data_root", str(shared_data / "real_pairs"),
-                  "--num_clips", "2", "--target", "ned", "--out", str(tmp_path / "real")])
+                  "--num_clips", "2", "--target", "ned", "--shifts", "", "--out", str(tmp_path / "real")])
     rep = json.loads((tmp_path / "real" / "similarities.json").read_text())
     assert rep["data"] == "real_pairs (source vs ned)"
     assert np.isfinite(rep["results"]["trained"]["gap"])
+    assert not (tmp_path / "real" / "speech_timing.json").exists(), "--shifts '' skips the timing analysis"
 
 
 # ---------------------------------------------------------------- speech-timing AUC

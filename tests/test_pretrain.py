@@ -201,3 +201,9 @@ def test_pretrain_on_held_in_real_clips_with_dlib_pose_alignment(tmp_path, share
     summary = train(cfg)
     assert summary["global_step"] == 2 and summary["skipped_nonfinite"] == 0
     assert (tmp_path / "real" / "config.json").is_file()
+
+
+def test_real_face_demo_config_holds_speakers_out_and_aligns_with_dlib():
+    cfg = load_config(str(REPO / "configs" / "pretrain_stccl_real_demo.yaml"))
+    assert cfg["data"] == "real_pairs" and cfg["holdout"] == ["M003", "M030"]
+    assert cfg["face_align"] == "dlib" and cfg["face_focus"] == "mouth" and cfg["add_synthetic_pairs"] > 0
