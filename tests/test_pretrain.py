@@ -207,3 +207,20 @@ def test_real_face_demo_config_holds_speakers_out_and_aligns_with_dlib():
     cfg = load_config(str(REPO / "configs" / "pretrain_stccl_real_demo.yaml"))
     assert cfg["data"] == "real_pairs" and cfg["holdout"] == ["M003", "M030"]
     assert cfg["face_align"] == "dlib" and cfg["face_focus"] == "mouth" and cfg["add_synthetic_pairs"] > 0
+
+
+def test_mouth_focus_centres_the_aligned_crop_on_the_mouth_of_a_real_face(shared_data):
+    import numpy as np
+
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    from stccl_diffusers.data.datasets import real_pair_sequences
+    from stccl_diffusers.data.face_align import FaceAligner, make_detector
+
+    seq = real_pair_sequences(str(shared_data / "real_pairs"), "ned", files=["M012_source_angry_029.mp4"])[0][0]
+    frames = seq.read_neutral(np.arange(30, 32))
+    det = make_detector("dlib")
+    face, _ = FaceAligner(128, backend="dlib", focus="face")(frames, frames)
+    mouth, _ = FaceAligner(128, backend="dlib", focus="mouth")(frames, frames)
+    m_face, m_mouth = det(face[0]).points[2], det(mouth[0]).points[2]
+    assert np.abs(m_mouth - 64).max() < 6, m_mouth  # the mouth at the crop centre
+    assert m_face[1] - 64 > 20, m_face  # the face crop has it well below the centre
