@@ -47,7 +47,8 @@ class STCCLOutput(BaseOutput):
         pos_sim: detached scalar, mean cosine similarity of corresponding correlations (Fig. 3).
         neg_sim: detached scalar, the same for non-corresponding correlations.
         sample_loss: (B,) loss per clip.
-        per_layer: ``{"scc/1": {"loss", "pos_sim", "neg_sim"}, ..., "tcc/4": {...}}`` (detached).
+        per_layer: ``{"scc/1": {"loss", "pos_sim", "neg_sim", "sample_loss"}, ..., "tcc/4": {...}}``
+            (detached; ``sample_loss`` is that layer's (B,) loss per clip, ``loss`` its mean).
     """
 
     loss: torch.Tensor
@@ -98,6 +99,10 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         spatial_weight / temporal_weight: weights of the two terms in ``loss``.
         embedding_head: keep ArcFace's recognition head (``fc``: 12.8 M parameters), needed only
             for 512-d embeddings (evaluation); STCCL itself uses the four stages alone.
+        time_negatives: SCC also draws negatives from the *other frames* of the same target clip at
+            the same region ``(i, j)`` (T - 1 more per query, needs ``num_negatives`` set), so the
+            metric must tell the mouth at this instant from the same mouth a few frames away: the
+            speech timing. Not in the paper (its negatives are other regions of the same frame).
     """
 
     config_name = "config.json"
@@ -124,6 +129,7 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         spatial_weight: float = 1.0,
         temporal_weight: float = 1.0,
         embedding_head: bool = True,
+        time_negatives: bool = False,
     ):
         super().__init__()
         if correlation not in ("vd", "cm"):
@@ -135,6 +141,8 @@ class STCCLMetric(ModelMixin, ConfigMixin):
             raise ValueError(f"layers: expected a non-empty subset of (1, 2, 3, 4), got {list(layers)}")
         if num_negatives is not None and int(num_negatives) < 1:
             raise ValueError(f"num_negatives: expected a positive int or None, got {num_negatives}")
+        if time_negatives and (num_negatives is None or not use_scc):
+            raise ValueError("time_negatives: needs use_scc and an int num_negatives (they extend SCC's sampled negatives)")
         if isinstance(backbone, str):
             key = backbone.lower().replace("iresnet", "r")
             if key not in ARCFACE_DEPTHS:
@@ -307,15 +315,15 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         for l in cfg.layers:
             x, y = fx[l - 1], fy[l - 1]
             if cfg.use_scc:
-                loss, w, pos, neg = self._scc_layer(l, x, y, generator)
+                loss, w, pos, neg = self._scc_layer(l, x, y, generator, frames)
                 clip = (w * loss).flatten(1).mean(1).view(batch, frames).mean(1)
                 spatial = spatial + clip
-                per_layer[f"scc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean()}
+                per_layer[f"scc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean(), "sample_loss": clip.detach()}
             if cfg.use_tcc:
                 loss, w, pos, neg = self._tcc_layer(l, x, y, batch, frames, generator)
                 clip = (w * loss).flatten(1).mean(1)
                 temporal = temporal + clip
-                per_layer[f"tcc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean()}
+                per_layer[f"tcc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean(), "sample_loss": clip.detach()}
         sample_loss = cfg.spatial_weight * spatial + cfg.temporal_weight * temporal
         pos_sim = torch.stack([v["pos_sim"] for v in per_layer.values()]).mean() if per_layer else zero
         neg_sim = torch.stack([v["neg_sim"] for v in per_layer.values()]).mean() if per_layer else zero
@@ -334,9 +342,9 @@ class STCCLMetric(ModelMixin, ConfigMixin):
             return torch.ones(z_anchor.shape[:-1], device=z_anchor.device)
         return corr.caas_weights(corr.caas_strength(z_anchor), self.config.caas_lambda, self.config.caas_r)
 
-    def _scc_layer(self, l: int, x: torch.Tensor, y: torch.Tensor, generator):
-        """SCC at layer ``l`` (eq. 9-11). x, y: (N, C, h, w). Returns per-(i, j) loss (N, S, 8),
-        CAAS weights, positive and negative similarities."""
+    def _scc_layer(self, l: int, x: torch.Tensor, y: torch.Tensor, generator, frames: int = 1):
+        """SCC at layer ``l`` (eq. 9-11). x, y: (N, C, h, w), N = B * frames. Returns per-(i, j)
+        loss (N, S, 8), CAAS weights, positive and negative similarities."""
         cfg = self.config
         n, _, h, w = x.shape
         kind, head = cfg.correlation, self.scc_heads[l - 1]
@@ -352,7 +360,16 @@ class STCCLMetric(ModelMixin, ConfigMixin):
             kloc = corr.sample_negative_locations(anchors, h, w, m, exclude_ring=True, generator=generator)
             yk = corr.gather_locations(y, kloc)  # (N, S, m, C)
             neg = head(corr.correlate(kind, ya[:, :, None].expand_as(yk), yk))
-            loss, pos, negs = corr.info_nce(q, k, neg, cfg.tau)  # negatives shared by the 8 j's of anchor i
+            if cfg.time_negatives and frames > 1:
+                # The same (i, j) in the target's other frames: frame t + r of the clip for r = 1..T-1.
+                clip = y.view(-1, frames, *y.shape[1:])
+                later = []
+                for r in range(1, frames):
+                    yr = clip.roll(-r, dims=1).flatten(0, 1)
+                    yra, yrn = corr.gather_locations(yr, anchors), corr.gather_locations(yr, neigh)
+                    later.append(head(corr.correlate(kind, yra[:, :, None].expand_as(yrn), yrn)))  # (N, S, 8, D)
+                neg = torch.cat([neg[:, :, None].expand(-1, -1, 8, -1, -1), torch.stack(later, dim=3)], dim=3)
+            loss, pos, negs = corr.info_nce(q, k, neg, cfg.tau)  # without time negatives, shared by the 8 j's of anchor i
         else:
             s = anchors.shape[1]
             loss, pos, negs = corr.info_nce(q.reshape(n, s * 8, -1), k.reshape(n, s * 8, -1), None, cfg.tau)

@@ -48,8 +48,11 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "val_pairs": 16,  # held-out synthetic pairs for the pos/neg gap report (0: none)
     "val_seed": 7919,  # held-out pairs use other identities and sentences than training
     "dataloader_num_workers": 0,
-    "face_align": None,  # None | haar | insightface: pose-align emotional onto neutral frames (§4.1)
+    "face_align": None,  # None | haar | dlib | insightface: landmark backend that pose-aligns emotional onto neutral frames (§4.1)
     "insightface_root": None,  # folder with models/buffalo_l/ for face_align=insightface (no downloads)
+    "face_focus": "face",  # face | mouth: aligned crops centred on the face or on the mouth (mouth emphasis; needs face_align)
+    "holdout": None,  # clip-name prefixes (speaker ids like M003, or file names) left out of training
+    "add_synthetic_pairs": 0,  # videos | mead | real_pairs: this many synthetic pairs added to each epoch
     # ---- metric
     "backbone": "r50",  # r18 | r34 | r50 | r100 | [d1, d2, d3, d4]
     "correlation": "vd",  # vd | cm
@@ -61,6 +64,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "num_negatives": 8,
     "tau": 0.07,
     "caas": True,
+    "spatial_weight": 1.0,  # weight of the SCC term in the loss
+    "temporal_weight": 1.0,  # weight of the TCC term in the loss
+    "time_negatives": False,  # SCC negatives also from the target's other frames (speech timing; not in the paper)
     "embedding_head": True,  # keep ArcFace's 12.8 M-parameter recognition head (only FAD needs it)
     "arcface_weights": None,  # insightface backbone.pth to start from
     "init_from": None,  # a save_pretrained metric folder to start from
@@ -92,6 +98,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
 
 _CHOICES = {
     "data": ("synthetic", "videos", "mead", "real_pairs"),
+    "face_align": (None, "haar", "dlib", "insightface"),
+    "face_focus": ("face", "mouth"),
     "correlation": ("vd", "cm"),
     "mixed_precision": ("no", "fp16", "bf16"),
 }
@@ -112,6 +120,8 @@ def _coerce(key: str, value: Any, from_cli: bool) -> Any:
             pass
     if key == "mixed_precision" and value is False:  # YAML 1.1 reads a bare `no` as false
         value = "no"
+    if key == "holdout" and isinstance(value, str):
+        value = [v for v in value.split(",") if v]
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{key}: expected one of {list(_CHOICES[key])}, got {value!r}")
     return value
@@ -213,27 +223,40 @@ class EpochSampler:
 
 
 def build_dataset(cfg: Dict[str, Any]):
+    """The training pairs: one source (``data``), real clips whose names start with a ``holdout``
+    prefix left out, plus ``add_synthetic_pairs`` synthetic pairs when asked."""
+    from torch.utils.data import ConcatDataset
+
     from .data.datasets import PairedClipDataset
 
     T, size = int(cfg["num_frames"]), int(cfg["resolution"])
     kind = cfg["data"]
     if kind == "synthetic":
         return PairedClipDataset.from_synthetic(int(cfg["synthetic_pairs"]), T, size, seed=int(cfg["seed"]))
-    kw = {}
+    kw: Dict[str, Any] = {"exclude": cfg["holdout"] or None}
     if cfg["face_align"]:
         from .data.face_align import FaceAligner
 
-        kw["aligner"] = FaceAligner(size, backend=cfg["face_align"], insightface_root=cfg["insightface_root"])
+        kw["aligner"] = FaceAligner(size, backend=cfg["face_align"], insightface_root=cfg["insightface_root"], focus=cfg["face_focus"], cache=True)
+    elif cfg["face_focus"] != "face":
+        raise ValueError(f"face_focus={cfg['face_focus']!r} needs face_align (a landmark backend: haar, dlib or insightface)")
     root = cfg["data_root"]
     if not root or not os.path.isdir(root):
         raise ValueError(f"data={kind!r} needs data_root to be an existing folder, got {root!r}")
     if kind == "videos":
-        return PairedClipDataset.from_videos(root, cfg["manifest"], T, size, **kw)
-    if kind == "mead":
+        real = PairedClipDataset.from_videos(root, cfg["manifest"], T, size, **kw)
+    elif kind == "mead":
         if not cfg["manifest"]:
             raise ValueError("data='mead' needs manifest (the official mead_aligned_path36.json or a stccl-pair output)")
-        return PairedClipDataset.from_mead(root, cfg["manifest"], T, size, **kw)
-    return PairedClipDataset.from_real_pairs(root, cfg["real_pairs_target"], T, size, **kw)
+        real = PairedClipDataset.from_mead(root, cfg["manifest"], T, size, **kw)
+    else:
+        real = PairedClipDataset.from_real_pairs(root, cfg["real_pairs_target"], T, size, **kw)
+    n_syn = int(cfg["add_synthetic_pairs"] or 0)
+    if n_syn <= 0:
+        return real
+    mixed = ConcatDataset([real, PairedClipDataset.from_synthetic(n_syn, T, size, seed=int(cfg["seed"]))])
+    mixed.skipped = real.skipped  # read after training starts too (faceless windows are appended)
+    return mixed
 
 
 def build_metric(cfg: Dict[str, Any]):
@@ -253,6 +276,9 @@ def build_metric(cfg: Dict[str, Any]):
         num_negatives=None if cfg["num_negatives"] is None else int(cfg["num_negatives"]),
         tau=float(cfg["tau"]),
         caas=bool(cfg["caas"]),
+        time_negatives=bool(cfg["time_negatives"]),
+        spatial_weight=float(cfg["spatial_weight"]),
+        temporal_weight=float(cfg["temporal_weight"]),
         embedding_head=bool(cfg["embedding_head"]),
     )
     if cfg["arcface_weights"]:

@@ -93,3 +93,35 @@ def test_eval_analysis_flag_errors(tmp_path, tiny_metric_dir):
         main(base + ["--metrics", "none"])  # nothing to compute
     with pytest.raises(ValueError, match="at least num_frames=4"):
         frame_pair_batches(np.zeros((3, 8, 8, 3), np.uint8), np.zeros((5, 8, 8, 3), np.uint8), 8, num_frames=4)
+
+
+def test_eval_analysis_reports_the_speech_timing_auc_of_the_shared_implementation(tmp_path, tiny_metric_dir):
+    from stccl_diffusers.analysis import metric_window_losses, speech_timing
+    from stccl_diffusers.data.datasets import frames_to_tensor
+
+    _folders(tmp_path)
+    out = tmp_path / "out"
+    assert main(["--reference_dir", str(tmp_path / "real"), "--generated", f"B={tmp_path / 'B'}", "--metrics", "none",
+                 "--analysis_metric", str(tiny_metric_dir), "--analysis_untrained", "--analysis_shifts", "1,2",
+                 "--output_dir", str(out), "--no_progress", "--num_threads", "1", "--seed", "0"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    metric = STCCLMetric.from_pretrained(str(tiny_metric_dir))
+    real = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted((tmp_path / "real" / "clip0").glob("*.png"))])
+    gen = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted((tmp_path / "B" / "clip0").glob("*.png"))])
+    direct = speech_timing(metric_window_losses(metric, 0, 32), frames_to_tensor(real, 64), frames_to_tensor(gen, 64), 2, (1, 2))
+    rec = next(c for c in res["clips"] if c["method"] == "B" and c["clip"] == "clip0")
+    assert rec["timing_auc"] == pytest.approx(direct["auc"]) and 0.0 <= rec["untrained_timing_auc"] <= 1.0
+    assert rec["timing_auc_per_layer"]["tcc/3"] == pytest.approx(direct["per_layer"]["tcc/3"])
+    pooled = res["methods"]["B"]["speech_timing"]
+    assert set(pooled["per_shift"]) == {"1", "2"} and pooled["per_shift"]["2"]["windows"] == 2 * 2  # 2 clips x 2 windows
+    assert "untrained_speech_timing" in res["methods"]["B"]
+    assert any("speech-timing AUC" in n for n in res["notes"])
+
+
+def test_eval_analysis_shifts_flag_errors(tmp_path, tiny_metric_dir):
+    _folders(tmp_path)
+    base = ["--reference_dir", str(tmp_path / "real"), "--generated", f"A={tmp_path / 'A'}", "--output_dir", str(tmp_path / "o"), "--no_progress"]
+    with pytest.raises(SystemExit, match="--analysis_shifts: expected"):
+        main(base + ["--metrics", "none", "--analysis_metric", str(tiny_metric_dir), "--analysis_shifts", "0"])
+    with pytest.raises(SystemExit, match="--analysis_shifts needs --analysis_metric"):
+        main(base + ["--metrics", "lse", "--analysis_shifts", "2"])

@@ -290,3 +290,25 @@ def test_metric_without_embedding_head_is_small_and_loads_arcface_stages(tmp_pat
     with pytest.raises(RuntimeError, match="embedding_head=False"):
         metric.backbone(torch.zeros(1, 3, 112, 112))
     assert torch.isfinite(metric(frames(), frames(seed=1), generator=gen()).loss)
+
+
+def test_time_negatives_make_a_still_target_clip_ambiguous():
+    """With time negatives, each SCC query also meets the same region in the target's other frames.
+    On a still clip (every frame the same) those equal the positive, so every query's loss is at
+    least log(T); the paper's negatives (other regions) leave identical clips far below that."""
+    import math
+
+    torch.manual_seed(0)
+    still = torch.rand(1, 1, 3, 32, 32).mul(2).sub(1).expand(2, 3, 3, 32, 32).contiguous()
+    kw = dict(backbone=(1, 1, 1, 1), input_size=32, layers=(1, 2), use_tcc=False, caas=False, num_samples=4, embedding_head=False)
+    plain = STCCLMetric(**kw)
+    timed = STCCLMetric(**kw, time_negatives=True)
+    timed.load_state_dict(plain.state_dict())
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    with_time = timed(still, still, generator=g())
+    without = plain(still, still, generator=g())
+    for layer in ("scc/1", "scc/2"):
+        assert float(with_time.per_layer[layer]["loss"]) >= math.log(3) - 1e-4
+        assert float(without.per_layer[layer]["loss"]) < math.log(3) - 0.1
+    with pytest.raises(ValueError, match="time_negatives"):
+        STCCLMetric(**kw, time_negatives=True, num_negatives=None)

@@ -126,3 +126,101 @@ def test_fresh_pretrain_refuses_another_runs_checkpoints_and_resume_skips_a_trun
     assert "checkpoint-4" in caplog.text and "model.safetensors has 100 bytes" in caplog.text
     with pytest.raises(ValueError, match="model.safetensors has 100 bytes"):
         resolve_checkpoint(str(out / "checkpoint-4"), str(out / "checkpoint-4"))
+
+
+def test_face_align_and_face_focus_are_checked_choices():
+    assert load_config(None, {"face_align": "dlib"})["face_align"] == "dlib"
+    assert load_config(None, {"face_align": "null"})["face_align"] is None
+    with pytest.raises(ValueError, match="face_align: expected one of"):
+        load_config(None, {"face_align": "mediapipe"})
+    with pytest.raises(ValueError, match="face_focus: expected one of"):
+        load_config(None, {"face_focus": "eyes"})
+    assert load_config(None, {"holdout": "M003,M030"})["holdout"] == ["M003", "M030"]
+
+
+def test_face_focus_without_a_landmark_backend_is_an_error(tmp_path, shared_data):
+    from stccl_diffusers.pretrain import build_dataset
+
+    cfg = _cfg(tmp_path, "o", data="real_pairs", data_root=str(shared_data / "real_pairs"), face_focus="mouth")
+    with pytest.raises(ValueError, match="face_focus='mouth' needs face_align"):
+        build_dataset(cfg)
+
+
+def test_holdout_leaves_speakers_out_and_synthetic_pairs_are_added(tmp_path, shared_data):
+    from stccl_diffusers.pretrain import build_dataset
+
+    cfg = _cfg(tmp_path, "o", data="real_pairs", data_root=str(shared_data / "real_pairs"), holdout=["M012", "M030", "W015"])
+    real = build_dataset(cfg)
+    assert [q.name for q in real.sequences] == ["M003_source_sad_033.mp4"]
+    mixed = build_dataset({**cfg, "add_synthetic_pairs": 5})
+    assert len(mixed) == len(real) + 5
+    assert mixed[len(real)]["anchor"].shape == real[0]["anchor"].shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="no clip left"):
+        build_dataset({**cfg, "holdout": ["M", "W"]})
+
+
+def _eye_mouth_points(detector, image):
+    lm = detector(image)
+    assert lm is not None, "dlib found no face in the aligned crop"
+    return lm.points
+
+
+def test_dlib_pose_alignment_warps_the_emotional_face_onto_the_neutral_one_on_real_frames(shared_data):
+    """Paper §4.1 on a real MEAD pair: the emotional tile, rotated and shifted by a known amount,
+    comes back onto the neutral face (same eye and mouth positions in the two crops)."""
+    import cv2
+    import numpy as np
+
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    from stccl_diffusers.data.datasets import real_pair_sequences
+    from stccl_diffusers.data.face_align import FaceAligner, make_detector
+
+    seq = real_pair_sequences(str(shared_data / "real_pairs"), "stccl_vd", files=["W015_source_happy_037.mp4"])[0][0]
+    idx = np.arange(20, 24)
+    neutral, emotional = seq.read_neutral(idx), seq.read_emotional(idx)
+    m = cv2.getRotationMatrix2D((98, 98), 12, 0.9)
+    m[:, 2] += (10, -6)
+    moved = np.stack([cv2.warpAffine(f, m, (196, 196), borderMode=cv2.BORDER_REPLICATE) for f in emotional])
+    det = make_detector("dlib")
+
+    def misfit(a, b):  # largest eye/mouth offset in inter-ocular distances of the first face
+        pa, pb = _eye_mouth_points(det, a), _eye_mouth_points(det, b)
+        return np.abs(pa - pb).max() / np.linalg.norm(pa[1] - pa[0])
+
+    before = misfit(neutral[0], moved[0])
+    n_crop, e_crop = FaceAligner(128, backend="dlib")(neutral, moved)
+    assert n_crop.shape == e_crop.shape == (4, 128, 128, 3)
+    after = misfit(n_crop[0], e_crop[0])
+    assert before > 0.15 and after < 0.05, (before, after)
+
+
+def test_pretrain_on_held_in_real_clips_with_dlib_pose_alignment(tmp_path, shared_data):
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    cfg = _cfg(tmp_path, "real", data="real_pairs", data_root=str(shared_data / "real_pairs"), holdout=["M012", "M030", "W015"],
+               face_align="dlib", face_focus="mouth", add_synthetic_pairs=4, max_train_steps=2, checkpointing_steps=0, num_threads=1)
+    summary = train(cfg)
+    assert summary["global_step"] == 2 and summary["skipped_nonfinite"] == 0
+    assert (tmp_path / "real" / "config.json").is_file()
+
+
+def test_real_face_demo_config_holds_speakers_out_and_aligns_with_dlib():
+    cfg = load_config(str(REPO / "configs" / "pretrain_stccl_real_demo.yaml"))
+    assert cfg["data"] == "real_pairs" and cfg["holdout"] == ["M003", "M030"]
+    assert cfg["face_align"] == "dlib" and cfg["face_focus"] == "mouth" and cfg["add_synthetic_pairs"] > 0
+
+
+def test_mouth_focus_centres_the_aligned_crop_on_the_mouth_of_a_real_face(shared_data):
+    import numpy as np
+
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    from stccl_diffusers.data.datasets import real_pair_sequences
+    from stccl_diffusers.data.face_align import FaceAligner, make_detector
+
+    seq = real_pair_sequences(str(shared_data / "real_pairs"), "ned", files=["M012_source_angry_029.mp4"])[0][0]
+    frames = seq.read_neutral(np.arange(30, 32))
+    det = make_detector("dlib")
+    face, _ = FaceAligner(128, backend="dlib", focus="face")(frames, frames)
+    mouth, _ = FaceAligner(128, backend="dlib", focus="mouth")(frames, frames)
+    m_face, m_mouth = det(face[0]).points[2], det(mouth[0]).points[2]
+    assert np.abs(m_mouth - 64).max() < 6, m_mouth  # the mouth at the crop centre
+    assert m_face[1] - 64 > 20, m_face  # the face crop has it well below the centre

@@ -55,6 +55,7 @@ __all__ = [
     "mead_sequences",
     "video_sequences",
     "real_pair_sequences",
+    "select_sequences",
 ]
 
 # real_pairs/ tiles (x offsets of the 256-wide tiles) and the label-free square crop inside
@@ -233,6 +234,17 @@ def real_pair_sequences(
     return seqs, skipped
 
 
+def select_sequences(sequences: Sequence[AlignedSequence], include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None) -> List[AlignedSequence]:
+    """The sequences whose name starts with one of ``include`` (all when None) and with none of
+    ``exclude``. A non-empty selection that keeps nothing is an error naming the available clips."""
+    inc = tuple(include) if include else None
+    exc = tuple(exclude or ())
+    kept = [q for q in sequences if (inc is None or q.name.startswith(inc)) and not (exc and q.name.startswith(exc))]
+    if sequences and not kept and (inc or exc):
+        raise ValueError(f"no clip left after include={list(inc or [])} exclude={list(exc)}; clips: {[q.name for q in sequences][:20]}")
+    return kept
+
+
 class _SyntheticSequences:
     """Marker for on-the-fly synthetic pairs (rendered per item, nothing cached)."""
 
@@ -250,6 +262,9 @@ class PairedClipDataset(Dataset):
     ``(anchor_frames, target_frames) -> (anchor_frames, target_frames)`` on uint8 (T, H, W, 3)
     arrays, e.g. :class:`stccl_diffusers.data.face_align.FaceAligner` (pose alignment, §4.1).
 
+    ``include`` / ``exclude``: clip-name prefixes (a speaker id such as ``M003``, or a file name):
+    keep only the matching sequences / drop them, e.g. to hold speakers out of training.
+
     ``skipped`` lists ``(name, reason)`` of the pairs that could not be used.
     """
 
@@ -261,6 +276,8 @@ class PairedClipDataset(Dataset):
         stride: Optional[int] = None,
         aligner: Optional[Callable] = None,
         skipped: Optional[List[Tuple[str, str]]] = None,
+        include: Optional[Sequence[str]] = None,
+        exclude: Optional[Sequence[str]] = None,
     ):
         if num_frames < 1:
             raise ValueError(f"expected num_frames >= 1, got {num_frames}")
@@ -270,7 +287,7 @@ class PairedClipDataset(Dataset):
         self.aligner = aligner
         self.skipped = list(skipped or [])
         self.synthetic = sequences if isinstance(sequences, _SyntheticSequences) else None
-        self.sequences: List[AlignedSequence] = [] if self.synthetic else list(sequences)
+        self.sequences: List[AlignedSequence] = [] if self.synthetic else select_sequences(sequences, include, exclude)
         self.windows: List[Tuple[int, int]] = []
         for s, seq in enumerate(self.sequences):
             L = seq.path.shape[1]
@@ -299,10 +316,36 @@ class PairedClipDataset(Dataset):
 
     @classmethod
     def from_real_pairs(cls, directory: str, target: str = "stccl_vd", num_frames: int = 4, size: int = 224, files: Optional[Sequence[str]] = None, **kw) -> "PairedClipDataset":
+        if files is None and (kw.get("include") or kw.get("exclude")):
+            # Decode only the selected videos (names are the file names).
+            probe = [AlignedSequence(n, np.zeros((2, 0), np.int64), None, None) for n in sorted(os.listdir(directory)) if n.endswith(".mp4")]
+            files = [q.name for q in select_sequences(probe, kw.get("include"), kw.get("exclude"))]
         seqs, skipped = real_pair_sequences(directory, target, files=files)
         return cls(seqs, num_frames, size, skipped=skipped, **kw)
 
     # ------------------------------------------------------------------ access
+    def num_clips(self) -> int:
+        """Number of whole aligned clips (:meth:`clip`); synthetic: the number of pairs."""
+        return self.synthetic.num_pairs if self.synthetic else len(self.sequences)
+
+    def clip(self, s: int) -> Tuple[str, torch.Tensor, torch.Tensor]:
+        """Whole aligned clip ``s``: ``(name, anchor, target)``, each (L, 3, size, size) in [-1, 1]
+        with frame k of one paired with frame k of the other (the aligner applied to the whole clip).
+        Raises ``NoFaceError`` when the aligner finds no face."""
+        if self.synthetic:
+            from .synthetic import make_pair
+
+            seed = self.synthetic.seed * 1_000_003 + s
+            p = make_pair(seed, size=self.size, with_audio=False)
+            a, t = p.neutral.frames[p.path[0]], p.emotional.frames[p.path[1]]
+            name = f"synthetic/{seed}"
+        else:
+            seq = self.sequences[s]
+            a, t, name = seq.read_neutral(seq.path[0]), seq.read_emotional(seq.path[1]), seq.name
+        if self.aligner is not None:
+            a, t = self.aligner(a, t)
+        return name, frames_to_tensor(a, self.size), frames_to_tensor(t, self.size)
+
     def __len__(self) -> int:
         return self.synthetic.num_pairs if self.synthetic else len(self.windows)
 

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--analysis_metric", type=str, help="save_pretrained STCCLMetric folder: per-layer pos/neg similarity (paper Fig. 3/7/8)")
     x.add_argument("--analysis_untrained", action="store_true", help="also an untrained metric of the same config (fresh init, --seed)")
     x.add_argument("--analysis_frames", type=int, default=2, help="frames per analysis window (>= 2 when the metric uses TCC)")
+    x.add_argument("--analysis_shifts", type=str, default=None, help="speech-timing AUC of the --analysis_metric: comma list of frame shifts "
+                   "(default 2,4,8,16; 'none' to skip): the fraction of windows whose index-paired generated window scores a lower loss "
+                   "than the generated clip shifted by k frames (0.5 = blind to speech timing)")
     return p
 
 
@@ -234,13 +237,18 @@ class CorrelationAnalysis:
 
     ``pair_metric`` adds ``pos_sim``, ``neg_sim``, ``gap`` (and ``untrained_*``) plus
     ``analysis_per_layer``; ``set_metric`` adds the per-layer means of each method.
+    With ``shifts``, also the speech-timing AUC (:func:`stccl_diffusers.analysis.speech_timing`):
+    ``timing_auc`` per clip, and per method ``speech_timing`` pooled over all windows of its clips
+    (overall, per layer, per shift).
     """
 
-    def __init__(self, metric, untrained=None, num_frames: int = 2, batch_size: int = 8, seed: int = 0):
+    def __init__(self, metric, untrained=None, num_frames: int = 2, batch_size: int = 8, seed: int = 0, shifts: Sequence[int] = ()):
         self.metric, self.untrained = metric, untrained
         self.num_frames, self.batch_size, self.seed = int(num_frames), int(batch_size), int(seed)
+        self.shifts = [int(k) for k in shifts]
         self.size = int(metric.config.input_size)
         self.per_clip: Dict[str, Dict[str, list]] = {}  # method -> {"metric": [...], "untrained": [...]}
+        self.timing: Dict[str, Dict[str, list]] = {}  # method -> {"metric": [...], "untrained": [...]}
 
     def pair_metric(self, pair, ctx=None) -> dict:
         from ..analysis import frame_pair_batches, layer_similarities
@@ -257,6 +265,19 @@ class CorrelationAnalysis:
             self.per_clip.setdefault(pair.method, {}).setdefault(prefix.rstrip("_") or "metric", []).append(r)
             out.update({f"{prefix}pos_sim": r["pos_sim"], f"{prefix}neg_sim": r["neg_sim"], f"{prefix}gap": r["gap"],
                         f"{prefix}analysis_per_layer": r["per_layer"]})
+            if self.shifts:
+                from ..analysis import metric_window_losses, speech_timing
+                from ..data.datasets import frames_to_tensor
+
+                n = min(len(pair.real), len(pair.generated))
+                a, t = frames_to_tensor(np.asarray(pair.real[:n]), self.size), frames_to_tensor(np.asarray(pair.generated[:n]), self.size)
+                try:
+                    st = speech_timing(metric_window_losses(m, self.seed, self.batch_size), a, t, self.num_frames, self.shifts)
+                except ValueError as e:  # clip too short for the shifts: said in the row, other clips still count
+                    out[f"{prefix}timing_note"] = str(e)
+                    continue
+                self.timing.setdefault(pair.method, {}).setdefault(prefix.rstrip("_") or "metric", []).append(st)
+                out.update({f"{prefix}timing_auc": st["auc"], f"{prefix}timing_auc_per_layer": st["per_layer"]})
         return out
 
     def method_results(self, method: str) -> Dict[str, dict]:
@@ -265,8 +286,14 @@ class CorrelationAnalysis:
         return {k: mean_similarities(v) for k, v in self.per_clip.get(method, {}).items() if v}
 
     def set_metric(self, method: str, ctx=None) -> dict:
+        from ..analysis import mean_speech_timing
+
         res = self.method_results(method)
-        return {("analysis_per_layer" if k == "metric" else f"{k}_analysis_per_layer"): r["per_layer"] for k, r in res.items()}
+        out = {("analysis_per_layer" if k == "metric" else f"{k}_analysis_per_layer"): r["per_layer"] for k, r in res.items()}
+        for k, v in self.timing.get(method, {}).items():
+            if v:
+                out["speech_timing" if k == "metric" else f"{k}_speech_timing"] = mean_speech_timing(v)
+        return out
 
 
 def _extra_metrics(args, notes: List[str]):
@@ -295,13 +322,33 @@ def _extra_metrics(args, notes: List[str]):
         if args.analysis_frames < (2 if metric.config.use_tcc else 1):
             raise SystemExit(f"--analysis_frames: expected >= {2 if metric.config.use_tcc else 1} (the metric's TCC compares frames), got {args.analysis_frames}")
         untrained = untrained_like(metric, args.seed).to(args.device) if args.analysis_untrained else None
-        analysis = CorrelationAnalysis(metric, untrained, args.analysis_frames, args.batch_size, args.seed)
+        shifts = _analysis_shifts(args.analysis_shifts)
+        analysis = CorrelationAnalysis(metric, untrained, args.analysis_frames, args.batch_size, args.seed, shifts)
         pair.append(analysis.pair_metric)
         per_set.append(analysis.set_metric)
         notes.append(f"correlation analysis (--analysis_metric {args.analysis_metric}, input_size {analysis.size}): anchor = real clip, "
                      f"target = generated clip, windows of {args.analysis_frames} frames paired by index, region sampling seed {args.seed}"
-                     + ("; untrained_* = fresh init of the same config (seed " + str(args.seed) + ")" if untrained is not None else ""))
+                     + ("; untrained_* = fresh init of the same config (seed " + str(args.seed) + ")" if untrained is not None else "")
+                     + (f"; timing_auc = speech-timing AUC, shifts {shifts} frames (0.5 = blind to speech timing)" if shifts else ""))
+    elif args.analysis_shifts is not None:
+        raise SystemExit("--analysis_shifts needs --analysis_metric DIR (the metric whose speech-timing AUC is measured)")
     return pair, per_set, analysis
+
+
+def _analysis_shifts(text: Optional[str]) -> List[int]:
+    from ..analysis import DEFAULT_SHIFTS
+
+    if text is None:
+        return list(DEFAULT_SHIFTS)
+    if text.strip().lower() in ("none", ""):
+        return []
+    try:
+        shifts = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        shifts = [0]
+    if not shifts or 0 in shifts:
+        raise SystemExit(f"--analysis_shifts: expected a comma list of non-zero frame shifts (or 'none'), got {text!r}")
+    return shifts
 
 
 def main(argv: Optional[Sequence[str]] = None, extra_pair_metrics: Sequence = (), extra_set_metrics: Sequence = ()) -> int:
