@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
                                      windows_per_clip=cfg.windows_per_clip,
                                      progress=accelerator.is_local_main_process,
                                      target_fps=cfg.dice_fps if cfg.backend == "dice_talk" else None,
-                                     crop=cfg.crop)
+                                     crop=cfg.crop, reference=cfg.reference)
         metric, metric_info = ensure_metric(
             cfg.metric_path, out / "metric", backbone=[int(x) for x in cfg.metric_backbone],
             input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,

@@ -57,6 +57,9 @@ class EATSTCCLConfig(TalkingClipsConfig):
     reference_model: Optional[str] = None
     """A `save_pretrained` ReferenceEATModel to start from; None starts from scratch."""
     reference_render_channels: int = 16
+    motion_weight: float = 0.0
+    """Reference model: extra L1 weight where a frame differs from its source (mouth, brows,
+    eyes; `ReferenceEATModel.reconstruction_losses`). 0 is a plain L1."""
     train_mode: str = "full"
     """EAT trains modules in full (prompt, EAM, side-tuning); LoRA does not apply."""
 
@@ -111,7 +114,7 @@ def build_backend(cfg: EATSTCCLConfig, audio_dim: int):
         raise ValueError(f"reference model is {model.config.image_size}px with audio_dim {model.config.audio_dim}; "
                          f"the data is {cfg.resolution}px with audio_dim {audio_dim}")
     model.requires_grad_(True)
-    return ReferenceEATGeneratorFull(model), cfg.resolution
+    return ReferenceEATGeneratorFull(model, motion_weight=cfg.motion_weight), cfg.resolution
 
 
 def build_data(cfg: EATSTCCLConfig, progress: bool = True):
@@ -123,10 +126,12 @@ def build_data(cfg: EATSTCCLConfig, progress: bool = True):
             # Validation (demo only): other identities and sentences than training, in a sibling the demo owns.
             prepare_clip_folder(f"{cfg.data_dir}_val", True, speakers=1, clips=1, size=size, seed=cfg.validation_seed)
         train_set = TalkingClipDataset(cfg.data_dir, EAT_EMOTION_NAMES, cfg.num_frames, cfg.resolution,
-                                       windows_per_clip=cfg.windows_per_clip, progress=progress, crop=cfg.crop)
+                                       windows_per_clip=cfg.windows_per_clip, progress=progress, crop=cfg.crop,
+                                       reference=cfg.reference)
         val_dir = f"{cfg.data_dir}_val" if Path(f"{cfg.data_dir}_val").is_dir() else cfg.data_dir
         held_out = TalkingClipDataset(val_dir, EAT_EMOTION_NAMES, cfg.validation_frames, cfg.resolution,
-                                      windows_per_clip=1, progress=progress, crop=cfg.crop)
+                                      windows_per_clip=1, progress=progress, crop=cfg.crop,
+                                      reference=cfg.reference)
         emotional = [held_out[i] for i in range(len(held_out)) if int(held_out[i]["emotion"]) != 5]
         val_batch = eat_collate((emotional or [held_out[0]])[: cfg.num_validation_clips])
         return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1]

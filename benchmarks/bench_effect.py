@@ -221,7 +221,7 @@ def data_and_metric(base, emotions, cache: Path):
     """The backend's synthetic training clips (made once in the cache) and the shared cached metric."""
     ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
     data = TalkingClipDataset(base.data_dir, emotions, base.num_frames, base.resolution,
-                              windows_per_clip=base.windows_per_clip, progress=False)
+                              windows_per_clip=base.windows_per_clip, progress=False, reference=base.reference)
     metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
                               input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
                               progress=False)
