@@ -258,7 +258,8 @@ class BeforeSTCCLRow:
         self.step: int | None = None
 
     def __call__(self, adapter, batch, generator, step, rendered):
-        if self.weight_at(step) == 0.0:
+        # Validation at `step` follows optimizer steps 0 .. step-1: STCCL-free if the last of them was.
+        if self.weight_at(max(step - 1, 0)) == 0.0:
             self.frames, self.step = rendered["target"].detach().float().cpu().clone(), step
         if self.frames is None:
             return None
