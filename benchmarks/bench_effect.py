@@ -9,7 +9,13 @@ For each backend (``dice``: the built-in ReferenceDICE fine-tuned with LoRA thro
 through ``EATWithSTCCL``/``EATAdapter``, the path of ``train_eat_stccl.py``) two arms differ only
 in the STCCL weight (0 vs the configured one): same data, base model, seeds, steps, LoRA init.
 
-Measures per arm (mean ± std over seeds), on held-out identities/sentences:
+The base models are trained here (cached) on the demo configs' data and settings: a neutral reference
+image (``reference: neutral``), reconstruction weighted where frames differ from it
+(``motion_weight``), DICE 300 VAE + 1500 EDM steps, EAT 3000 steps; that is what makes them render
+emotion (the table's ``base`` rows say how much).
+
+Measures per arm (mean ± std over seeds), on held-out identities/sentences
+(:mod:`stccl_diffusers.training.effect`, shared with the demos' metrics.json):
 
 * ``emotion_acc``: accuracy of a small frozen probe (CNN trained here on rendered frames with
   random identity, emotion and mouth opening) on the generated target clips; chance is 1/5.
@@ -28,7 +34,7 @@ Base models, data, the metric and the probe are cached under ``outputs/bench_eff
 results.md, effect.png) and never touches an older run.
 
     python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
-        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--threads 2]
+        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-lr 1e-3] [--eat-lr 2e-3] [--threads 2]
 
 Honest by construction: nothing here looks at the result to choose a setting; every setting run
 is written to the JSON.
@@ -115,7 +121,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
                             "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size,
                             "steps": args.steps_dice, "weight": args.dice_weight, "gate_timestep": base.gate_timestep,
-                            "lr": base.learning_rate, "rank": base.rank, "clips": args.clips,
+                            "lr": args.dice_lr or base.learning_rate, "rank": base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
@@ -124,7 +130,8 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
         model = ReferenceDICE.from_pretrained(str(base_dir))  # the same base and LoRA init for every arm
         return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
 
-    run_arms("dice", base, args.dice_weight, args.steps_dice, make_adapter, data, None,
+    ft = replace(base, learning_rate=args.dice_lr or base.learning_rate)
+    run_arms("dice", ft, args.dice_weight, args.steps_dice, make_adapter, data, None,
              lambda a: measure(a.render_validation, clips, probe, metric, list(DICE_EMOTIONS), base.resolution,
                                collate), args.seeds, run_dir, results, log)
     return results
@@ -161,8 +168,9 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
     results = {"settings": {"base_steps": args.eat_base_steps, "steps": args.steps_eat, "weight": args.eat_weight,
                             "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size,
-                            "lr": base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
-    ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0)
+                            "lr": args.eat_lr or base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
+    ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0,
+                  learning_rate=args.eat_lr or base.learning_rate)
     adapter, _ = adapter_for(replace(ref, stccl_weight=0.0))
     results["base"] = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES),
                               base.resolution, eat_collate)
@@ -242,6 +250,8 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--dice-weight", type=float, default=0.5, help="configs/dice_stccl_demo.yaml's stccl_weight")
     ap.add_argument("--eat-weight", type=float, default=0.02, help="configs/eat_stccl_demo.yaml's stccl_weight")
+    ap.add_argument("--dice-lr", type=float, default=None, help="DICE LoRA fine-tuning learning rate (config: 1e-3)")
+    ap.add_argument("--eat-lr", type=float, default=None, help="EAT fine-tuning learning rate (config: 2e-3)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm (both backends)")
     ap.add_argument("--clips", type=int, default=None, help="held-out evaluation clips")
     ap.add_argument("--threads", type=int, default=2)
