@@ -62,6 +62,7 @@ def probe_frames(n: int, resolution: int, seed: int):
 
 
 def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple[Probe, dict]:
+    cache = Path(cache)
     path = cache / f"probe_{resolution}px_{frames}x{steps}.pt"
     probe = Probe()
     if path.is_file():
