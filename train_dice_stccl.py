@@ -28,6 +28,7 @@ from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
+from stccl_diffusers.training.effect import synthetic_validation
 from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
@@ -45,13 +46,13 @@ def main(argv=None) -> dict:
 
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     with accelerator.main_process_first():
-        prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
-                            clips=cfg.synth_clips, size=max(64, cfg.resolution), seed=cfg.seed)
+        synthetic = prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
+                                        clips=cfg.synth_clips, size=max(64, cfg.resolution), seed=cfg.seed)
         dataset = TalkingClipDataset(cfg.data_dir, DICE_EMOTIONS, cfg.num_frames, cfg.resolution,
                                      windows_per_clip=cfg.windows_per_clip,
                                      progress=accelerator.is_local_main_process,
                                      target_fps=cfg.dice_fps if cfg.backend == "dice_talk" else None,
-                                     crop=cfg.crop)
+                                     crop=cfg.crop, reference=cfg.reference)
         metric, metric_info = ensure_metric(
             cfg.metric_path, out / "metric", backbone=[int(x) for x in cfg.metric_backbone],
             input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
@@ -79,13 +80,22 @@ def main(argv=None) -> dict:
         raise ValueError(f"backend must be 'reference' or 'dice_talk', got {cfg.backend!r}")
 
     # 3. A fixed validation clip in the target emotion (and, rendered by the adapter, in neutral).
-    emotion = DICE_EMOTIONS.index(cfg.validation_emotion)
-    val_item = dataset.item(0, num_frames=cfg.validation_num_frames)
-    val_batch = {k: v[None] for k, v in val_item.items()}
-    val_batch["emotion"] = torch.tensor([emotion])
-    validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_item["fps"]), seed=cfg.validation_seed,
+    # On synthetic demo data: a held-out synthetic clip, so the benchmark's emotion and mouth measures
+    # (renderer ground truth) go into metrics.json; otherwise the first training clip, relabelled.
+    effect_fn = None
+    if synthetic and cfg.backend == "reference":
+        val_batch, effect_fn, probe_info = synthetic_validation(
+            1, cfg.validation_num_frames, cfg.resolution, DICE_EMOTIONS, torch.utils.data.default_collate,
+            out / "effect_probe", seed=cfg.validation_seed, emotions=(cfg.validation_emotion,))
+        info["effect_probe"] = probe_info
+    else:
+        val_item = dataset.item(0, num_frames=cfg.validation_num_frames)
+        val_batch = {k: v[None] for k, v in val_item.items()}
+        val_batch["emotion"] = torch.tensor([DICE_EMOTIONS.index(cfg.validation_emotion)])
+    validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_batch["fps"][0]), seed=cfg.validation_seed,
                                        emotion=cfg.validation_emotion,
-                                       no_stccl_fn=lora_off_row if cfg.train_mode == "lora" else None)
+                                       no_stccl_fn=lora_off_row if cfg.train_mode == "lora" else None,
+                                       effect_fn=effect_fn)
 
     # 4. Train (LoRA on the UNet's attention by default), checkpoint, validate.
     result = train(adapter, dataset, cfg, validation_fn=validation_fn)

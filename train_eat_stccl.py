@@ -37,6 +37,7 @@ from stccl_diffusers.models.reference_eat import ReferenceEATModel
 from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_metric
+from stccl_diffusers.training.effect import synthetic_validation
 from stccl_diffusers.training.validation import BeforeSTCCLRow, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local, save_pretrained_atomic
@@ -58,6 +59,9 @@ class EATSTCCLConfig(TalkingClipsConfig):
     reference_model: Optional[str] = None
     """A `save_pretrained` ReferenceEATModel to start from; None starts from scratch."""
     reference_render_channels: int = 16
+    motion_weight: float = 0.0
+    """Reference model: extra L1 weight where a frame differs from its source (mouth, brows,
+    eyes; `ReferenceEATModel.reconstruction_losses`). 0 is a plain L1."""
     train_mode: str = "full"
     """EAT trains modules in full (prompt, EAM, side-tuning); LoRA does not apply."""
 
@@ -124,26 +128,36 @@ def build_backend(cfg: EATSTCCLConfig, audio_dim: int):
         raise ValueError(f"reference model is {model.config.image_size}px with audio_dim {model.config.audio_dim}; "
                          f"the data is {cfg.resolution}px with audio_dim {audio_dim}")
     model.requires_grad_(True)
-    return ReferenceEATGeneratorFull(model), cfg.resolution
+    return ReferenceEATGeneratorFull(model, motion_weight=cfg.motion_weight), cfg.resolution
 
 
 def build_data(cfg: EATSTCCLConfig, progress: bool = True):
-    """(train set, collate, validation batch, audio feature size) for the configured data."""
+    """(train set, collate, validation batch, audio feature size, effect_fn) for the configured data.
+
+    On synthetic demo data the validation clips are held-out synthetic clips and `effect_fn` scores
+    them with the benchmark's emotion and mouth measures (renderer ground truth); else None."""
     if cfg.data == "clips":
         size = max(64, cfg.resolution)
-        if prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
-                               clips=cfg.synth_clips, size=size, seed=cfg.seed):
-            # Validation (demo only): other identities and sentences than training, in a sibling the demo owns.
-            prepare_clip_folder(f"{cfg.data_dir}_val", True, speakers=1, clips=1, size=size, seed=cfg.validation_seed)
+        synthetic = prepare_clip_folder(cfg.data_dir, cfg.synthesize_if_missing, speakers=cfg.synth_speakers,
+                                        clips=cfg.synth_clips, size=size, seed=cfg.seed)
         train_set = TalkingClipDataset(cfg.data_dir, EAT_EMOTION_NAMES, cfg.num_frames, cfg.resolution,
                                        windows_per_clip=cfg.windows_per_clip, progress=progress, crop=cfg.crop,
-                                       face_boxes=cfg.face_boxes)
+                                       face_boxes=cfg.face_boxes, reference=cfg.reference)
+        if synthetic and not cfg.eat_root:
+            val_batch, effect_fn, _ = synthetic_validation(
+                cfg.num_validation_clips, cfg.validation_frames, cfg.resolution, EAT_EMOTION_NAMES, eat_collate,
+                Path(cfg.output_dir) / "effect_probe", seed=cfg.validation_seed)
+            return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1], effect_fn
+        if synthetic:
+            # Validation (demo only): other identities and sentences than training, in a sibling the demo owns.
+            prepare_clip_folder(f"{cfg.data_dir}_val", True, speakers=1, clips=1, size=size, seed=cfg.validation_seed)
         val_dir = f"{cfg.data_dir}_val" if Path(f"{cfg.data_dir}_val").is_dir() else cfg.data_dir
         held_out = TalkingClipDataset(val_dir, EAT_EMOTION_NAMES, cfg.validation_frames, cfg.resolution,
-                                      windows_per_clip=1, progress=progress, crop=cfg.crop, face_boxes=cfg.face_boxes)
+                                      windows_per_clip=1, progress=progress, crop=cfg.crop, face_boxes=cfg.face_boxes,
+                                      reference=cfg.reference)
         emotional = [held_out[i] for i in range(len(held_out)) if int(held_out[i]["emotion"]) != 5]
         val_batch = eat_collate((emotional or [held_out[0]])[: cfg.num_validation_clips])
-        return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1]
+        return train_set, eat_collate, val_batch, val_batch["audio"].shape[-1], None
     if cfg.data == "eat":
         if not cfg.eat_root:
             raise ValueError("data: eat reads EAT's prepared MEAD through EAT's own data set: it needs --eat_root "
@@ -159,7 +173,7 @@ def build_data(cfg: EATSTCCLConfig, progress: bool = True):
         held_out = load_eat_dataset(cfg.eat_root, _eat_config_path(cfg), is_train=False,
                                     num_frames=cfg.validation_frames, **paths)
         val_batch = eat_validation_batch(held_out, cfg.num_validation_clips, seed=cfg.validation_seed)
-        return train_set, None, val_batch, None
+        return train_set, None, val_batch, None, None
     raise ValueError(f"data must be 'clips' or 'eat', got {cfg.data!r}")
 
 
@@ -188,7 +202,7 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     out = Path(cfg.output_dir)
     with accelerator.main_process_first():
-        train_set, collate, val_batch, audio_dim = build_data(cfg, progress=accelerator.is_local_main_process)
+        train_set, collate, val_batch, audio_dim, effect_fn = build_data(cfg, progress=accelerator.is_local_main_process)
         if accelerator.is_main_process:
             write_skipped_report(getattr(train_set, "skipped", []), str(out))
         metric, metric_info = ensure_metric(
@@ -212,7 +226,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_batch.get("fps", 25.0)),
                                        seed=cfg.validation_seed, audio_key="waveform",
                                        emotion=EAT_EMOTION_NAMES[int(val_batch["y_trg"][0])],
-                                       no_stccl_fn=BeforeSTCCLRow(adapter.stccl.current_weight))
+                                       no_stccl_fn=BeforeSTCCLRow(adapter.stccl.current_weight),
+                                       effect_fn=effect_fn)
 
     # 4. The shared loop: checkpoints, resume, NaN guard, trackers, validation.
     result = train(adapter, train_set, cfg, accelerator=accelerator, collate_fn=collate, validation_fn=validation_fn,

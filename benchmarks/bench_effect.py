@@ -9,7 +9,13 @@ For each backend (``dice``: the built-in ReferenceDICE fine-tuned with LoRA thro
 through ``EATWithSTCCL``/``EATAdapter``, the path of ``train_eat_stccl.py``) two arms differ only
 in the STCCL weight (0 vs the configured one): same data, base model, seeds, steps, LoRA init.
 
-Measures per arm (mean ± std over seeds), on held-out identities/sentences:
+The base models are trained here (cached) on the demo configs' data and settings: a neutral reference
+image (``reference: neutral``), reconstruction weighted where frames differ from it
+(``motion_weight``), DICE 300 VAE + 1500 EDM steps, EAT 3000 steps; that is what makes them render
+emotion (the table's ``base`` rows say how much).
+
+Measures per arm (mean ± std over seeds), on held-out identities/sentences
+(:mod:`stccl_diffusers.training.effect`, shared with the demos' metrics.json):
 
 * ``emotion_acc``: accuracy of a small frozen probe (CNN trained here on rendered frames with
   random identity, emotion and mouth opening) on the generated target clips; chance is 1/5.
@@ -28,7 +34,7 @@ Base models, data, the metric and the probe are cached under ``outputs/bench_eff
 results.md, effect.png) and never touches an older run.
 
     python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
-        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--threads 2]
+        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-lr 1e-3] [--eat-lr 2e-3] [--threads 2]
 
 Honest by construction: nothing here looks at the result to choose a setting; every setting run
 is written to the JSON.
@@ -45,148 +51,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from stccl_diffusers.data.synthetic import EMOTIONS, VISEMES, make_pair, render_face, sample_identity  # noqa: E402
-from stccl_diffusers.eval.mouth import mouth_opening_curve, mouth_preservation  # noqa: E402
-from stccl_diffusers.training.clips import TalkingClipDataset, _resize  # noqa: E402
+from stccl_diffusers.training.clips import TalkingClipDataset  # noqa: E402
 from stccl_diffusers.training.config import parse_config  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips  # noqa: E402
+from stccl_diffusers.training.effect import MEASURES, ensure_probe, eval_clips, measure  # noqa: E402
 from stccl_diffusers.training.loop import train  # noqa: E402
-from stccl_diffusers.training.validation import stccl_scores, to_uint8  # noqa: E402
-
-EVAL_EMOTIONS = EMOTIONS[1:]  # targets: every non-neutral emotion
-MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "neu_corr", "neu_mae", "px_gt_corr", "stccl")
-
-
-# ----------------------------------------------------------------------------- the frozen probe
-
-
-class Probe(torch.nn.Module):
-    """Tiny CNN: frame (3, H, W) in [-1, 1] -> (emotion logits over EMOTIONS, mouth opening)."""
-
-    def __init__(self, width: int = 24):
-        super().__init__()
-        c = width
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, c, 3, 2, 1), torch.nn.SiLU(), torch.nn.Conv2d(c, 2 * c, 3, 2, 1), torch.nn.SiLU(),
-            torch.nn.Conv2d(2 * c, 2 * c, 3, 2, 1), torch.nn.SiLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
-        self.emotion = torch.nn.Linear(32 * c, len(EMOTIONS))
-        self.mouth = torch.nn.Linear(32 * c, 1)
-
-    def forward(self, x):
-        h = self.body(x)
-        return self.emotion(h), self.mouth(h)[:, 0]
-
-
-def probe_frames(n: int, resolution: int, seed: int):
-    """n rendered frames (random identity, emotion, viseme opening/width) and their labels."""
-    rng = np.random.default_rng(seed)
-    names = [v for v in VISEMES]
-    frames, emo, opening = [], [], []
-    for _ in range(n):
-        ident = sample_identity(rng)
-        e = int(rng.integers(len(EMOTIONS)))
-        vis = VISEMES[names[int(rng.integers(len(names)))]]
-        o = float(np.clip(vis.open * rng.uniform(0.3, 1.1), 0, 1))
-        frames.append(render_face(ident, EMOTIONS[e], o, vis.width, size=64))
-        emo.append(e)
-        opening.append(o)
-    x = torch.from_numpy(_resize(np.stack(frames), resolution)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x, torch.tensor(emo), torch.tensor(opening, dtype=torch.float32)
-
-
-def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple[Probe, dict]:
-    path = cache / f"probe_{resolution}px_{frames}x{steps}.pt"
-    probe = Probe()
-    if path.is_file():
-        probe.load_state_dict(torch.load(path, weights_only=True))
-        info = json.loads(path.with_suffix(".json").read_text())
-        return probe.eval().requires_grad_(False), info
-    x, y, o = probe_frames(frames, resolution, seed=1234)
-    xv, yv, ov = probe_frames(300, resolution, seed=4321)  # held-out identities
-    opt = torch.optim.Adam(probe.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        logits, m = probe(x[idx])
-        loss = F.cross_entropy(logits, y[idx]) + 10 * F.mse_loss(m, o[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    probe.eval().requires_grad_(False)
-    with torch.no_grad():
-        logits, m = probe(xv)
-    info = {"probe_val_emotion_acc": float((logits.argmax(1) == yv).float().mean()),
-            "probe_val_mouth_corr": float(np.corrcoef(m.numpy(), ov.numpy())[0, 1]),
-            "probe_frames": frames, "probe_steps": steps}
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save(probe.state_dict(), path)
-    path.with_suffix(".json").write_text(json.dumps(info))
-    return probe, info
-
-
-# ----------------------------------------------------------------------------- evaluation clips
-
-
-def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000) -> list[dict]:
-    """Held-out clips: identity + utterance, the target emotion's rendering (ground truth, audio)
-    and the neutral first frame as the identity reference."""
-    clips = []
-    for i in range(n):
-        emo = EVAL_EMOTIONS[i % len(EVAL_EMOTIONS)]
-        pair = make_pair(seed + i, emotion=emo, size=64)
-        e = pair.emotional
-        T = min(num_frames, e.num_frames)
-        spf = e.sample_rate / e.fps
-        frames = _resize(e.frames[:T], resolution)
-        clips.append({
-            "emotion": emo, "gt_frames": frames, "gt_open": np.asarray(e.mouth_open[:T], np.float64),
-            "reference": _resize(pair.neutral.frames[:1], resolution)[0],
-            "audio": np.asarray(e.audio[: int(round(T * spf))], np.float32), "fps": e.fps,
-        })
-    return clips
-
-
-def _item(c: dict, emotion_index: int, resolution: int) -> dict:
-    return {
-        "frames": torch.from_numpy(c["gt_frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1,  # shape only
-        "reference": torch.from_numpy(c["reference"]).permute(2, 0, 1).float() / 127.5 - 1,
-        "audio": torch.from_numpy(c["audio"]), "emotion": torch.tensor(emotion_index),
-        "face_box": torch.tensor([0.0, 0.0, float(resolution), float(resolution)]), "fps": torch.tensor(c["fps"]),
-    }
-
-
-@torch.no_grad()
-def measure(render, clips, probe, metric, emotions: list[str], resolution: int, collate) -> dict:
-    """Render every clip (target + neutral anchor) and score it. ``render(batch) -> {target, anchor}``."""
-    rows = []
-    for k, c in enumerate(clips):
-        batch = collate([_item(c, emotions.index(c["emotion"]), resolution)])
-        out = render(batch, torch.Generator().manual_seed(k))
-        tgt, anc = out["target"][0].float(), out["anchor"][0].float()
-        logits, m_t = probe(tgt.clamp(-1, 1))
-        logits_a, m_a = probe(anc.clamp(-1, 1))
-        acc = float((logits.argmax(1) == EMOTIONS.index(c["emotion"])).float().mean())
-        acc_a = float((logits_a.argmax(1) == EMOTIONS.index(c["emotion"])).float().mean())
-        gt = mouth_preservation(c["gt_open"], m_t.numpy(), already_curves=True)
-        neu = mouth_preservation(m_a.numpy(), m_t.numpy(), already_curves=True)
-        try:
-            px = mouth_preservation(mouth_opening_curve(c["gt_frames"]), mouth_opening_curve(to_uint8(tgt)),
-                                    already_curves=True)["mouth_corr"]
-        except ValueError:  # the detector rejects frames without a flat skin colour
-            px = float("nan")
-        sc = stccl_scores(metric, out["target"][:1], out["anchor"][:1], seed=k)["stccl"]
-        rows.append({"emotion_acc": acc, "anchor_emotion_acc": acc_a, "gt_corr": gt["mouth_corr"], "gt_mae": gt["mouth_mae"],
-                     "gt_lag": abs(gt["mouth_lag"]), "neu_corr": neu["mouth_corr"], "neu_mae": neu["mouth_mae"],
-                     "px_gt_corr": px, "stccl": sc, "curve_target": m_t.tolist(), "curve_gt": c["gt_open"].tolist()})
-    agg = {k: float(np.nanmean([r[k] for r in rows])) if not all(np.isnan(r[k]) for r in rows) else float("nan")
-           for k in MEASURES}
-    agg["curves"] = {"gt": rows[0]["curve_gt"], "target": rows[0]["curve_target"]}
-    return agg
 
 
 # ----------------------------------------------------------------------------- the backends
@@ -221,7 +94,7 @@ def data_and_metric(base, emotions, cache: Path):
     """The backend's synthetic training clips (made once in the cache) and the shared cached metric."""
     ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
     data = TalkingClipDataset(base.data_dir, emotions, base.num_frames, base.resolution,
-                              windows_per_clip=base.windows_per_clip, progress=False)
+                              windows_per_clip=base.windows_per_clip, progress=False, reference=base.reference)
     metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
                               input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
                               progress=False)
@@ -237,15 +110,18 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
                 {"output_dir": str(cache / "dice"), "data_dir": str(cache / "dice_data"), "report_to": "none",
                  "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
     data, metric = data_and_metric(base, DICE_EMOTIONS, cache)
-    base_dir = cache / "dice" / f"reference_dice_v{args.dice_vae_steps}_b{args.dice_base_steps}"
+    base_dir = cache / "dice" / (f"reference_dice_v{args.dice_vae_steps}_b{args.dice_base_steps}_"
+                                 f"{base.reference}_mw{base.motion_weight:g}_bs{base.train_batch_size}")
     if not (base_dir / "config.json").is_file():
         log(f"dice: pre-training the base model ({args.dice_base_steps} steps; cached in {base_dir})")
         pretrain_reference_dice(base, data, base_dir)
     clips = eval_clips(args.clips, args.dice_frames, base.resolution)
     collate = torch.utils.data.default_collate
     results = {"settings": {"base_steps": args.dice_base_steps, "vae_steps": args.dice_vae_steps,
+                            "reference": base.reference, "motion_weight": base.motion_weight,
+                            "batch_size": base.train_batch_size,
                             "steps": args.steps_dice, "weight": args.dice_weight, "gate_timestep": base.gate_timestep,
-                            "lr": base.learning_rate, "rank": base.rank, "clips": args.clips,
+                            "lr": args.dice_lr or base.learning_rate, "rank": base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
@@ -254,7 +130,8 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
         model = ReferenceDICE.from_pretrained(str(base_dir))  # the same base and LoRA init for every arm
         return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
 
-    run_arms("dice", base, args.dice_weight, args.steps_dice, make_adapter, data, None,
+    ft = replace(base, learning_rate=args.dice_lr or base.learning_rate)
+    run_arms("dice", ft, args.dice_weight, args.steps_dice, make_adapter, data, None,
              lambda a: measure(a.render_validation, clips, probe, metric, list(DICE_EMOTIONS), base.resolution,
                                collate), args.seeds, run_dir, results, log)
     return results
@@ -270,7 +147,8 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
                                               "report_to": "none"})
     data, metric = data_and_metric(base, EAT_EMOTION_NAMES, cache)
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]
-    base_dir = cache / "eat" / f"reference_eat_b{args.eat_base_steps}"
+    base_dir = cache / "eat" / (f"reference_eat_b{args.eat_base_steps}_{base.reference}_mw{base.motion_weight:g}_"
+                                f"bs{base.train_batch_size}")
 
     def adapter_for(cfg):
         gen, size = build_backend(cfg, audio_dim)
@@ -288,8 +166,11 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
         gen.model.save_pretrained(str(base_dir))
     clips = eval_clips(args.clips, args.eat_frames, base.resolution)
     results = {"settings": {"base_steps": args.eat_base_steps, "steps": args.steps_eat, "weight": args.eat_weight,
-                            "lr": base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
-    ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0)
+                            "reference": base.reference, "motion_weight": base.motion_weight,
+                            "batch_size": base.train_batch_size,
+                            "lr": args.eat_lr or base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
+    ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0,
+                  learning_rate=args.eat_lr or base.learning_rate)
     adapter, _ = adapter_for(replace(ref, stccl_weight=0.0))
     results["base"] = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES),
                               base.resolution, eat_collate)
@@ -369,6 +250,8 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--dice-weight", type=float, default=0.5, help="configs/dice_stccl_demo.yaml's stccl_weight")
     ap.add_argument("--eat-weight", type=float, default=0.02, help="configs/eat_stccl_demo.yaml's stccl_weight")
+    ap.add_argument("--dice-lr", type=float, default=None, help="DICE LoRA fine-tuning learning rate (config: 1e-3)")
+    ap.add_argument("--eat-lr", type=float, default=None, help="EAT fine-tuning learning rate (config: 2e-3)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm (both backends)")
     ap.add_argument("--clips", type=int, default=None, help="held-out evaluation clips")
     ap.add_argument("--threads", type=int, default=2)
@@ -379,8 +262,8 @@ def parse_args(argv=None):
     args.steps_dice = args.steps or (6 if q else 40)
     args.steps_eat = args.steps or (10 if q else 60)
     args.clips = args.clips or (2 if q else 4)
-    args.dice_base_steps, args.dice_vae_steps = (40, 40) if q else (300, 160)
-    args.eat_base_steps = 30 if q else 300
+    args.dice_base_steps, args.dice_vae_steps = (40, 40) if q else (1500, 300)
+    args.eat_base_steps = 30 if q else 3000
     args.dice_frames, args.eat_frames = (8, 10) if q else (16, 25)
     args.probe_frames, args.probe_steps = (600, 150) if q else (2000, 400)
     return args

@@ -107,11 +107,17 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torc
     return (x0 - _bcast(c_skip(sigma), x0) * x_t) / _bcast(c_out(sigma), x0)
 
 
-def edm_loss(x0_hat: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample weighted loss lambda(sigma) * mean((x0_hat - x0)^2), shape (B,), in fp32."""
+def edm_loss(x0_hat: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+             pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample weighted loss lambda(sigma) * mean(w * (x0_hat - x0)^2), shape (B,), in fp32.
+
+    pixel_weight: optional, broadcastable to x0 (e.g. (B, T, 1, h, w)); None is w = 1.
+    """
     if x0_hat.shape != x0.shape:
         raise ValueError(f"x0_hat and x0 must match, got {tuple(x0_hat.shape)} and {tuple(x0.shape)}")
     err = (x0_hat.float() - x0.float()) ** 2
+    if pixel_weight is not None:
+        err = err * pixel_weight.float()
     return loss_weight(sigma).float() * err.reshape(err.shape[0], -1).mean(dim=1)
 
 

@@ -46,3 +46,11 @@ def test_before_stccl_row_keeps_the_last_render_while_the_weight_was_zero():
     label, frames = row(None, None, None, 120, {"target": _clip(0.9)})
     assert label.endswith("(step 40)") and torch.allclose(frames, _clip(0.25))
     assert BeforeSTCCLRow(lambda s: 1.0)(None, None, None, 0, {"target": _clip(0.0)}) is None
+
+
+def test_before_stccl_row_counts_the_validation_right_after_the_warmup_as_stccl_free():
+    # Validation at step 60 follows optimizer steps 0..59, all with weight 0 (warm-up of 60 steps).
+    row = BeforeSTCCLRow(lambda step: 0.0 if step < 60 else 1.0)
+    row(None, None, None, 60, {"target": _clip(0.5)})
+    label, frames = row(None, None, None, 120, {"target": _clip(0.9)})
+    assert label.endswith("(step 60)") and torch.allclose(frames, _clip(0.5))

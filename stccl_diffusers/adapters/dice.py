@@ -22,6 +22,7 @@ import torch
 
 from .. import edm
 from ..models.reference_dice import ReferenceDICE, audio_frame_features, fit_autoencoder
+from ..models.weighting import motion_weights
 from ..training.adapter import TalkingHeadAdapter
 from ..utils.safety import save_pretrained_atomic
 
@@ -59,6 +60,7 @@ class DiceStepMixin:
     p_std: float = 1.6
     dropout_probs: tuple[float, float, float] = (0.05, 0.05, 0.05)
     use_face_boxes: bool = True
+    motion_weight: float = 0.0  # > 0: `models.weighting.motion_weights` on the EDM loss (frames vs reference)
 
     def sample_dropout(self, batch_size: int, generator, device) -> tuple[torch.Tensor, ...]:
         return condition_dropout(batch_size, self.dropout_probs, generator, device)
@@ -73,7 +75,13 @@ class DiceStepMixin:
         drops = self.sample_dropout(B, generator, device)
         cond = self.conditions(batch, self.target_prior(batch), drops)
         v = self.denoise(x_t, sigma, cond)
-        diffusion = edm.edm_loss(edm.x0_from_v(v.float(), x_t, sigma), x0, sigma).mean()
+        weight = None
+        if self.motion_weight > 0 and "frames" in batch:
+            frames, T = batch["frames"], x0.shape[1]
+            ref = batch["reference"][:, None].expand_as(frames)
+            weight = motion_weights(frames.flatten(0, 1), ref.flatten(0, 1), self.motion_weight,
+                                    size=tuple(x0.shape[-2:])).view(B, T, 1, *x0.shape[-2:])
+        diffusion = edm.edm_loss(edm.x0_from_v(v.float(), x_t, sigma), x0, sigma, pixel_weight=weight).mean()
 
         logs: dict[str, Any] = {"diffusion": diffusion.detach()}
         stccl = torch.zeros((), device=device)
@@ -117,9 +125,11 @@ class ReferenceDiceAdapter(DiceStepMixin, TalkingHeadAdapter):
         guidance_scale: float = 1.0,
         sigma_max: float = 80.0,
         use_face_boxes: bool = True,
+        motion_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
+        self.motion_weight = motion_weight
         self.callback = callback
         self.p_mean, self.p_std, self.dropout_probs = p_mean, p_std, tuple(dropout_probs)
         self.num_inference_steps, self.guidance_scale, self.sigma_max = num_inference_steps, guidance_scale, sigma_max
@@ -233,6 +243,9 @@ class DiceTrainingConfig(TalkingClipsConfig):
     vae_fit_steps: int = 160
     base_train_steps: int = 300
     base_learning_rate: float = 2e-3
+    motion_weight: float = 0.0
+    """Reference model: extra EDM-loss weight where a frame differs from its reference (mouth,
+    brows, eyes; `models.weighting.motion_weights`). 0 is the plain EDM loss."""
     # -- real DICE-Talk --
     dice_talk_root: Optional[str] = None
     dice_checkpoints: Optional[str] = None
@@ -267,7 +280,7 @@ def build_reference_adapter(cfg: DiceTrainingConfig, model: ReferenceDICE, callb
         model, callback, p_mean=cfg.p_mean, p_std=cfg.p_std,
         dropout_probs=(cfg.drop_reference, cfg.drop_audio, cfg.drop_emotion),
         num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-        use_face_boxes=cfg.use_face_boxes,
+        use_face_boxes=cfg.use_face_boxes, motion_weight=cfg.motion_weight,
     )
 
 

@@ -378,16 +378,17 @@ class ReferenceEATGeneratorFull(nn.Module):
     ``(B, T, 4)`` pixel face boxes. Returns ``(loss_values, generated)`` like EAT.
     """
 
-    def __init__(self, model: ReferenceEATModel, exp_weight: float = 0.01):
+    def __init__(self, model: ReferenceEATModel, exp_weight: float = 0.01, motion_weight: float = 0.0):
         super().__init__()
         self.model = model
-        self.exp_weight = exp_weight
+        self.exp_weight, self.motion_weight = exp_weight, motion_weight
 
     def forward(self, x: Dict[str, Any], train_with_img: bool = True):
         generated = self.model(x["source"], x["audio"], x["y_trg"], x["z_trg"])
         loss_values = {}
         if train_with_img and x.get("driving") is not None:
-            loss_values = ReferenceEATModel.reconstruction_losses(generated, x["driving"], self.exp_weight)
+            loss_values = ReferenceEATModel.reconstruction_losses(generated, x["driving"], self.exp_weight,
+                                                                  source=x["source"], motion_weight=self.motion_weight)
         return loss_values, generated
 
 

@@ -31,6 +31,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .weighting import motion_weights
+
 __all__ = [
     "EMOTIONS",
     "NEUTRAL_INDEX",
@@ -280,14 +282,28 @@ class ReferenceEATModel(ModelMixin, ConfigMixin):
 
     @staticmethod
     def reconstruction_losses(generated: Dict[str, torch.Tensor], driving: torch.Tensor,
-                              exp_weight: float = 0.01) -> Dict[str, torch.Tensor]:
+                              exp_weight: float = 0.01, source: torch.Tensor | None = None,
+                              motion_weight: float = 0.0) -> Dict[str, torch.Tensor]:
         """The model's own training losses (what EAT's ``loss_values`` holds for the real model).
 
         driving: ``(B, T, 3, H, W)`` or ``(B * T, 3, H, W)`` ground-truth frames in ``[0, 1]``.
         ``rec`` = L1 at full and half resolution (a cheap pyramid, as EAT's pyramid perceptual
         loss), ``exp_reg`` = ``exp_weight * mean |exp|`` (EAT's expression L1 prior).
+
+        ``motion_weight`` > 0 (needs ``source (B, 3, H, W)``) weights each pixel's L1 by
+        :func:`~stccl_diffusers.models.weighting.motion_weights`: where the frame differs from the
+        source (mouth, brows, eyes) counts more. Not in EAT (see that module for why).
         """
         pred = generated["prediction"]
         gt = driving.reshape(pred.shape)
-        rec = (pred - gt).abs().mean() + (F.avg_pool2d(pred, 2) - F.avg_pool2d(gt, 2)).abs().mean()
+        w = w2 = 1.0
+        if motion_weight > 0:
+            if source is None:
+                raise ValueError("motion_weight > 0 needs the source frames (B, 3, H, W)")
+            t = pred.shape[0] // source.shape[0]
+            src = source.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(pred.shape)
+            w = motion_weights(gt, src, motion_weight)
+            w2 = F.avg_pool2d(w, 2)
+        rec = ((pred - gt).abs() * w).mean() + ((F.avg_pool2d(pred, 2) - F.avg_pool2d(gt, 2)).abs() * w2).mean()
         return {"rec": rec, "exp_reg": exp_weight * generated["exp"].abs().mean()}
+

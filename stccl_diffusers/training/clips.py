@@ -30,6 +30,22 @@ class _Clip:
     fps: float
     emotion: int
     face_boxes: np.ndarray | None = None  # (T, 4) x1, y1, x2, y2 at the training resolution (face_boxes="track")
+    reference: np.ndarray | None = None  # (H, W, 3) uint8 identity image; None: frames[0]
+
+
+#: Reference images a dataset can give (see TalkingClipDataset's `reference`).
+REFERENCES = ("first_frame", "neutral")
+
+
+def _neutral_sibling(path: Path, root: Path, emotion: str) -> Path:
+    """The same speaker's neutral recording of the same sentence: MEAD's `<speaker>/video/front/
+    <emotion>/level_k/001.mp4` -> `<speaker>/video/front/neutral/level_1/001.mp4`."""
+    parts = list(path.relative_to(root).parts)
+    i = len(parts) - 1 - parts[::-1].index(emotion)
+    parts[i] = "neutral"
+    if i + 1 < len(parts) - 1 and parts[i + 1].startswith("level_"):
+        parts[i + 1] = "level_1"  # MEAD records neutral at one level only
+    return root.joinpath(*parts)
 
 
 #: Marks a folder whose clips this package synthesized (the only folders synthesis may write to).
@@ -140,8 +156,8 @@ def _track_boxes(frames: np.ndarray, size: int, crop: str = "center") -> tuple[n
 class TalkingClipDataset(Dataset):
     """Windows of `num_frames` frames from a folder of labelled talking-head clips.
 
-    Item: {"frames": (T, 3, H, W) float32 in [-1, 1], "reference": (3, H, W) (the clip's first
-    frame: the identity image), "audio": (T * sr / fps,) float32 waveform of the window,
+    Item: {"frames": (T, 3, H, W) float32 in [-1, 1], "reference": (3, H, W) (the identity image,
+    see `reference`), "audio": (T * sr / fps,) float32 waveform of the window,
     "emotion": int index into `emotions`, "face_box": (4,) x1, y1, x2, y2 in pixels (the whole
     frame: clips are face crops), "clip_index": int}.
 
@@ -170,6 +186,7 @@ class TalkingClipDataset(Dataset):
         target_fps: float | None = None,
         crop: str = "center",
         face_boxes: str = "frame",
+        reference: str = "first_frame",
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -190,6 +207,9 @@ class TalkingClipDataset(Dataset):
             raise ValueError(f"expected face_boxes 'frame' or 'track', got {face_boxes!r}")
         self.face_boxes = face_boxes
         self.faceless_frames: dict[str, int] = {}
+        if reference not in REFERENCES:
+            raise ValueError(f"expected reference in {REFERENCES}, got {reference!r}")
+        self.reference = reference
         files = sorted(root.rglob("*.mp4"))
         if max_clips is not None:
             files = files[:max_clips]
@@ -224,6 +244,17 @@ class TalkingClipDataset(Dataset):
                     self.faceless_frames[str(path)] = missing
             self.clips.append(_Clip(str(path), frames, clip.audio.astype(np.float32), clip.fps,
                                     self.emotions.index(emo), boxes))
+        self.reference_fallbacks = 0
+        if reference == "neutral":
+            by_path = {c.name: c for c in self.clips}
+            neutral = next((e for e in self.emotions if e == "neutral"), None)
+            for c in self.clips:
+                emo = self.emotions[c.emotion]
+                sib = by_path.get(str(_neutral_sibling(Path(c.name), root, emo))) if neutral else None
+                if sib is None:
+                    self.reference_fallbacks += 1
+                else:
+                    c.reference = sib.frames[0]
         if self.skipped:
             shown = min(5, len(self.skipped))
             warnings.warn(
@@ -257,7 +288,8 @@ class TalkingClipDataset(Dataset):
             T = min(int(num_frames), clip.frames.shape[0])
             start = min(start, clip.frames.shape[0] - T)
         frames = torch.from_numpy(clip.frames[start:start + T]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        reference = torch.from_numpy(clip.frames[0]).permute(2, 0, 1).float() / 127.5 - 1.0
+        ref = clip.frames[0] if clip.reference is None else clip.reference
+        reference = torch.from_numpy(ref).permute(2, 0, 1).float() / 127.5 - 1.0
         spf = self.sample_rate / clip.fps
         a0, n = int(round(start * spf)), int(round(T * spf))
         audio = np.zeros(n, np.float32)

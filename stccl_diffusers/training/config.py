@@ -112,6 +112,10 @@ class TalkingClipsConfig(TrainingConfig):
     """How non-square clips become square (never squashed): `center` (largest centred square) or
     `face` (a square around the clip's detected face; clips without a face are skipped and named)."""
     num_frames: int = 8
+    reference: str = "first_frame"
+    """Identity image of a training clip: `first_frame` (the clip's own) or `neutral` (the same
+    speaker's neutral recording of the sentence, MEAD layout), so the emotion must come from the
+    emotion input rather than be copied from the reference."""
     validation_seed: int = 1234
 
     # -- the STCCL metric ------------------------------------------------------------------

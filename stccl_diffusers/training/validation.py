@@ -191,6 +191,7 @@ def make_validation_fn(
     audio_key: str = "audio",
     emotion: str | None = None,
     no_stccl_fn: Callable | None = None,
+    effect_fn: Callable | None = None,
 ) -> Callable:
     """A `validation_fn(adapter, step)` for :func:`stccl_diffusers.training.loop.train`.
 
@@ -198,7 +199,9 @@ def make_validation_fn(
     `validation/step-{step:06d}.{png,mp4}` (labelled with `emotion` and the step) and returns the
     STCCL scores of target vs anchor. `no_stccl_fn(adapter, batch, generator, step, rendered) ->
     (label, frames) | None` adds a third row: the same model without STCCL (see
-    :func:`lora_off_row` and :class:`BeforeSTCCLRow`).
+    :func:`lora_off_row` and :class:`BeforeSTCCLRow`). `effect_fn(target, anchor) -> {measure:
+    value}` (:func:`stccl_diffusers.training.effect.clip_scorer`) adds the benchmark's emotion and
+    mouth measures as `effect_*`, and `no_stccl_*` for the third row's target-only measures.
     """
     out_dir = Path(out_dir)
 
@@ -222,6 +225,11 @@ def make_validation_fn(
             scores = stccl_scores(metric, target, anchor, seed=seed)
         # How different the two streams are, in pixels: the emotion must show, the identity stay.
         scores["target_anchor_l1"] = float((target - anchor).abs().mean())
+        if effect_fn is not None:
+            scores.update({f"effect_{k}": v for k, v in effect_fn(target, anchor).items()})
+            if extra:
+                row = effect_fn(extra[0][1], anchor)
+                scores.update({f"no_stccl_{k}": row[k] for k in ("emotion_acc", "gt_corr", "gt_mae", "gt_lag")})
         return scores
 
     return validation_fn
@@ -250,7 +258,8 @@ class BeforeSTCCLRow:
         self.step: int | None = None
 
     def __call__(self, adapter, batch, generator, step, rendered):
-        if self.weight_at(step) == 0.0:
+        # Validation at `step` follows optimizer steps 0 .. step-1: STCCL-free if the last of them was.
+        if self.weight_at(max(step - 1, 0)) == 0.0:
             self.frames, self.step = rendered["target"].detach().float().cpu().clone(), step
         if self.frames is None:
             return None

@@ -1,0 +1,186 @@
+"""The with/without-STCCL measures on synthetic talking faces, shared by `benchmarks/bench_effect.py`
+and the demos' `metrics.json`.
+
+- :class:`Probe`: a small frozen CNN trained here on rendered frames (random identity, emotion,
+  viseme opening) that reads a frame's emotion and mouth opening (:func:`ensure_probe`, cached).
+- :func:`eval_clips`: held-out synthetic clips (identities and sentences training never saw): the
+  neutral first frame as the identity reference, the target emotion's audio, and the renderer's
+  exact `mouth_open` for that utterance in that emotion (the ground truth, never trained on).
+- :func:`measure`: render every clip as target and neutral anchor and score it (see MEASURES).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.synthetic import EMOTIONS, VISEMES, make_pair, render_face, sample_identity
+from ..eval.mouth import mouth_opening_curve, mouth_preservation
+from .clips import _resize
+from .validation import stccl_scores, to_uint8
+
+EVAL_EMOTIONS = EMOTIONS[1:]  # targets: every non-neutral emotion
+MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "neu_corr", "neu_mae", "px_gt_corr", "stccl")
+
+
+class Probe(torch.nn.Module):
+    """Tiny CNN: frame (3, H, W) in [-1, 1] -> (emotion logits over EMOTIONS, mouth opening)."""
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        c = width
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 3, 2, 1), torch.nn.SiLU(), torch.nn.Conv2d(c, 2 * c, 3, 2, 1), torch.nn.SiLU(),
+            torch.nn.Conv2d(2 * c, 2 * c, 3, 2, 1), torch.nn.SiLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+        self.emotion = torch.nn.Linear(32 * c, len(EMOTIONS))
+        self.mouth = torch.nn.Linear(32 * c, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.emotion(h), self.mouth(h)[:, 0]
+
+
+def probe_frames(n: int, resolution: int, seed: int):
+    """n rendered frames (random identity, emotion, viseme opening/width) and their labels."""
+    rng = np.random.default_rng(seed)
+    names = [v for v in VISEMES]
+    frames, emo, opening = [], [], []
+    for _ in range(n):
+        ident = sample_identity(rng)
+        e = int(rng.integers(len(EMOTIONS)))
+        vis = VISEMES[names[int(rng.integers(len(names)))]]
+        o = float(np.clip(vis.open * rng.uniform(0.3, 1.1), 0, 1))
+        frames.append(render_face(ident, EMOTIONS[e], o, vis.width, size=64))
+        emo.append(e)
+        opening.append(o)
+    x = torch.from_numpy(_resize(np.stack(frames), resolution)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, torch.tensor(emo), torch.tensor(opening, dtype=torch.float32)
+
+
+def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple[Probe, dict]:
+    cache = Path(cache)
+    path = cache / f"probe_{resolution}px_{frames}x{steps}.pt"
+    probe = Probe()
+    if path.is_file():
+        probe.load_state_dict(torch.load(path, weights_only=True))
+        info = json.loads(path.with_suffix(".json").read_text())
+        return probe.eval().requires_grad_(False), info
+    x, y, o = probe_frames(frames, resolution, seed=1234)
+    xv, yv, ov = probe_frames(300, resolution, seed=4321)  # held-out identities
+    opt = torch.optim.Adam(probe.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        logits, m = probe(x[idx])
+        loss = F.cross_entropy(logits, y[idx]) + 10 * F.mse_loss(m, o[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    probe.eval().requires_grad_(False)
+    with torch.no_grad():
+        logits, m = probe(xv)
+    info = {"probe_val_emotion_acc": float((logits.argmax(1) == yv).float().mean()),
+            "probe_val_mouth_corr": float(np.corrcoef(m.numpy(), ov.numpy())[0, 1]),
+            "probe_frames": frames, "probe_steps": steps}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(probe.state_dict(), path)
+    path.with_suffix(".json").write_text(json.dumps(info))
+    return probe, info
+
+
+def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000,
+               emotions: tuple[str, ...] = EVAL_EMOTIONS) -> list[dict]:
+    """Held-out clips: identity + utterance, the target emotion's rendering (ground truth, audio)
+    and the neutral first frame as the identity reference. Clip i is in ``emotions[i % len]``."""
+    clips = []
+    for i in range(n):
+        emo = emotions[i % len(emotions)]
+        pair = make_pair(seed + i, emotion=emo, size=64)
+        e = pair.emotional
+        T = min(num_frames, e.num_frames)
+        spf = e.sample_rate / e.fps
+        frames = _resize(e.frames[:T], resolution)
+        clips.append({
+            "emotion": emo, "gt_frames": frames, "gt_open": np.asarray(e.mouth_open[:T], np.float64),
+            "reference": _resize(pair.neutral.frames[:1], resolution)[0],
+            "audio": np.asarray(e.audio[: int(round(T * spf))], np.float32), "fps": e.fps,
+        })
+    return clips
+
+
+def clip_item(c: dict, emotion_index: int, resolution: int) -> dict:
+    return {
+        "frames": torch.from_numpy(c["gt_frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1,  # shape only
+        "reference": torch.from_numpy(c["reference"]).permute(2, 0, 1).float() / 127.5 - 1,
+        "audio": torch.from_numpy(c["audio"]), "emotion": torch.tensor(emotion_index),
+        "face_box": torch.tensor([0.0, 0.0, float(resolution), float(resolution)]), "fps": torch.tensor(c["fps"]),
+    }
+
+
+@torch.no_grad()
+def score_clip(clip: dict, target: torch.Tensor, anchor: torch.Tensor, probe: Probe, metric=None, seed: int = 0) -> dict:
+    """Every measure of one clip. target, anchor: (T, 3, H, W) in [-1, 1], the generated clip in the
+    target emotion and its neutral anchor; `clip` from :func:`eval_clips`. ``stccl`` needs `metric`."""
+    tgt, anc = target.float().cpu(), anchor.float().cpu()
+    logits, m_t = probe(tgt.clamp(-1, 1))
+    logits_a, m_a = probe(anc.clamp(-1, 1))
+    label = EMOTIONS.index(clip["emotion"])
+    gt = mouth_preservation(clip["gt_open"], m_t.numpy(), already_curves=True)
+    neu = mouth_preservation(m_a.numpy(), m_t.numpy(), already_curves=True)
+    try:
+        px = mouth_preservation(mouth_opening_curve(clip["gt_frames"]), mouth_opening_curve(to_uint8(tgt)),
+                                already_curves=True)["mouth_corr"]
+    except ValueError:  # the detector rejects frames without a flat skin colour
+        px = float("nan")
+    sc = stccl_scores(metric, tgt[None], anc[None], seed=seed)["stccl"] if metric is not None else float("nan")
+    return {"emotion_acc": float((logits.argmax(1) == label).float().mean()),
+            "anchor_emotion_acc": float((logits_a.argmax(1) == label).float().mean()),
+            "gt_corr": gt["mouth_corr"], "gt_mae": gt["mouth_mae"], "gt_lag": abs(gt["mouth_lag"]),
+            "neu_corr": neu["mouth_corr"], "neu_mae": neu["mouth_mae"], "px_gt_corr": px, "stccl": sc,
+            "curve_target": m_t.tolist(), "curve_gt": clip["gt_open"].tolist()}
+
+
+def mean_scores(rows: list[dict]) -> dict:
+    """Mean of every measure over clips (NaNs skipped; NaN where all are NaN)."""
+    return {k: float(np.nanmean([r[k] for r in rows])) if not all(np.isnan(r[k]) for r in rows) else float("nan")
+            for k in MEASURES}
+
+
+@torch.no_grad()
+def measure(render, clips, probe, metric, emotions: list[str], resolution: int, collate) -> dict:
+    """Render every clip (target + neutral anchor) and score it. ``render(batch) -> {target, anchor}``."""
+    rows = []
+    for k, c in enumerate(clips):
+        batch = collate([clip_item(c, emotions.index(c["emotion"]), resolution)])
+        out = render(batch, torch.Generator().manual_seed(k))
+        rows.append(score_clip(c, out["target"][0], out["anchor"][0], probe, metric, seed=k))
+    agg = mean_scores(rows)
+    agg["curves"] = {"gt": rows[0]["curve_gt"], "target": rows[0]["curve_target"]}
+    return agg
+
+
+def clip_scorer(clips: list[dict], probe: Probe, metric=None):
+    """``score(target, anchor) -> {measure: mean over clips}`` for frames (B, T, 3, H, W) in [-1, 1]
+    rendered from ``clips`` (clip b is row b). For validation functions (no re-rendering)."""
+
+    @torch.no_grad()
+    def score(target: torch.Tensor, anchor: torch.Tensor) -> dict:
+        return mean_scores([score_clip(c, target[b], anchor[b], probe, metric, seed=b) for b, c in enumerate(clips)])
+
+    return score
+
+
+def synthetic_validation(n: int, num_frames: int, resolution: int, emotion_names: list[str], collate,
+                         probe_dir: str | Path, seed: int, emotions: tuple[str, ...] = EVAL_EMOTIONS,
+                         metric=None, probe_frames: int = 2000, probe_steps: int = 400):
+    """A demo's validation batch made of held-out synthetic clips (so the renderer's ground truth is
+    known) and the scorer of the benchmark's measures on it: ``(batch, score, probe_info)``.
+    `emotion_names`: the model's label vocabulary (clip emotions are looked up in it)."""
+    clips = eval_clips(n, num_frames, resolution, seed=seed, emotions=emotions)
+    probe, info = ensure_probe(Path(probe_dir), resolution, probe_frames, probe_steps)
+    batch = collate([clip_item(c, list(emotion_names).index(c["emotion"]), resolution) for c in clips])
+    return batch, clip_scorer(clips, probe, metric), info

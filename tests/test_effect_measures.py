@@ -1,0 +1,51 @@
+"""The benchmark's measures (training.effect) on held-out synthetic clips, and in demo validation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from stccl_diffusers.training.effect import MEASURES, clip_scorer, ensure_probe, eval_clips, score_clip
+from stccl_diffusers.training.validation import make_validation_fn
+
+
+def _frames(clip):
+    return torch.from_numpy(clip["gt_frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _reference_clip(clip):
+    return torch.from_numpy(clip["reference"]).permute(2, 0, 1).float()[None].expand(len(clip["gt_frames"]), -1, -1, -1) / 127.5 - 1
+
+
+def test_ground_truth_frames_score_better_mouth_than_a_frozen_reference(tmp_path):
+    probe, info = ensure_probe(tmp_path, 32, frames=400, steps=120)
+    assert (tmp_path / "probe_32px_400x120.pt").is_file() and info["probe_frames"] == 400
+    clip = eval_clips(1, 16, 32, emotions=("surprised",))[0]
+    truth = score_clip(clip, _frames(clip), _reference_clip(clip), probe)
+    frozen = score_clip(clip, _reference_clip(clip), _reference_clip(clip), probe)
+    assert set(MEASURES) <= set(truth)
+    assert truth["gt_corr"] > 0.5 and truth["gt_mae"] < frozen["gt_mae"]
+    assert math.isnan(truth["stccl"])  # no metric given
+
+
+def test_validation_logs_the_effect_measures_for_the_target_and_the_no_stccl_row(tmp_path):
+    probe, _ = ensure_probe(tmp_path / "probe", 32, frames=200, steps=20)
+    clips = eval_clips(2, 4, 32)
+
+    class Renderer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def render_validation(self, batch, generator=None):
+            target = torch.stack([_frames(c) for c in clips])
+            return {"target": target, "anchor": torch.stack([_reference_clip(c) for c in clips])}
+
+    fn = make_validation_fn({}, None, tmp_path, fps=25.0, emotion="happy", effect_fn=clip_scorer(clips, probe),
+                            no_stccl_fn=lambda a, b, g, s, r: ("no STCCL", r["anchor"]))
+    scores = fn(Renderer(), step=3)
+    assert {f"effect_{k}" for k in MEASURES} <= set(scores)
+    assert {"no_stccl_emotion_acc", "no_stccl_gt_corr", "no_stccl_gt_mae", "no_stccl_gt_lag"} <= set(scores)
+    assert 0.0 <= scores["effect_emotion_acc"] <= 1.0
+    assert (tmp_path / "validation" / "step-000003.png").is_file()
