@@ -397,3 +397,27 @@ def test_crop_faces_resamples_exactly_the_box():
     assert torch.allclose(crops[1], img[1, :, ::2, ::2] * 0.5 + img[1, :, 1::2, 1::2] * 0.5, atol=1e-2)
     with pytest.raises(ValueError, match=r"x1 > x0"):
         crop_faces(img, torch.tensor([[10.0, 0.0, 5.0, 10.0]] * 2), 8)
+
+
+def test_a_stale_submodule_of_another_checkout_is_forgotten_even_without_its_parent(tmp_path, monkeypatch):
+    """Two checkouts in one process: `modules.syncnet` of the first may outlive its `modules` parent in
+    sys.modules; importing from the second must not get it back."""
+    import sys
+    import types
+
+    from stccl_diffusers.adapters.eat import _purge_foreign_modules
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    stale = types.ModuleType("modules.syncnet")
+    stale.__file__ = str(first / "modules" / "syncnet.py")
+    for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "modules.syncnet", stale)
+    _purge_foreign_modules(second)
+    assert "modules.syncnet" not in sys.modules
+
+    own = types.ModuleType("modules.syncnet")
+    own.__file__ = str(second / "modules" / "syncnet.py")
+    monkeypatch.setitem(sys.modules, "modules.syncnet", own)
+    _purge_foreign_modules(second)
+    assert sys.modules["modules.syncnet"] is own  # the checkout's own modules stay cached

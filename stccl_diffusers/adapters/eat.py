@@ -639,12 +639,22 @@ def _on_path(root: Path):
 
 
 def _purge_foreign_modules(root: Path, package: str = "modules") -> None:
-    """Forget a cached ``modules`` package that does not live in ``root`` (another checkout)."""
-    cached = sys.modules.get(package)
-    paths = [Path(os.path.abspath(p)) for p in getattr(cached, "__path__", [])] if cached is not None else []
-    if cached is not None and Path(os.path.abspath(root)) not in [p.parent for p in paths]:
-        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-            del sys.modules[name]
+    """Forget every cached ``modules`` (sub)module that does not live in ``root`` (another checkout).
+
+    Submodules are checked one by one: a parent package can leave ``sys.modules`` while its
+    submodules stay (a test's monkeypatch, an importer's cleanup), and a stale ``modules.syncnet``
+    from another checkout would then be returned as it is."""
+    here = Path(os.path.abspath(root))
+    names = [n for n in sys.modules if n == package or n.startswith(package + ".")]
+
+    def foreign(mod) -> bool:
+        files = [getattr(mod, "__file__", None)] + list(getattr(mod, "__path__", []) or [])
+        files = [Path(os.path.abspath(f)) for f in files if f]
+        return bool(files) and not any(here in f.parents for f in files)
+
+    if any(foreign(sys.modules[n]) for n in names):
+        for n in names:
+            del sys.modules[n]
 
 
 def _import_from_checkout(root: Path, module: str):
