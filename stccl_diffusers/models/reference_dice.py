@@ -12,6 +12,8 @@ What it shares with DICE-Talk (facts §4), so that the DICE adapter exercises th
   of DICE-Talk's `EmotionModel`). Each emotion has a fixed prior; neutral has its own prior
   (cosine ~0.95 to the others, as DICE-Talk's `.npy` priors); zeros are the *unconditional*
   input used by condition dropout and classifier-free guidance, never the neutral anchor;
+  with `emotion_time_embedding=True` (what `pretrain_reference_dice` builds) the prior also shifts
+  the UNet's time embedding, so it scales/shifts every ResNet block (not in DICE-Talk);
 - a tiny `AutoencoderKL` (2x downsampling) as the VAE.
 
 Everything here is ours (the stock diffusers parts aside); it is sized to train on a CPU.
