@@ -120,7 +120,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     collate = torch.utils.data.default_collate
     results = {"settings": {"base_steps": args.dice_base_steps, "vae_steps": args.dice_vae_steps,
                             "reference": base.reference, "motion_weight": base.motion_weight,
-                            "batch_size": base.train_batch_size, "emotion_time_embedding": base.emotion_time_embedding,
+                            "batch_size": base.train_batch_size, "emotion_time_embedding": base.emotion_time_embedding, "guidance_scale": base.guidance_scale,
                             "steps": args.steps_dice, "weight": args.dice_weight, "gate_timestep": base.gate_timestep,
                             "lr": args.dice_lr or base.learning_rate, "rank": base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
