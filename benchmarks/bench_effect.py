@@ -111,7 +111,8 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
                  "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
     data, metric = data_and_metric(base, DICE_EMOTIONS, cache)
     base_dir = cache / "dice" / (f"reference_dice_v{args.dice_vae_steps}_b{args.dice_base_steps}_"
-                                 f"{base.reference}_mw{base.motion_weight:g}_bs{base.train_batch_size}")
+                                 f"{base.reference}_mw{base.motion_weight:g}_bs{base.train_batch_size}"
+                                 + ("_film" if base.emotion_time_embedding else ""))
     if not (base_dir / "config.json").is_file():
         log(f"dice: pre-training the base model ({args.dice_base_steps} steps; cached in {base_dir})")
         pretrain_reference_dice(base, data, base_dir)
@@ -119,7 +120,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     collate = torch.utils.data.default_collate
     results = {"settings": {"base_steps": args.dice_base_steps, "vae_steps": args.dice_vae_steps,
                             "reference": base.reference, "motion_weight": base.motion_weight,
-                            "batch_size": base.train_batch_size,
+                            "batch_size": base.train_batch_size, "emotion_time_embedding": base.emotion_time_embedding, "guidance_scale": base.guidance_scale,
                             "steps": args.steps_dice, "weight": args.dice_weight, "gate_timestep": base.gate_timestep,
                             "lr": args.dice_lr or base.learning_rate, "rank": base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}

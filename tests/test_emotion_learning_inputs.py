@@ -75,3 +75,19 @@ def test_edm_loss_pixel_weight_scales_the_error_where_it_is_given():
     w = torch.ones(1, 2, 1, 8, 8)
     w[..., :4, :] = 3.0
     assert edm.edm_loss(x0_hat, x0, sigma, pixel_weight=w) == pytest.approx(3 * edm.edm_loss(x0_hat, x0, sigma))
+
+
+def test_reference_dice_pretraining_trains_the_emotion_time_embedding(tmp_path):
+    from stccl_diffusers.adapters.dice import DiceTrainingConfig, pretrain_reference_dice
+    from stccl_diffusers.models.reference_dice import ReferenceDICE
+
+    _mead(tmp_path / "data")
+    ds = TalkingClipDataset(tmp_path / "data", DICE_EMOTIONS, num_frames=2, resolution=16, progress=False,
+                            reference="neutral")
+    cfg = DiceTrainingConfig(output_dir=str(tmp_path / "run"), resolution=16, num_frames=2, train_batch_size=2,
+                             vae_fit_steps=1, base_train_steps=3, report_to="none", seed=0)
+    model, _ = pretrain_reference_dice(cfg, ds, tmp_path / "base")
+    torch.manual_seed(cfg.seed)
+    fresh = ReferenceDICE(resolution=16, num_frames=2, emotion_time_embedding=True)
+    assert model.emotion_embedding is not None
+    assert not torch.allclose(model.emotion_embedding[2].weight, fresh.emotion_embedding[2].weight)

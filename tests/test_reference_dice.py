@@ -122,3 +122,43 @@ def test_bad_frames_are_rejected_with_the_shape():
     b["frames"] = b["frames"][:, 0]
     with pytest.raises(ValueError, match=r"expected frames \(B, T, 3, 16, 16\).*got \(2, 3, 16, 16\)"):
         adapter.training_step(b, 0, None)
+
+
+def test_emotion_time_embedding_alone_changes_the_denoiser_output_and_gets_gradient():
+    m = tiny_model(emotion_time_embedding=True)
+    b = tiny_batch()
+    feats = audio_frame_features(b["audio"], 16000, 25.0, 2)
+    x0 = m.encode_frames(b["frames"])
+    happy = m.encode_conditions(b["reference"], feats, m.emotion_prior(b["emotion"]), (8, 8))
+    neutral = m.encode_conditions(b["reference"], feats, m.neutral_prior(2), (8, 8))
+    # Same tokens and conv_in map: only the time-embedding shift differs between the two.
+    only_film = type(happy)(neutral.ref_latent, neutral.tokens, neutral.conv_in_residual, happy.time_embedding)
+    sigma = torch.tensor([0.5, 3.0])
+    assert not torch.allclose(m(x0, sigma, only_film), m(x0, sigma, neutral))
+    m(x0, sigma, only_film).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.emotion_embedding.parameters())
+
+
+def test_emotion_time_embedding_is_off_by_default_so_older_checkpoints_load_unchanged():
+    assert tiny_model().emotion_embedding is None
+    b = tiny_batch()
+    m = tiny_model()
+    cond = m.encode_conditions(b["reference"], audio_frame_features(b["audio"], 16000, 25.0, 2),
+                               m.emotion_prior(b["emotion"]), (8, 8))
+    assert cond.time_embedding is None
+
+
+def test_emotion_time_embedding_round_trips_and_drops_to_the_zero_input(tmp_path):
+    m = tiny_model(emotion_time_embedding=True)
+    m.save_pretrained(str(tmp_path))
+    n = ReferenceDICE.from_pretrained(str(tmp_path))
+    assert n.emotion_embedding is not None
+    torch.testing.assert_close(n.emotion_embedding[0].weight, m.emotion_embedding[0].weight)
+    b = tiny_batch()
+    feats = audio_frame_features(b["audio"], 16000, 25.0, 2)
+    prior = m.emotion_prior(b["emotion"])
+    dropped = m.encode_conditions(b["reference"], feats, prior, (8, 8), drop_emotion=torch.tensor([True, False]))
+    zeros = m.encode_conditions(b["reference"], feats, torch.zeros_like(prior), (8, 8))
+    full = m.encode_conditions(b["reference"], feats, prior, (8, 8))
+    torch.testing.assert_close(dropped.time_embedding[0], zeros.time_embedding[0])
+    torch.testing.assert_close(dropped.time_embedding[1], full.time_embedding[1])

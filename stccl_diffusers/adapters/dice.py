@@ -243,6 +243,10 @@ class DiceTrainingConfig(TalkingClipsConfig):
     vae_fit_steps: int = 160
     base_train_steps: int = 300
     base_learning_rate: float = 2e-3
+    emotion_time_embedding: bool = True
+    """Reference model: the emotion prior also shifts the UNet's time embedding (FiLM on every
+    ResNet block), not only the cross-attention tokens; without it the small model renders
+    emotion from the voice and barely changes with the label (the neutral anchor = the target)."""
     motion_weight: float = 0.0
     """Reference model: extra EDM-loss weight where a frame differs from its reference (mouth,
     brows, eyes; `models.weighting.motion_weights`). 0 is the plain EDM loss."""
@@ -295,12 +299,14 @@ def pretrain_reference_dice(cfg: DiceTrainingConfig, dataset, save_dir: str | Pa
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    model = ReferenceDICE(resolution=cfg.resolution, num_frames=cfg.num_frames)
+    model = ReferenceDICE(resolution=cfg.resolution, num_frames=cfg.num_frames,
+                          emotion_time_embedding=cfg.emotion_time_embedding)
     frames = torch.cat([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for c in dataset.clips])
     info = {"vae": fit_autoencoder(model, frames, steps=cfg.vae_fit_steps, batch_size=16, seed=cfg.seed)}
     base_cfg = replace(
         cfg, output_dir=str(Path(save_dir) / "base_run"), train_mode="full",
-        trainable_modules=["model.unet", "model.image_encoder", "model.audio_model", "model.emotion_model"],
+        trainable_modules=["model.unet", "model.image_encoder", "model.audio_model", "model.emotion_model"]
+        + (["model.emotion_embedding"] if model.emotion_embedding is not None else []),
         max_train_steps=cfg.base_train_steps, learning_rate=cfg.base_learning_rate, checkpointing_steps=0,
         validation_steps=0, validate_at_start=False, report_to="none", resume_from_checkpoint=None,
         lr_scheduler="cosine", lr_warmup_steps=min(20, cfg.base_train_steps // 10),

@@ -12,6 +12,8 @@ What it shares with DICE-Talk (facts §4), so that the DICE adapter exercises th
   of DICE-Talk's `EmotionModel`). Each emotion has a fixed prior; neutral has its own prior
   (cosine ~0.95 to the others, as DICE-Talk's `.npy` priors); zeros are the *unconditional*
   input used by condition dropout and classifier-free guidance, never the neutral anchor;
+  with `emotion_time_embedding=True` (what `pretrain_reference_dice` builds) the prior also shifts
+  the UNet's time embedding, so it scales/shifts every ResNet block (not in DICE-Talk);
 - a tiny `AutoencoderKL` (2x downsampling) as the VAE.
 
 Everything here is ours (the stock diffusers parts aside); it is sized to train on a CPU.
@@ -162,6 +164,8 @@ class DiceConditions:
     ref_latent: torch.Tensor
     tokens: torch.Tensor
     conv_in_residual: torch.Tensor
+    time_embedding: torch.Tensor | None = None
+    """(B, 4 * block_out_channels[0]) added to the UNet's time embedding (`emotion_time_embedding`)."""
 
 
 class ReferenceDICE(ModelMixin, ConfigMixin):
@@ -188,6 +192,7 @@ class ReferenceDICE(ModelMixin, ConfigMixin):
         sample_rate: int = 16000,
         added_time_ids: Sequence[float] = (25.0, 8.0, 0.0),
         vae_scaling_factor: float = 1.0,
+        emotion_time_embedding: bool = False,
     ) -> None:
         super().__init__()
         lat = resolution // 2 ** (len(vae_block_out_channels) - 1)
@@ -217,14 +222,29 @@ class ReferenceDICE(ModelMixin, ConfigMixin):
         self.emotion_model = EmotionTokenModel(emotion_prior_dim, cross_attention_dim, num_emotion_tokens,
                                                emotion_codebook_size, c0)
         self.register_buffer("emotion_priors", make_emotion_priors(num_emotions, emotion_prior_dim, neutral_index))
+        # Deviation from DICE-Talk (emotion enters through cross-attention only there): the prior
+        # also shifts the time embedding, i.e. scales/shifts every ResNet block (FiLM). Through
+        # tokens alone the small model reads emotion from the voice and barely from the label.
+        self.emotion_embedding = None
+        if emotion_time_embedding:
+            t_dim = 4 * block_out_channels[0]
+            self.emotion_embedding = torch.nn.Sequential(
+                torch.nn.Linear(emotion_prior_dim, t_dim), torch.nn.SiLU(), torch.nn.Linear(t_dim, t_dim))
         self._residual: torch.Tensor | None = None
+        self._time_residual: torch.Tensor | None = None
         self.unet.conv_in.register_forward_hook(self._add_conv_in_residual)
+        self.unet.add_embedding.register_forward_hook(self._add_time_residual)
 
     # -- hooks ------------------------------------------------------------------------------
     def _add_conv_in_residual(self, module, inputs, output):
         if self._residual is None:
             return output
         return output + self._residual.to(output.dtype)
+
+    def _add_time_residual(self, module, inputs, output):
+        if self._time_residual is None:
+            return output
+        return output + self._time_residual.to(output.dtype)
 
     # -- conditions -------------------------------------------------------------------------
     def emotion_prior(self, emotion: torch.Tensor) -> torch.Tensor:
@@ -281,7 +301,10 @@ class ReferenceDICE(ModelMixin, ConfigMixin):
         tokens = torch.cat([img_tok, aud_tok, emo_tok], dim=1)
         fmap = aud_map + emo_map[:, None]
         residual = F.interpolate(fmap.flatten(0, 1), size=lat_hw, mode="bilinear", align_corners=False)
-        return DiceConditions(ref_latent, tokens, residual.reshape(B, T, *residual.shape[1:]))
+        t_emb = None
+        if self.emotion_embedding is not None:
+            t_emb = self.emotion_embedding(keep(drop_emotion, prior.to(self.dtype)))
+        return DiceConditions(ref_latent, tokens, residual.reshape(B, T, *residual.shape[1:]), t_emb)
 
     # -- the denoiser -----------------------------------------------------------------------
     def time_ids(self, batch_size: int, device, dtype) -> torch.Tensor:
@@ -297,13 +320,14 @@ class ReferenceDICE(ModelMixin, ConfigMixin):
         ref = cond.ref_latent[:, None].expand(-1, T, -1, -1, -1)
         sample = torch.cat([x_in, ref.to(x_in.dtype)], dim=2).to(self.unet.dtype)
         self._residual = cond.conv_in_residual.flatten(0, 1)
+        self._time_residual = cond.time_embedding
         try:
             out = self.unet(
                 sample, edm.c_noise(sigma).to(sample.device), encoder_hidden_states=cond.tokens.to(self.unet.dtype),
                 added_time_ids=self.time_ids(B, sample.device, self.unet.dtype),
             ).sample
         finally:
-            self._residual = None
+            self._residual = self._time_residual = None
         return out
 
     @torch.no_grad()
