@@ -27,6 +27,16 @@ class _MSEMetric(nn.Module):
         return SimpleNamespace(loss=loss, pos_sim=torch.tensor(0.0), neg_sim=torch.tensor(0.0))
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    """EAT's 256-px renderer runs large convolutions, where a second thread pays (conftest's one
+    thread suits the tiny tensors elsewhere); restored for the modules that follow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
     return eat_test_checkout(tmp_path_factory)

@@ -12,6 +12,7 @@ reads it, imported from the checkout.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -19,6 +20,16 @@ import torch
 from _eat_real_checkout import eat_test_checkout, load_with_eats_demo
 from test_train_eat import load_script
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    """EAT's 256-px renderer runs large convolutions, where a second thread pays (conftest's one
+    thread suits the tiny tensors elsewhere); restored for the modules that follow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
