@@ -34,7 +34,8 @@ Base models, data, the metric and the probe are cached under ``outputs/bench_eff
 results.md, effect.png) and never touches an older run.
 
     python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
-        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-lr 1e-3] [--eat-lr 2e-3] [--threads 2]
+        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-steps 120] [--eat-steps 60]
+        [--dice-lr 1e-2] [--dice-rank 8] [--eat-lr 2e-3] [--threads 2]
 
 Honest by construction: nothing here looks at the result to choose a setting; every setting run
 is written to the JSON.
@@ -122,7 +123,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
                             "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size, "emotion_time_embedding": base.emotion_time_embedding, "guidance_scale": base.guidance_scale,
                             "steps": args.steps_dice, "weight": args.dice_weight, "gate_timestep": base.gate_timestep,
-                            "lr": args.dice_lr or base.learning_rate, "rank": base.rank, "clips": args.clips,
+                            "lr": args.dice_lr or base.learning_rate, "rank": args.dice_rank or base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
@@ -131,7 +132,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
         model = ReferenceDICE.from_pretrained(str(base_dir))  # the same base and LoRA init for every arm
         return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
 
-    ft = replace(base, learning_rate=args.dice_lr or base.learning_rate)
+    ft = replace(base, learning_rate=args.dice_lr or base.learning_rate, rank=args.dice_rank or base.rank)
     run_arms("dice", ft, args.dice_weight, args.steps_dice, make_adapter, data, None,
              lambda a: measure(a.render_validation, clips, probe, metric, list(DICE_EMOTIONS), base.resolution,
                                collate), args.seeds, run_dir, results, log)
@@ -251,17 +252,20 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--dice-weight", type=float, default=0.5, help="configs/dice_stccl_demo.yaml's stccl_weight")
     ap.add_argument("--eat-weight", type=float, default=0.02, help="configs/eat_stccl_demo.yaml's stccl_weight")
-    ap.add_argument("--dice-lr", type=float, default=None, help="DICE LoRA fine-tuning learning rate (config: 1e-3)")
+    ap.add_argument("--dice-lr", type=float, default=None, help="DICE LoRA fine-tuning learning rate (config: 1e-2)")
     ap.add_argument("--eat-lr", type=float, default=None, help="EAT fine-tuning learning rate (config: 2e-3)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm (both backends)")
+    ap.add_argument("--dice-steps", type=int, default=None, help="DICE fine-tuning steps per arm (overrides --steps)")
+    ap.add_argument("--eat-steps", type=int, default=None, help="EAT fine-tuning steps per arm (overrides --steps)")
+    ap.add_argument("--dice-rank", type=int, default=None, help="DICE LoRA rank (config: 8)")
     ap.add_argument("--clips", type=int, default=None, help="held-out evaluation clips")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_effect"))
     args = ap.parse_args(argv)
     q = args.quick
     args.seeds = args.seeds or ([0, 1] if q else [0, 1, 2])
-    args.steps_dice = args.steps or (6 if q else 40)
-    args.steps_eat = args.steps or (10 if q else 60)
+    args.steps_dice = args.dice_steps or args.steps or (6 if q else 120)
+    args.steps_eat = args.eat_steps or args.steps or (10 if q else 60)
     args.clips = args.clips or (2 if q else 4)
     args.dice_base_steps, args.dice_vae_steps = (40, 40) if q else (1500, 300)
     args.eat_base_steps = 30 if q else 3000
