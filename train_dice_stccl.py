@@ -13,6 +13,7 @@ emotion prior (paper §8.3). Flags override the YAML config; see `--help`.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -31,9 +32,25 @@ from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.effect import synthetic_validation
 from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
+from stccl_diffusers.data.synthetic import speaker_identity
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "dice_stccl_demo.yaml"
+
+
+def validation_identities(cfg: DiceTrainingConfig):
+    """[the face of training speaker `cfg.validation_speaker`] of the synthetic set in `cfg.data_dir`,
+    or None (a new face)."""
+    if cfg.validation_speaker is None:
+        return None
+    truth = Path(cfg.data_dir) / "ground_truth.json"
+    speakers = sorted(p.name for p in Path(cfg.data_dir).glob("S[0-9][0-9][0-9]") if p.is_dir())
+    if not truth.is_file() or f"S{cfg.validation_speaker:03d}" not in speakers:
+        raise ValueError(f"--validation_speaker {cfg.validation_speaker}: expected the index of a speaker of the "
+                         f"synthetic set in {cfg.data_dir} (speakers {speakers}, ground_truth.json "
+                         f"{'present' if truth.is_file() else 'missing'}); use null for a new face")
+    seed = int(json.loads(truth.read_text())["seed"])
+    return [speaker_identity(seed, cfg.validation_speaker)]
 
 
 def main(argv=None) -> dict:
@@ -86,7 +103,8 @@ def main(argv=None) -> dict:
     if synthetic and cfg.backend == "reference":
         val_batch, effect_fn, probe_info = synthetic_validation(
             1, cfg.validation_num_frames, cfg.resolution, DICE_EMOTIONS, torch.utils.data.default_collate,
-            out / "effect_probe", seed=cfg.validation_seed, emotions=(cfg.validation_emotion,))
+            out / "effect_probe", seed=cfg.validation_seed, emotions=(cfg.validation_emotion,),
+            identities=validation_identities(cfg))
         info["effect_probe"] = probe_info
     else:
         val_item = dataset.item(0, num_frames=cfg.validation_num_frames)

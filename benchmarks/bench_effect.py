@@ -34,7 +34,8 @@ Base models, data, the metric and the probe are cached under ``outputs/bench_eff
 results.md, effect.png) and never touches an older run.
 
     python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
-        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-lr 1e-3] [--eat-lr 2e-3] [--threads 2]
+        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-steps 120] [--eat-steps 60]
+        [--dice-lr 1e-2] [--dice-rank 8] [--eat-lr 2e-3] [--threads 2]
 
 Honest by construction: nothing here looks at the result to choose a setting; every setting run
 is written to the JSON.
@@ -90,15 +91,27 @@ def run_arms(backend, base_cfg, weight, steps, make_adapter, data, collate_fn, e
             log(f"{backend} {arm} seed {seed}: " + ", ".join(f"{k}={r[k]:.3f}" for k in MEASURES))
 
 
-def data_and_metric(base, emotions, cache: Path):
-    """The backend's synthetic training clips (made once in the cache) and the shared cached metric."""
+def data_and_metric(base, emotions, cache: Path, metric_steps: int):
+    """The backend's synthetic training clips (made once in the cache) and the shared cached metric
+    (`pretrain_metric_quick` for `metric_steps` steps, with the demo configs' backbone)."""
     ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
     data = TalkingClipDataset(base.data_dir, emotions, base.num_frames, base.resolution,
                               windows_per_clip=base.windows_per_clip, progress=False, reference=base.reference)
-    metric, _ = ensure_metric(None, cache / "metric", backbone=[int(x) for x in base.metric_backbone],
-                              input_size=base.metric_input_size, steps=base.metric_pretrain_steps, seed=0,
-                              progress=False)
+    metric, _ = ensure_metric(None, cache / f"metric_{metric_steps}steps", backbone=[int(x) for x in base.metric_backbone],
+                              input_size=base.metric_input_size, steps=metric_steps, seed=0, progress=False)
     return data, metric
+
+
+def metric_quality(metric) -> dict:
+    """Held-out positive/negative similarity of the metric on synthetic pairs it never saw (as
+    `stccl-pretrain` reports it): a larger gap = a metric that tells matching correlations apart."""
+    from stccl_diffusers.data.datasets import PairedClipDataset
+    from stccl_diffusers.pretrain import evaluate_gap
+
+    ds = PairedClipDataset.from_synthetic(8, 2, 64, seed=7919)
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("anchor", "target")}
+    r = evaluate_gap(metric, [batch])
+    return {k: float(r[k]) for k in ("pos_sim", "neg_sim", "gap")}
 
 
 def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
@@ -109,7 +122,10 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     base = _cfg(DiceTrainingConfig, ROOT / "configs" / "dice_stccl_demo.yaml",
                 {"output_dir": str(cache / "dice"), "data_dir": str(cache / "dice_data"), "report_to": "none",
                  "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
-    data, metric = data_and_metric(base, DICE_EMOTIONS, cache)
+    data, metric = data_and_metric(base, DICE_EMOTIONS, cache, args.metric_steps)
+    quality = metric_quality(metric)
+    log(f"dice: metric ({args.metric_steps} steps) held-out pos/neg similarity {quality['pos_sim']:.3f} / "
+        f"{quality['neg_sim']:.3f}, gap {quality['gap']:.3f}")
     base_dir = cache / "dice" / (f"reference_dice_v{args.dice_vae_steps}_b{args.dice_base_steps}_"
                                  f"{base.reference}_mw{base.motion_weight:g}_bs{base.train_batch_size}"
                                  + ("_film" if base.emotion_time_embedding else ""))
@@ -121,8 +137,9 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     results = {"settings": {"base_steps": args.dice_base_steps, "vae_steps": args.dice_vae_steps,
                             "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size, "emotion_time_embedding": base.emotion_time_embedding, "guidance_scale": base.guidance_scale,
-                            "steps": args.steps_dice, "weight": args.dice_weight, "gate_timestep": base.gate_timestep,
-                            "lr": args.dice_lr or base.learning_rate, "rank": base.rank, "clips": args.clips,
+                            "steps": args.steps_dice, "weight": args.dice_weight,
+                            "metric_steps": args.metric_steps, "metric_quality": quality, "gate_timestep": base.gate_timestep,
+                            "lr": args.dice_lr or base.learning_rate, "rank": args.dice_rank or base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
@@ -131,7 +148,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
         model = ReferenceDICE.from_pretrained(str(base_dir))  # the same base and LoRA init for every arm
         return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
 
-    ft = replace(base, learning_rate=args.dice_lr or base.learning_rate)
+    ft = replace(base, learning_rate=args.dice_lr or base.learning_rate, rank=args.dice_rank or base.rank)
     run_arms("dice", ft, args.dice_weight, args.steps_dice, make_adapter, data, None,
              lambda a: measure(a.render_validation, clips, probe, metric, list(DICE_EMOTIONS), base.resolution,
                                collate), args.seeds, run_dir, results, log)
@@ -146,7 +163,10 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
 
     base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                               "report_to": "none"})
-    data, metric = data_and_metric(base, EAT_EMOTION_NAMES, cache)
+    data, metric = data_and_metric(base, EAT_EMOTION_NAMES, cache, args.metric_steps)
+    quality = metric_quality(metric)
+    log(f"eat: metric ({args.metric_steps} steps) held-out pos/neg similarity {quality['pos_sim']:.3f} / "
+        f"{quality['neg_sim']:.3f}, gap {quality['gap']:.3f}")
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]
     base_dir = cache / "eat" / (f"reference_eat_b{args.eat_base_steps}_{base.reference}_mw{base.motion_weight:g}_"
                                 f"bs{base.train_batch_size}")
@@ -167,6 +187,7 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
         gen.model.save_pretrained(str(base_dir))
     clips = eval_clips(args.clips, args.eat_frames, base.resolution)
     results = {"settings": {"base_steps": args.eat_base_steps, "steps": args.steps_eat, "weight": args.eat_weight,
+                            "metric_steps": args.metric_steps, "metric_quality": quality,
                             "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size,
                             "lr": args.eat_lr or base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
@@ -251,18 +272,24 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--dice-weight", type=float, default=0.5, help="configs/dice_stccl_demo.yaml's stccl_weight")
     ap.add_argument("--eat-weight", type=float, default=0.02, help="configs/eat_stccl_demo.yaml's stccl_weight")
-    ap.add_argument("--dice-lr", type=float, default=None, help="DICE LoRA fine-tuning learning rate (config: 1e-3)")
+    ap.add_argument("--dice-lr", type=float, default=None, help="DICE LoRA fine-tuning learning rate (config: 1e-2)")
     ap.add_argument("--eat-lr", type=float, default=None, help="EAT fine-tuning learning rate (config: 2e-3)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm (both backends)")
+    ap.add_argument("--dice-steps", type=int, default=None, help="DICE fine-tuning steps per arm (overrides --steps)")
+    ap.add_argument("--eat-steps", type=int, default=None, help="EAT fine-tuning steps per arm (overrides --steps)")
+    ap.add_argument("--dice-rank", type=int, default=None, help="DICE LoRA rank (config: 8)")
+    ap.add_argument("--metric-steps", type=int, default=None,
+                    help="metric-learning steps of the shared STCCL metric (configs/dice_stccl_demo.yaml: 12)")
     ap.add_argument("--clips", type=int, default=None, help="held-out evaluation clips")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_effect"))
     args = ap.parse_args(argv)
     q = args.quick
     args.seeds = args.seeds or ([0, 1] if q else [0, 1, 2])
-    args.steps_dice = args.steps or (6 if q else 40)
-    args.steps_eat = args.steps or (10 if q else 60)
+    args.steps_dice = args.dice_steps or args.steps or (6 if q else 120)
+    args.steps_eat = args.eat_steps or args.steps or (10 if q else 60)
     args.clips = args.clips or (2 if q else 4)
+    args.metric_steps = args.metric_steps or 12
     args.dice_base_steps, args.dice_vae_steps = (40, 40) if q else (1500, 300)
     args.eat_base_steps = 30 if q else 3000
     args.dice_frames, args.eat_frames = (8, 10) if q else (16, 25)

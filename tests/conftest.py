@@ -19,6 +19,26 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def two_threads():
+    """Two intra-op threads for one module (`pytestmark = pytest.mark.usefixtures("two_threads")`):
+    EAT's 256-px renderer runs large convolutions, where the second thread pays. Restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def eat_checkout(tmp_path_factory):
+    """A user's EAT checkout for one test module: EAT's real source symlinked from
+    ../shared/third_party/EAT_code plus random weights in EAT's formats (skips when absent;
+    tests/_eat_real_checkout.py)."""
+    from _eat_real_checkout import eat_test_checkout
+
+    return eat_test_checkout(tmp_path_factory)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Each test that builds an `Accelerator` gets a fresh process state: accelerate keeps one

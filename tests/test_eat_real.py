@@ -16,7 +16,9 @@ import torch
 import yaml
 from torch import nn
 
-from _eat_real_checkout import eat_batch, eat_test_checkout, load_with_eats_demo
+from _eat_real_checkout import eat_batch, load_with_eats_demo
+
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 class _MSEMetric(nn.Module):
@@ -28,22 +30,8 @@ class _MSEMetric(nn.Module):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    """EAT's 256-px renderer runs large convolutions, where a second thread pays (conftest's one
-    thread suits the tiny tensors elsewhere); restored for the modules that follow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
-def checkout(tmp_path_factory):
-    return eat_test_checkout(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def full(checkout, tmp_path_factory):
+def full(eat_checkout, tmp_path_factory):
     from stccl_diffusers.adapters.eat import load_eat_generator_full
 
     # From outside the checkout (finding 1), from a stage-1 checkpoint (finding 5), and without
@@ -54,31 +42,31 @@ def full(checkout, tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.delattr(contextlib, "chdir", raising=False)
-            model = load_eat_generator_full(checkout["root"], checkout["stage1"], checkout["config_1frame"])
+            model = load_eat_generator_full(eat_checkout["root"], eat_checkout["stage1"], eat_checkout["config_1frame"])
         assert os.getcwd() == str(elsewhere)
     finally:
         os.chdir(cwd)
     return model
 
 
-def test_check_eat_checkout_names_jdc_pca_and_syncnet_files(checkout, tmp_path):
+def test_check_eat_checkout_names_jdc_pca_and_syncnet_files(eat_checkout, tmp_path):
     from stccl_diffusers.adapters.eat import check_eat_checkout
 
-    check_eat_checkout(checkout["root"], checkout["stage1"], checkout["config"])
+    check_eat_checkout(eat_checkout["root"], eat_checkout["stage1"], eat_checkout["config"])
     bare = tmp_path / "EAT_code"
     for rel in ("modules", "sync_batchnorm", "Utils/JDC/model.py"):
         (bare / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(checkout["root"] / rel, bare / rel)
+        os.symlink(eat_checkout["root"] / rel, bare / rel)
     with pytest.raises(FileNotFoundError) as e:
-        check_eat_checkout(bare, eat_config=checkout["config"])
+        check_eat_checkout(bare, eat_config=eat_checkout["config"])
     msg = str(e.value)
     for name in ("Utils/JDC/bst.t7", "expPCAnorm_fin/U_mead.npy", "expPCAnorm_fin/mean_mead.npy", "checkpoint_epoch02600"):
         assert name in msg
     assert "Utils/JDC/model.py" not in msg
 
 
-def test_stage1_checkpoint_initialises_sidetuning_from_audio2kp(full, checkout):
-    state = torch.load(checkout["stage1"], weights_only=True)
+def test_stage1_checkpoint_initialises_sidetuning_from_audio2kp(full, eat_checkout):
+    state = torch.load(eat_checkout["stage1"], weights_only=True)
     assert "sidetuning" not in state and "emotionprompt" not in state
     a2kp = state["audio2kptransformer"]
     shared = [k for k in full.sidetuning.state_dict() if k in a2kp and "decodefeature_extract" not in k
@@ -88,13 +76,13 @@ def test_stage1_checkpoint_initialises_sidetuning_from_audio2kp(full, checkout):
     assert torch.equal(full.kp_extractor.state_dict()["kp.weight"], state["kp_detector"]["kp.weight"])
 
 
-def test_load_rejects_a_checkpoint_without_stage1_modules(checkout, tmp_path):
+def test_load_rejects_a_checkpoint_without_stage1_modules(eat_checkout, tmp_path):
     from stccl_diffusers.adapters.eat import load_eat_generator_full
 
     bad = tmp_path / "bad.pth.tar"
     torch.save({"generator": {}, "epoch": 1}, bad)
     with pytest.raises(ValueError, match="kp_detector"):
-        load_eat_generator_full(checkout["root"], bad, checkout["config_1frame"])
+        load_eat_generator_full(eat_checkout["root"], bad, eat_checkout["config_1frame"])
 
 
 def _bn_training(module):
@@ -115,11 +103,11 @@ def test_adapter_train_keeps_eats_eval_choices(full):
     assert not full.emotionprompt.training
 
 
-def test_module_is_eats_model_with_and_without_dataparallelwithcallback(full, checkout):
+def test_module_is_eats_model_with_and_without_dataparallelwithcallback(full, eat_checkout):
     from stccl_diffusers.adapters.eat import EATWithSTCCL, _import_from_checkout, _on_path
 
-    with _on_path(checkout["root"]):
-        dp = _import_from_checkout(checkout["root"], "sync_batchnorm").DataParallelWithCallback
+    with _on_path(eat_checkout["root"]):
+        dp = _import_from_checkout(eat_checkout["root"], "sync_batchnorm").DataParallelWithCallback
     for inner in (full, dp(full)):
         wrapped = EATWithSTCCL(inner, _MSEMetric())
         # EAT's train_transformer.py, lines 278-279:
@@ -197,7 +185,7 @@ def test_validation_moves_nested_eat_tensors_to_the_device():
     assert moved["source"].device.type == "meta" and moved["name"] == batch["name"]
 
 
-def test_saved_weights_include_a_checkpoint_eats_demo_loader_accepts(full, checkout, tmp_path, monkeypatch):
+def test_saved_weights_include_a_checkpoint_eats_demo_loader_accepts(full, eat_checkout, tmp_path, monkeypatch):
     from stccl_diffusers.adapters.eat import EAT_EXPORT_NAME, EATAdapter
 
     adapter = EATAdapter(full, _MSEMetric(), image_size=256, num_frames=1)
@@ -205,19 +193,19 @@ def test_saved_weights_include_a_checkpoint_eats_demo_loader_accepts(full, check
         full.sidetuning.state_dict()[next(iter(full.sidetuning.state_dict()))].add_(1.0)  # "trained"
     adapter.save_weights(tmp_path)
     assert (tmp_path / "trainable_weights.safetensors").is_file()
-    loaded = load_with_eats_demo(checkout["root"], checkout["config_1frame"], tmp_path / EAT_EXPORT_NAME, monkeypatch)
+    loaded = load_with_eats_demo(eat_checkout["root"], eat_checkout["config_1frame"], tmp_path / EAT_EXPORT_NAME, monkeypatch)
     for name, value in loaded["sidetuning"].state_dict().items():
         assert torch.equal(value, full.sidetuning.state_dict()[name])
 
 
-def test_eats_own_stage2_training_function_runs_with_eatwithstccl(full, checkout, tmp_path, monkeypatch):
+def test_eats_own_stage2_training_function_runs_with_eatwithstccl(full, eat_checkout, tmp_path, monkeypatch):
     """docs/eat.md's recipe inside EAT's own train_batch_deepprompt_eam3d_sidetuning."""
     from torch.utils.data import DataLoader
 
     from stccl_diffusers.adapters.eat import EATWithSTCCL, _import_from_checkout, _on_path
 
-    root = checkout["root"]
-    cfg = yaml.safe_load(checkout["config_1frame"].read_text())
+    root = eat_checkout["root"]
+    cfg = yaml.safe_load(eat_checkout["config_1frame"].read_text())
     cfg["train_params"].update(num_epochs=1, batch_size=1, num_repeats=1, checkpoint_freq=1)
     batch = eat_batch(b=1, t=1)
     item = {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}

@@ -12,28 +12,14 @@ reads it, imported from the checkout.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
-from _eat_real_checkout import eat_test_checkout, load_with_eats_demo
+from _eat_real_checkout import load_with_eats_demo
 from test_train_eat import load_script
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    """EAT's 256-px renderer runs large convolutions, where a second thread pays (conftest's one
-    thread suits the tiny tensors elsewhere); restored for the modules that follow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    yield
-    torch.set_num_threads(before)
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory):
-    return eat_test_checkout(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +41,10 @@ def metric_path(tmp_path_factory):
     return path
 
 
-def test_eats_own_dataset_reads_the_prepared_mead_layout(checkout, mead):
+def test_eats_own_dataset_reads_the_prepared_mead_layout(eat_checkout, mead):
     from stccl_diffusers.adapters.eat import load_eat_dataset
 
-    ds = load_eat_dataset(checkout["root"], checkout["config_1frame"], is_train=True, num_frames=5, **mead)
+    ds = load_eat_dataset(eat_checkout["root"], eat_checkout["config_1frame"], is_train=True, num_frames=5, **mead)
     assert sorted(ds.videos) == ["S001_hap_3_002", "S001_neu_1_001"]  # EAT's train/ split
     item = ds[ds.videos.index("S001_hap_3_002")]
     assert item["y_trg"] == 4 and item["z_trg"].shape == (16,)
@@ -71,17 +57,17 @@ def test_eats_own_dataset_reads_the_prepared_mead_layout(checkout, mead):
     assert item["bboxs"].shape == (5, 4) and (item["bboxs"][:, 2:] > item["bboxs"][:, :2]).all()
 
 
-def test_a_prepared_mead_eats_dataset_cannot_read_is_named_first(checkout, mead, tmp_path):
+def test_a_prepared_mead_eats_dataset_cannot_read_is_named_first(eat_checkout, mead, tmp_path):
     from stccl_diffusers.adapters.eat import load_eat_dataset
 
     # EAT's data set would raise deep in a DataLoader worker, or loop forever over unreadable clips.
     with pytest.raises(FileNotFoundError, match=r"poseimg/S001_hap_3_002\.npy\.gz"):
-        load_eat_dataset(checkout["root"], checkout["config_1frame"], num_frames=5,
+        load_eat_dataset(eat_checkout["root"], eat_checkout["config_1frame"], num_frames=5,
                          **{**mead, "poseimg_path": tmp_path})
     with pytest.raises(FileNotFoundError, match=r"voxselect/Angry\.txt"):
-        load_eat_dataset(checkout["root"], checkout["config_1frame"], num_frames=5, **{**mead, "vox_path": tmp_path})
+        load_eat_dataset(eat_checkout["root"], eat_checkout["config_1frame"], num_frames=5, **{**mead, "vox_path": tmp_path})
     with pytest.raises(ValueError, match=r"no clip in .*train has the 9 frames EAT's windows need: S001_hap"):
-        load_eat_dataset(checkout["root"], checkout["config_1frame"], num_frames=9, **mead)
+        load_eat_dataset(eat_checkout["root"], eat_checkout["config_1frame"], num_frames=9, **mead)
 
 
 def test_a_clip_without_a_neutral_clip_of_its_speaker_is_named(tmp_path):
@@ -93,20 +79,20 @@ def test_a_clip_without_a_neutral_clip_of_its_speaker_is_named(tmp_path):
         check_eat_mead(**paths)
 
 
-def test_validation_batch_is_an_emotional_test_clip_drawn_reproducibly(checkout, mead):
+def test_validation_batch_is_an_emotional_test_clip_drawn_reproducibly(eat_checkout, mead):
     from stccl_diffusers.adapters.eat import eat_validation_batch, load_eat_dataset
 
-    held_out = load_eat_dataset(checkout["root"], checkout["config_1frame"], is_train=False, num_frames=4, **mead)
+    held_out = load_eat_dataset(eat_checkout["root"], eat_checkout["config_1frame"], is_train=False, num_frames=4, **mead)
     a, b = eat_validation_batch(held_out, 1, seed=7), eat_validation_batch(held_out, 1, seed=7)
     assert a["name"] == ["S001_sad_3_002"] and a["y_trg"].tolist() == [6]  # not the neutral test clip
     assert torch.equal(a["z_trg"], b["z_trg"]) and torch.equal(a["driving"], b["driving"])
     assert a["driving"].shape == (1, 4, 3, 256, 256) and a["he_driving"]["yaw"].shape == (1, 4, 66)
 
 
-def test_time_window_splits_eats_nested_he_driving_and_keeps_per_clip_entries(checkout, mead):
+def test_time_window_splits_eats_nested_he_driving_and_keeps_per_clip_entries(eat_checkout, mead):
     from stccl_diffusers.adapters.eat import eat_validation_batch, load_eat_dataset, time_window
 
-    held_out = load_eat_dataset(checkout["root"], checkout["config_1frame"], is_train=False, num_frames=3, **mead)
+    held_out = load_eat_dataset(eat_checkout["root"], eat_checkout["config_1frame"], is_train=False, num_frames=3, **mead)
     batch = eat_validation_batch(held_out, 1, seed=0)
     w = time_window(batch, 1, 3)
     for k, v in batch["he_driving"].items():
@@ -119,7 +105,7 @@ def test_time_window_splits_eats_nested_he_driving_and_keeps_per_clip_entries(ch
 
 
 def test_train_eat_stccl_on_real_eat_resumes_after_a_kill_and_saves_what_eats_demo_loads(
-        checkout, mead, metric_path, tmp_path, monkeypatch):
+        eat_checkout, mead, metric_path, tmp_path, monkeypatch):
     """Finding 2 (validation renders) and the long-clip window split on the real model, in the script."""
     script = load_script()
     calls = []
@@ -138,8 +124,8 @@ def test_train_eat_stccl_on_real_eat_resumes_after_a_kill_and_saves_what_eats_de
 
     monkeypatch.setattr(script, "load_eat_generator_full", loader_with_spy)
     out = tmp_path / "run"
-    args = ["--config", "configs/eat_stccl.yaml", "--eat_root", str(checkout["root"]),
-            "--eat_checkpoint", str(checkout["stage1"]), "--eat_config", str(checkout["config_1frame"]),
+    args = ["--config", "configs/eat_stccl.yaml", "--eat_root", str(eat_checkout["root"]),
+            "--eat_checkpoint", str(eat_checkout["stage1"]), "--eat_config", str(eat_checkout["config_1frame"]),
             "--eat_mead_path", str(mead["mead_path"]), "--output_dir", str(out), "--metric_path", str(metric_path),
             "--report_to", "none", "--num_frames", "1", "--validation_frames", "2", "--num_validation_clips", "1",
             "--train_batch_size", "1", "--max_train_steps", "2", "--checkpointing_steps", "1",
@@ -172,21 +158,21 @@ def test_train_eat_stccl_on_real_eat_resumes_after_a_kill_and_saves_what_eats_de
     assert (out / "validation" / "step-000002.png").is_file()
 
     # The saved stage-2 checkpoint is one EAT's demo.py loads (strict), holding the trained side-tuning.
-    loaded = load_with_eats_demo(checkout["root"], checkout["config_1frame"], out / "eat_checkpoint.pth.tar",
+    loaded = load_with_eats_demo(eat_checkout["root"], eat_checkout["config_1frame"], out / "eat_checkpoint.pth.tar",
                                  monkeypatch)
-    stage1 = torch.load(checkout["stage1"], weights_only=True)["audio2kptransformer"]
+    stage1 = torch.load(eat_checkout["stage1"], weights_only=True)["audio2kptransformer"]
     side = loaded["sidetuning"].state_dict()
     shared = [k for k in side if k in stage1 and stage1[k].shape == side[k].shape]
     assert shared and any(not torch.equal(side[k], stage1[k]) for k in shared)  # moved off its stage-1 init
 
 
-def test_the_real_eat_refuses_other_data_and_a_window_syncnet_cannot_take(checkout, tmp_path):
+def test_the_real_eat_refuses_other_data_and_a_window_syncnet_cannot_take(eat_checkout, tmp_path):
     script = load_script()
     base = ["--config", str(script.Path(script.__file__).parent / "configs" / "eat_stccl.yaml"),
-            "--eat_root", str(checkout["root"]), "--eat_checkpoint", str(checkout["stage1"]),
+            "--eat_root", str(eat_checkout["root"]), "--eat_checkpoint", str(eat_checkout["stage1"]),
             "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
     with pytest.raises(ValueError, match="set data: eat"):
-        script.main(base + ["--eat_config", str(checkout["config_1frame"]), "--data", "clips"])
+        script.main(base + ["--eat_config", str(eat_checkout["config_1frame"]), "--data", "clips"])
     with pytest.raises(ValueError, match="SyncNet loss .* takes exactly 5 frames, got num_frames 1"):
-        script.main(base + ["--eat_config", str(checkout["config"]), "--num_frames", "1"])
+        script.main(base + ["--eat_config", str(eat_checkout["config"]), "--num_frames", "1"])
     assert not (tmp_path / "out").exists()  # refused before anything was built or written

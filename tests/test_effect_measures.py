@@ -20,7 +20,7 @@ def _reference_clip(clip):
 
 def test_ground_truth_frames_score_better_mouth_than_a_frozen_reference(tmp_path):
     probe, info = ensure_probe(tmp_path, 32, frames=400, steps=120)
-    assert (tmp_path / "probe_32px_400x120.pt").is_file() and info["probe_frames"] == 400
+    assert (tmp_path / "probe_32px_400x120_s0.pt").is_file() and info["probe_frames"] == 400
     clip = eval_clips(1, 16, 32, emotions=("surprised",))[0]
     truth = score_clip(clip, _frames(clip), _reference_clip(clip), probe)
     frozen = score_clip(clip, _reference_clip(clip), _reference_clip(clip), probe)
@@ -49,3 +49,31 @@ def test_validation_logs_the_effect_measures_for_the_target_and_the_no_stccl_row
     assert {"no_stccl_emotion_acc", "no_stccl_gt_corr", "no_stccl_gt_mae", "no_stccl_gt_lag"} <= set(scores)
     assert 0.0 <= scores["effect_emotion_acc"] <= 1.0
     assert (tmp_path / "validation" / "step-000003.png").is_file()
+
+
+def test_the_probe_trains_the_same_whatever_the_process_drew_before(tmp_path):
+    torch.manual_seed(1)
+    a, _ = ensure_probe(tmp_path / "a", 32, frames=64, steps=2)
+    torch.manual_seed(2)
+    torch.rand(100)
+    b, _ = ensure_probe(tmp_path / "b", 32, frames=64, steps=2)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_eval_clips_can_give_a_training_speaker_a_new_sentence(tmp_path):
+    import numpy as np
+
+    from stccl_diffusers.data.synthetic import speaker_identity
+    from stccl_diffusers.training.demo import ensure_synthetic_clips
+    from stccl_diffusers.data.video_io import read_video
+
+    data = ensure_synthetic_clips(tmp_path / "data", speakers=2, clips=1, size=64, seed=3, emotions=["happy"])
+    first = read_video(str(data / "S001" / "video" / "front" / "neutral" / "level_1" / "001.mp4"), with_audio=False).frames
+    new_face = eval_clips(1, 8, 64, seed=77, emotions=("happy",))[0]
+    known = eval_clips(1, 8, 64, seed=77, emotions=("happy",), identities=[speaker_identity(3, 1)])[0]
+    # Same sentence (seed 77): same mouth curve; the face is speaker S001's, not the drawn one.
+    np.testing.assert_allclose(known["gt_open"], new_face["gt_open"])
+    frame0 = np.asarray(first[0], np.float64)
+    assert np.abs(known["reference"].astype(np.float64) - frame0).mean() < 0.3 * np.abs(
+        new_face["reference"].astype(np.float64) - frame0).mean()

@@ -224,6 +224,10 @@ class DiceTrainingConfig(TalkingClipsConfig):
     validation_emotion: str = "happy"
     validation_num_frames: int = 24
     """Frames of the validation clip (longer than training windows, so the video shows speech)."""
+    validation_speaker: Optional[int] = None
+    """Synthetic demo data: the validation clip is a new sentence (never trained on) said by this
+    training speaker (0 = S000). None: a face training never saw. The demo's tiny model learns 3
+    faces and cannot draw a new one (it draws one of its training faces instead)."""
     # -- reward (stccl_weight: TalkingClipsConfig) --
     gate_timestep: float = 500
     frame_subset: Optional[list] = None

@@ -40,6 +40,7 @@ __all__ = [
     "SyntheticClip",
     "SyntheticPair",
     "sample_identity",
+    "speaker_identity",
     "sample_utterance",
     "emotion_params",
     "render_clip",
@@ -238,6 +239,11 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         f0=float(rng.uniform(95.0, 220.0)),
         hair_style=int(rng.integers(0, 3)),
     )
+
+
+def speaker_identity(seed: int, speaker: int) -> Identity:
+    """Speaker ``S{speaker:03d}`` of a set written by ``stccl-synth --seed seed`` (its face and voice)."""
+    return sample_identity(np.random.default_rng([seed, speaker]))
 
 
 def sample_utterance(rng: np.random.Generator, num_visemes: Union[int, Tuple[int, int]] = (8, 14)) -> Utterance:
@@ -608,14 +614,18 @@ def make_pair(
     fps: Optional[float] = None,
     config: Optional[SyntheticFaceConfig] = None,
     with_audio: bool = True,
+    identity: Optional[Identity] = None,
 ) -> SyntheticPair:
     """A paired sample for ``seed``: neutral at tempo 1, ``emotion`` (random non-neutral when
-    None) at a random non-uniform tempo. Deterministic for ``seed``."""
+    None) at a random non-uniform tempo. Deterministic for ``seed``. ``identity``: this face and
+    voice instead of the drawn one (e.g. :func:`speaker_identity`: a new sentence of a known speaker);
+    the utterance and tempo stay those of ``seed``."""
     config = config or SyntheticFaceConfig()
     if size is not None or fps is not None:
         config = replace(config, size=size or config.size, fps=fps or config.fps)
     rng = np.random.default_rng(seed)
-    identity, utterance, emo, tempo = _pair_plan(rng, emotion, config)
+    drawn, utterance, emo, tempo = _pair_plan(rng, emotion, config)
+    identity = drawn if identity is None else identity
     kw = dict(fps=config.fps, size=config.size, sample_rate=config.sample_rate, supersample=config.supersample, with_audio=with_audio)
     neutral = render_clip(identity, "neutral", utterance, 1.0, seed=seed * 2 + 1, **kw)
     emotional = render_clip(identity, emo, utterance, tempo, seed=seed * 2 + 2, **kw)
@@ -704,8 +714,7 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
     for s, c in tqdm(jobs, desc="stccl-synth"):
         speaker = f"S{s:03d}"
         clip = f"{c + 1:03d}"
-        rng = np.random.default_rng([args.seed, s])
-        identity = sample_identity(rng)
+        identity = speaker_identity(args.seed, s)
         urng = np.random.default_rng([args.seed, s, c])
         utterance = sample_utterance(urng, cfg.num_visemes)
         clips = {"neutral": render_clip(identity, "neutral", utterance, 1.0, cfg.fps, cfg.size, seed=int(urng.integers(1 << 31)))}

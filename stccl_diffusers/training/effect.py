@@ -63,8 +63,10 @@ def probe_frames(n: int, resolution: int, seed: int):
 
 def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple[Probe, dict]:
     cache = Path(cache)
-    path = cache / f"probe_{resolution}px_{frames}x{steps}.pt"
-    probe = Probe()
+    path = cache / f"probe_{resolution}px_{frames}x{steps}_s0.pt"
+    with torch.random.fork_rng(devices=[]):  # its own initial weights, whatever ran before in the process
+        torch.manual_seed(0)
+        probe = Probe()
     if path.is_file():
         probe.load_state_dict(torch.load(path, weights_only=True))
         info = json.loads(path.with_suffix(".json").read_text())
@@ -93,13 +95,18 @@ def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple
 
 
 def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000,
-               emotions: tuple[str, ...] = EVAL_EMOTIONS) -> list[dict]:
+               emotions: tuple[str, ...] = EVAL_EMOTIONS, identities=None) -> list[dict]:
     """Held-out clips: identity + utterance, the target emotion's rendering (ground truth, audio)
-    and the neutral first frame as the identity reference. Clip i is in ``emotions[i % len]``."""
+    and the neutral first frame as the identity reference. Clip i is in ``emotions[i % len]``.
+    ``identities``: None draws new faces (identities training never saw); a list of
+    :class:`~stccl_diffusers.data.synthetic.Identity` (e.g. training speakers,
+    :func:`~stccl_diffusers.data.synthetic.speaker_identity`) gives clip i ``identities[i % len]``,
+    saying a sentence training never saw."""
     clips = []
     for i in range(n):
         emo = emotions[i % len(emotions)]
-        pair = make_pair(seed + i, emotion=emo, size=64)
+        face = identities[i % len(identities)] if identities else None
+        pair = make_pair(seed + i, emotion=emo, size=64, identity=face)
         e = pair.emotional
         T = min(num_frames, e.num_frames)
         spf = e.sample_rate / e.fps
@@ -176,11 +183,12 @@ def clip_scorer(clips: list[dict], probe: Probe, metric=None):
 
 def synthetic_validation(n: int, num_frames: int, resolution: int, emotion_names: list[str], collate,
                          probe_dir: str | Path, seed: int, emotions: tuple[str, ...] = EVAL_EMOTIONS,
-                         metric=None, probe_frames: int = 2000, probe_steps: int = 400):
+                         metric=None, probe_frames: int = 2000, probe_steps: int = 400, identities=None):
     """A demo's validation batch made of held-out synthetic clips (so the renderer's ground truth is
     known) and the scorer of the benchmark's measures on it: ``(batch, score, probe_info)``.
-    `emotion_names`: the model's label vocabulary (clip emotions are looked up in it)."""
-    clips = eval_clips(n, num_frames, resolution, seed=seed, emotions=emotions)
+    `emotion_names`: the model's label vocabulary (clip emotions are looked up in it);
+    `identities`: as in :func:`eval_clips`."""
+    clips = eval_clips(n, num_frames, resolution, seed=seed, emotions=emotions, identities=identities)
     probe, info = ensure_probe(Path(probe_dir), resolution, probe_frames, probe_steps)
     batch = collate([clip_item(c, list(emotion_names).index(c["emotion"]), resolution) for c in clips])
     return batch, clip_scorer(clips, probe, metric), info
