@@ -29,6 +29,10 @@ Measures per arm (mean ± std over seeds), on held-out identities/sentences
   against the ground-truth frames; NaN where the detector rejects generated frames.
 * ``stccl``: the STCCL loss between the generated target and neutral streams (lower = closer).
 
+The ``ground truth`` row scores the renderer's own pair (the target emotion and the same utterance
+rendered neutral at the same timing) with the same probe and metric: what a perfect generator would
+get, e.g. the ``stccl`` and ``neu_mae`` that a correct emotional mouth has against a correct anchor.
+
 Base models, data, the metric and the probe are cached under ``outputs/bench_effect/cache``
 (reruns skip them); each run writes ``outputs/bench_effect/run-<time>/`` (results.json,
 results.md, effect.png) and never touches an older run.
@@ -59,7 +63,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from stccl_diffusers.training.clips import TalkingClipDataset  # noqa: E402
 from stccl_diffusers.training.config import parse_config  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips  # noqa: E402
-from stccl_diffusers.training.effect import MEASURES, ensure_probe, eval_clips, measure  # noqa: E402
+from stccl_diffusers.training.effect import MEASURES, ensure_probe, eval_clips, measure, truth_scores  # noqa: E402
 from stccl_diffusers.training.loop import train  # noqa: E402
 
 
@@ -141,6 +145,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
                             "metric_steps": args.metric_steps, "metric_quality": quality, "gate_timestep": base.gate_timestep,
                             "lr": args.dice_lr or base.learning_rate, "rank": args.dice_rank or base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
+    results["truth"] = truth_scores(clips, probe, metric)
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
                               list(DICE_EMOTIONS), base.resolution, collate)
@@ -193,6 +198,7 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
                             "lr": args.eat_lr or base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
     ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0,
                   learning_rate=args.eat_lr or base.learning_rate)
+    results["truth"] = truth_scores(clips, probe, metric)
     adapter, _ = adapter_for(replace(ref, stccl_weight=0.0))
     results["base"] = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES),
                               base.resolution, eat_collate)
@@ -222,8 +228,9 @@ def markdown_table(results: dict, summary: dict) -> str:
     head = "| backend | arm | seed | " + " | ".join(MEASURES) + " |"
     lines = [head, "|" + "---|" * (3 + len(MEASURES))]
     for backend, res in results.items():
-        b = res["base"]
-        lines.append(f"| {backend} | base | - | " + " | ".join(f"{b[k]:.3f}" for k in MEASURES) + " |")
+        for row, name in (("truth", "ground truth (renderer's own pair)"), ("base", "base")):
+            b = res[row]
+            lines.append(f"| {backend} | {name} | - | " + " | ".join(f"{b[k]:.3f}" for k in MEASURES) + " |")
         for arm in ("without", "with"):
             for r in res.get(arm, []):
                 lines.append(f"| {backend} | {arm} | {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k in MEASURES) + " |")
@@ -256,6 +263,8 @@ def draw_figure(results: dict, summary: dict, path: Path) -> None:
             s = summary[backend][arm]
             ax.bar(x + (k - 0.5) * 0.38, [s[m][0] for m in MEASURES], 0.38, yerr=[s[m][1] for m in MEASURES],
                    color=col, capsize=3, label=f"{arm} STCCL (n={len(res[arm])} seeds)")
+        t = res["truth"]
+        ax.plot(x, [t[m] for m in MEASURES], "k_", ms=22, mew=2, ls="none", label="ground truth (renderer's own pair)")
         ax.set_xticks(x, MEASURES, rotation=30, fontsize=8)
         ax.axhline(0.2, color="grey", ls=":", lw=1)
         ax.set(title=f"{backend}: measures (mean ± std over seeds; dotted: emotion chance 0.2)")

@@ -5,18 +5,14 @@ It checks that the benchmark runs and reports every arm and seed, never what the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
-from conftest import REPO_ROOT
+from conftest import load_repo_module
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_effect", REPO_ROOT / "benchmarks" / "bench_effect.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_repo_module("benchmarks/bench_effect.py")
 
 
 def test_quick_benchmark_writes_table_json_and_figure_for_both_backends(tmp_path):
@@ -34,5 +30,7 @@ def test_quick_benchmark_writes_table_json_and_figure_for_both_backends(tmp_path
                 assert math.isfinite(r["emotion_acc"]) and math.isfinite(r["stccl"])
                 assert f"| {backend} | {arm} | {r['seed']} |" in table
         assert res["settings"]["weight"] > 0
+        assert math.isfinite(res["truth"]["stccl"])  # the renderer's own pair, scored by the same metric
+        assert f"| {backend} | ground truth (renderer's own pair) | - |" in table
     # base models are cached for reruns
     assert any((tmp_path / "cache" / "quick" / "dice").glob("reference_dice_*/config.json"))
