@@ -39,7 +39,8 @@ results.md, effect.png) and never touches an older run.
 
     python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
         [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-steps 120] [--eat-steps 60]
-        [--dice-lr 1e-2] [--dice-rank 8] [--eat-lr 2e-3] [--threads 2]
+        [--dice-lr 1e-2] [--dice-rank 8] [--eat-lr 2e-3] [--metric-steps 12] [--eval-faces new|training]
+        [--threads 2]
 
 Honest by construction: nothing here looks at the result to choose a setting; every setting run
 is written to the JSON.
@@ -106,6 +107,19 @@ def data_and_metric(base, emotions, cache: Path, metric_steps: int):
     return data, metric
 
 
+def eval_identities(args, data_dir: Path):
+    """None (``--eval-faces new``: faces training never saw) or the training speakers' faces of the
+    synthetic set in `data_dir` (``--eval-faces training``: clip i is speaker i % n saying a new
+    sentence)."""
+    if args.eval_faces == "new":
+        return None
+    from stccl_diffusers.data.synthetic import speaker_identity
+
+    seed = int(json.loads((Path(data_dir) / "ground_truth.json").read_text())["seed"])
+    speakers = sorted(p.name for p in Path(data_dir).glob("S[0-9][0-9][0-9]") if p.is_dir())
+    return [speaker_identity(seed, int(name[1:])) for name in speakers]
+
+
 def metric_quality(metric) -> dict:
     """Held-out positive/negative similarity of the metric on synthetic pairs it never saw (as
     `stccl-pretrain` reports it): a larger gap = a metric that tells matching correlations apart."""
@@ -136,13 +150,14 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     if not (base_dir / "config.json").is_file():
         log(f"dice: pre-training the base model ({args.dice_base_steps} steps; cached in {base_dir})")
         pretrain_reference_dice(base, data, base_dir)
-    clips = eval_clips(args.clips, args.dice_frames, base.resolution)
+    clips = eval_clips(args.clips, args.dice_frames, base.resolution, identities=eval_identities(args, base.data_dir))
     collate = torch.utils.data.default_collate
     results = {"settings": {"base_steps": args.dice_base_steps, "vae_steps": args.dice_vae_steps,
                             "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size, "emotion_time_embedding": base.emotion_time_embedding, "guidance_scale": base.guidance_scale,
                             "steps": args.steps_dice, "weight": args.dice_weight,
                             "metric_steps": args.metric_steps, "metric_quality": quality, "gate_timestep": base.gate_timestep,
+                            "eval_faces": args.eval_faces,
                             "lr": args.dice_lr or base.learning_rate, "rank": args.dice_rank or base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
     results["truth"] = truth_scores(clips, probe, metric)
@@ -190,10 +205,10 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
         adapter, gen = adapter_for(bcfg)
         train(adapter, data, bcfg, collate_fn=eat_collate)
         gen.model.save_pretrained(str(base_dir))
-    clips = eval_clips(args.clips, args.eat_frames, base.resolution)
+    clips = eval_clips(args.clips, args.eat_frames, base.resolution, identities=eval_identities(args, base.data_dir))
     results = {"settings": {"base_steps": args.eat_base_steps, "steps": args.steps_eat, "weight": args.eat_weight,
                             "metric_steps": args.metric_steps, "metric_quality": quality,
-                            "reference": base.reference, "motion_weight": base.motion_weight,
+                            "eval_faces": args.eval_faces, "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size,
                             "lr": args.eat_lr or base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
     ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0,
@@ -290,6 +305,8 @@ def parse_args(argv=None):
     ap.add_argument("--metric-steps", type=int, default=None,
                     help="metric-learning steps of the shared STCCL metric (configs/dice_stccl_demo.yaml: 12)")
     ap.add_argument("--clips", type=int, default=None, help="held-out evaluation clips")
+    ap.add_argument("--eval-faces", choices=["new", "training"], default="new",
+                    help="evaluation faces: new identities (default) or the training speakers saying new sentences")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_effect"))
     args = ap.parse_args(argv)

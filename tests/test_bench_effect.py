@@ -34,3 +34,14 @@ def test_quick_benchmark_writes_table_json_and_figure_for_both_backends(tmp_path
         assert f"| {backend} | ground truth (renderer's own pair) | - |" in table
     # base models are cached for reruns
     assert any((tmp_path / "cache" / "quick" / "dice").glob("reference_dice_*/config.json"))
+
+
+def test_eval_faces_training_gives_the_speakers_of_the_training_set(tmp_path):
+    from stccl_diffusers.data.synthetic import speaker_identity
+    from stccl_diffusers.training.demo import ensure_synthetic_clips
+
+    bench = _load_bench()
+    data = ensure_synthetic_clips(tmp_path / "data", speakers=2, clips=1, size=64, seed=5, emotions=["happy"])
+    assert bench.eval_identities(bench.parse_args(["--quick"]), data) is None
+    faces = bench.eval_identities(bench.parse_args(["--quick", "--eval-faces", "training"]), data)
+    assert faces == [speaker_identity(5, 0), speaker_identity(5, 1)]
