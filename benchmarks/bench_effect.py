@@ -255,38 +255,95 @@ def markdown_table(results: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
+UNIT_MEASURES = tuple(m for m in MEASURES if m not in ("gt_lag", "stccl"))  # all in [0, 1]
+
+
+def _bars(ax, res, summary_b, measures, title):
+    x = np.arange(len(measures))
+    for k, (arm, col) in enumerate((("without", "C0"), ("with", "C3"))):
+        s = summary_b[arm]
+        ax.bar(x + (k - 0.5) * 0.38, [s[m][0] for m in measures], 0.38, yerr=[s[m][1] for m in measures],
+               color=col, capsize=3, label=f"{arm} STCCL (n={len(res[arm])} seeds)")
+    if "truth" in res:
+        t = res["truth"]
+        ax.plot(x, [t[m] for m in measures], "k_", ms=22, mew=2, ls="none", label="ground truth (renderer's own pair)")
+    if "base" in res:
+        b = res["base"]
+        ax.plot(x, [b[m] for m in measures], "x", color="grey", ms=7, mew=1.5, ls="none", label="base (before fine-tuning)")
+    ax.set_xticks(x, measures, rotation=30 if len(measures) > 2 else 0, fontsize=8)
+    ax.set_title(title, fontsize=9)
+
+
 def draw_figure(results: dict, summary: dict, path: Path) -> None:
+    """Top: mouth opening of eval clip 0 (ground truth, without and with STCCL). Middle: the measures
+    in [0, 1], mean ± std over seeds, with the ground-truth pair and the base as markers. Bottom: the
+    STCCL score (own scale, zoomed to the values so a difference is visible) and the mouth lag."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     backends = list(results)
-    fig, axes = plt.subplots(2, len(backends), figsize=(6.5 * len(backends), 7.5), squeeze=False)
+    fig = plt.figure(figsize=(6.5 * len(backends), 10.5))
+    grid = fig.add_gridspec(3, 2 * len(backends), height_ratios=[1, 1, 0.8])
     for j, backend in enumerate(backends):
         res = results[backend]
-        ax = axes[0, j]
-        gt = res["without"][0]["curves"]["gt"]
-        ax.plot(gt, "k-", lw=2, label="ground truth (renderer, target emotion)")
+        ax = fig.add_subplot(grid[0, 2 * j: 2 * j + 2])
+        ax.plot(res["without"][0]["curves"]["gt"], "k-", lw=2, label="ground truth (renderer, target emotion)")
         ax.plot(res["without"][0]["curves"]["target"], "C0--", label=f"without STCCL (seed {res['without'][0]['seed']})")
         ax.plot(res["with"][0]["curves"]["target"], "C3-", label=f"with STCCL (seed {res['with'][0]['seed']})")
         ax.set(title=f"{backend}: mouth opening, eval clip 0", xlabel="frame", ylabel="mouth opening")
         ax.legend(fontsize=8)
-        ax = axes[1, j]
-        x = np.arange(len(MEASURES))
-        for k, (arm, col) in enumerate((("without", "C0"), ("with", "C3"))):
-            s = summary[backend][arm]
-            ax.bar(x + (k - 0.5) * 0.38, [s[m][0] for m in MEASURES], 0.38, yerr=[s[m][1] for m in MEASURES],
-                   color=col, capsize=3, label=f"{arm} STCCL (n={len(res[arm])} seeds)")
-        t = res["truth"]
-        ax.plot(x, [t[m] for m in MEASURES], "k_", ms=22, mew=2, ls="none", label="ground truth (renderer's own pair)")
-        ax.set_xticks(x, MEASURES, rotation=30, fontsize=8)
+        ax = fig.add_subplot(grid[1, 2 * j: 2 * j + 2])
+        _bars(ax, res, summary[backend], UNIT_MEASURES,
+              f"{backend}: measures (mean ± std over seeds; dotted: emotion chance 0.2)")
         ax.axhline(0.2, color="grey", ls=":", lw=1)
-        ax.set(title=f"{backend}: measures (mean ± std over seeds; dotted: emotion chance 0.2)")
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, 1.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper center")
+        for k, m in enumerate(("stccl", "gt_lag")):
+            ax = fig.add_subplot(grid[2, 2 * j + k])
+            _bars(ax, res, summary[backend], (m,), f"{backend}: {m}" + (" (lower = target closer to anchor)"
+                                                                          if m == "stccl" else " (frames)"))
+            vals = [v for v in [summary[backend][a][m][0] for a in ("without", "with")]
+                    + [res[r][m] for r in ("truth", "base") if r in res] if np.isfinite(v)]
+            if m == "stccl" and vals:
+                pad = max(0.05, 0.15 * (max(vals) - min(vals)))
+                ax.set_ylim(min(vals) - pad, max(vals) + pad)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def replot(run_dir: Path) -> Path:
+    """Redraw a run's figure from its results.json (e.g. after a change to the figure) into a new
+    `effect-replot[-N].png` beside it; the run's own effect.png is kept."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "results.json").is_file():
+        raise SystemExit(f"--replot {run_dir}: expected a run folder of this benchmark with a results.json")
+    payload = json.loads((run_dir / "results.json").read_text())
+    summary = {b: {a: {m: tuple(v) for m, v in arms.items()} for a, arms in s.items()}
+               for b, s in payload["summary"].items()}
+    path, n = run_dir / "effect-replot.png", 1
+    while path.exists():
+        n += 1
+        path = run_dir / f"effect-replot-{n}.png"
+    draw_figure(payload["results"], summary, path)
+    return path
+
+
+def new_run_dir(out: Path) -> Path:
+    """A new `out/run-<time>[-N]/` (never an existing one: two runs started in the same second each
+    get their own)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("run-%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        run_dir = out / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {out}")
 
 
 def parse_args(argv=None):
@@ -309,6 +366,8 @@ def parse_args(argv=None):
                     help="evaluation faces: new identities (default) or the training speakers saying new sentences")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_effect"))
+    ap.add_argument("--replot", metavar="RUN_DIR", default=None,
+                    help="only redraw RUN_DIR's figure from its results.json into RUN_DIR/effect-replot.png (trains nothing)")
     args = ap.parse_args(argv)
     q = args.quick
     args.seeds = args.seeds or ([0, 1] if q else [0, 1, 2])
@@ -325,12 +384,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.replot:
+        print(f"redrew {replot(Path(args.replot))}")
+        return {"run_dir": str(args.replot)}
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = Path(args.out)
     cache = out / "cache" / ("quick" if args.quick else "full")
-    run_dir = out / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = new_run_dir(out)
     log = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
     results, probes = {}, {}
     for backend in args.backends:

@@ -45,3 +45,26 @@ def test_eval_faces_training_gives_the_speakers_of_the_training_set(tmp_path):
     assert bench.eval_identities(bench.parse_args(["--quick"]), data) is None
     faces = bench.eval_identities(bench.parse_args(["--quick", "--eval-faces", "training"]), data)
     assert faces == [speaker_identity(5, 0), speaker_identity(5, 1)]
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    bench = _load_bench()
+    first, second = bench.new_run_dir(tmp_path), bench.new_run_dir(tmp_path)
+    assert first != second and first.is_dir() and second.is_dir()
+    (first / "results.json").write_text("{}")
+    assert (first / "results.json").read_text() == "{}"  # the first run's folder is left alone
+
+
+def test_replot_redraws_beside_the_run_and_keeps_its_figure(tmp_path):
+    bench = _load_bench()
+    row = {m: 0.5 for m in bench.MEASURES}
+    curves = {"gt": [0.0, 0.3, 0.1], "target": [0.1, 0.2, 0.1]}
+    res = {"truth": row, "base": row, "without": [{"seed": 0, **row, "curves": curves}],
+           "with": [{"seed": 0, **row, "curves": curves}]}
+    summary = {"dice": {a: {m: [0.5, 0.0] for m in bench.MEASURES} for a in ("without", "with")}}
+    (tmp_path / "results.json").write_text(json.dumps({"results": {"dice": res}, "summary": summary}))
+    (tmp_path / "effect.png").write_bytes(b"the run's own figure")
+    bench.main(["--replot", str(tmp_path)])
+    bench.main(["--replot", str(tmp_path)])
+    assert (tmp_path / "effect.png").read_bytes() == b"the run's own figure"
+    assert (tmp_path / "effect-replot.png").stat().st_size > 1000 and (tmp_path / "effect-replot-2.png").is_file()
