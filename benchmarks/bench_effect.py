@@ -32,6 +32,8 @@ Measures per arm (mean ± std over seeds), on held-out identities/sentences
 The ``ground truth`` row scores the renderer's own pair (the target emotion and the same utterance
 rendered neutral at the same timing) with the same probe and metric: what a perfect generator would
 get, e.g. the ``stccl`` and ``neu_mae`` that a correct emotional mouth has against a correct anchor.
+A second table checks the metric on those pairs: the ground-truth target's STCCL against itself,
+its neutral twin in sync, shifted by 3 / 6 frames, and frozen (does the metric see mouth timing?).
 
 Base models, data, the metric and the probe are cached under ``outputs/bench_effect/cache``
 (reruns skip them); each run writes ``outputs/bench_effect/run-<time>/`` (results.json,
@@ -64,7 +66,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from stccl_diffusers.training.clips import TalkingClipDataset  # noqa: E402
 from stccl_diffusers.training.config import parse_config  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips  # noqa: E402
-from stccl_diffusers.training.effect import MEASURES, ensure_probe, eval_clips, measure, truth_scores  # noqa: E402
+from stccl_diffusers.training.effect import (  # noqa: E402
+    MEASURES, SYNC_CHECKS, ensure_probe, eval_clips, measure, metric_sync_check, truth_scores)
 from stccl_diffusers.training.loop import train  # noqa: E402
 
 
@@ -132,6 +135,13 @@ def metric_quality(metric) -> dict:
     return {k: float(r[k]) for k in ("pos_sim", "neg_sim", "gap")}
 
 
+def ground_truth_rows(backend, clips, probe, metric, log) -> dict:
+    """The renderer's own pairs: their measures (``truth``) and the metric's sync check on them."""
+    sync = metric_sync_check(clips, metric)
+    log(f"{backend}: STCCL of the ground-truth target against: " + ", ".join(f"{k} {v:.3f}" for k, v in sync.items()))
+    return {"truth": truth_scores(clips, probe, metric), "metric_sync": sync}
+
+
 def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     from stccl_diffusers.adapters.dice import (DiceTrainingConfig, build_callback, build_reference_adapter,
                                                pretrain_reference_dice)
@@ -160,7 +170,7 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
                             "eval_faces": args.eval_faces,
                             "lr": args.dice_lr or base.learning_rate, "rank": args.dice_rank or base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
-    results["truth"] = truth_scores(clips, probe, metric)
+    results.update(ground_truth_rows("dice", clips, probe, metric, log))
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
                               list(DICE_EMOTIONS), base.resolution, collate)
@@ -213,7 +223,7 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
                             "lr": args.eat_lr or base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
     ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0,
                   learning_rate=args.eat_lr or base.learning_rate)
-    results["truth"] = truth_scores(clips, probe, metric)
+    results.update(ground_truth_rows("eat", clips, probe, metric, log))
     adapter, _ = adapter_for(replace(ref, stccl_weight=0.0))
     results["base"] = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES),
                               base.resolution, eat_collate)
@@ -252,6 +262,12 @@ def markdown_table(results: dict, summary: dict) -> str:
             s = summary[backend][arm]
             lines.append(f"| {backend} | **{arm} (mean ± std)** | all | "
                          + " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in MEASURES) + " |")
+    lines += ["", "STCCL score of the ground-truth target against: itself (the floor), its neutral twin in sync, "
+              "the twin shifted by 3 / 6 frames, the twin's first frame held:", "",
+              "| backend | " + " | ".join(SYNC_CHECKS) + " |", "|" + "---|" * (1 + len(SYNC_CHECKS))]
+    for backend, res in results.items():
+        if "metric_sync" in res:
+            lines.append(f"| {backend} | " + " | ".join(f"{res['metric_sync'][k]:.3f}" for k in SYNC_CHECKS) + " |")
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ def test_quick_benchmark_writes_table_json_and_figure_for_both_backends(tmp_path
         assert res["settings"]["weight"] > 0
         assert math.isfinite(res["truth"]["stccl"])  # the renderer's own pair, scored by the same metric
         assert f"| {backend} | ground truth (renderer's own pair) | - |" in table
+        assert set(res["metric_sync"]) == set(bench.SYNC_CHECKS) and f"| {backend} | {res['metric_sync']['itself']:.3f} |" in table
     # base models are cached for reruns
     assert any((tmp_path / "cache" / "quick" / "dice").glob("reference_dice_*/config.json"))
 

@@ -106,3 +106,16 @@ def test_the_truth_row_pairs_each_clip_with_its_own_neutral_rendering_at_the_sam
     truth = truth_scores([clip], probe, build_metric()[0])
     assert set(MEASURES) <= set(truth) and np.isfinite(truth["stccl"])
     assert truth["neu_corr"] > 0.5
+
+
+def test_the_metric_sync_check_scores_every_anchor_and_sees_a_frozen_mouth():
+    from _stccl_metric_for_tests import build_metric
+
+    from stccl_diffusers.training.effect import SYNC_CHECKS, metric_sync_check
+
+    clips = eval_clips(2, 8, 32, seed=50_010)
+    metric = build_metric()[0]
+    sync = metric_sync_check(clips, metric)
+    assert set(sync) == set(SYNC_CHECKS) and all(np.isfinite(v) for v in sync.values())
+    # Against itself is the floor: every real anchor scores higher, whatever the metric learned.
+    assert all(sync["itself"] < sync[k] for k in SYNC_CHECKS if k != "itself")

@@ -189,6 +189,29 @@ def truth_scores(clips, probe, metric) -> dict:
                         for k, c in enumerate(clips)])
 
 
+SYNC_CHECKS = ("itself", "in_sync", "shift_3", "shift_6", "frozen")
+
+
+@torch.no_grad()
+def metric_sync_check(clips, metric) -> dict:
+    """Does the metric see mouth timing? Its STCCL score (mean over clips) between the ground-truth
+    target and: ``itself`` (the loss's floor on this content), its neutral twin ``in_sync`` (the
+    correct anchor), that twin delayed by 3 / 6 frames (``shift_3``/``shift_6``, mouth out of sync,
+    rolled) and the twin's first frame held (``frozen``, no mouth motion). A metric that preserves
+    mouth motion scores ``in_sync`` well below the shifted and frozen anchors."""
+    def frames(x):
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    rows = {k: [] for k in SYNC_CHECKS}
+    for k, c in enumerate(clips):
+        emo, calm = frames(c["gt_frames"]), frames(c["gt_neutral_frames"])
+        anchors = {"itself": emo, "in_sync": calm, "shift_3": torch.roll(calm, 3, 0), "shift_6": torch.roll(calm, 6, 0),
+                   "frozen": calm[:1].expand_as(calm)}
+        for name, anchor in anchors.items():
+            rows[name].append(stccl_scores(metric, emo[None], anchor[None], seed=k)["stccl"])
+    return {k: float(np.mean(v)) for k, v in rows.items()}
+
+
 def clip_scorer(clips: list[dict], probe: Probe, metric=None):
     """``score(target, anchor) -> {measure: mean over clips}`` for frames (B, T, 3, H, W) in [-1, 1]
     rendered from ``clips`` (clip b is row b). For validation functions (no re-rendering)."""
