@@ -29,13 +29,20 @@ Measures per arm (mean ± std over seeds), on held-out identities/sentences
   against the ground-truth frames; NaN where the detector rejects generated frames.
 * ``stccl``: the STCCL loss between the generated target and neutral streams (lower = closer).
 
+The ``ground truth`` row scores the renderer's own pair (the target emotion and the same utterance
+rendered neutral at the same timing) with the same probe and metric: what a perfect generator would
+get, e.g. the ``stccl`` and ``neu_mae`` that a correct emotional mouth has against a correct anchor.
+A second table checks the metric on those pairs: the ground-truth target's STCCL against itself,
+its neutral twin in sync, shifted by 3 / 6 frames, and frozen (does the metric see mouth timing?).
+
 Base models, data, the metric and the probe are cached under ``outputs/bench_effect/cache``
 (reruns skip them); each run writes ``outputs/bench_effect/run-<time>/`` (results.json,
 results.md, effect.png) and never touches an older run.
 
     python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
         [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-steps 120] [--eat-steps 60]
-        [--dice-lr 1e-2] [--dice-rank 8] [--eat-lr 2e-3] [--threads 2]
+        [--dice-lr 1e-2] [--dice-rank 8] [--eat-lr 2e-3] [--metric-steps 12] [--eval-faces new|training]
+        [--threads 2]
 
 Honest by construction: nothing here looks at the result to choose a setting; every setting run
 is written to the JSON.
@@ -59,7 +66,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from stccl_diffusers.training.clips import TalkingClipDataset  # noqa: E402
 from stccl_diffusers.training.config import parse_config  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips  # noqa: E402
-from stccl_diffusers.training.effect import MEASURES, ensure_probe, eval_clips, measure  # noqa: E402
+from stccl_diffusers.training.effect import (  # noqa: E402
+    MEASURES, SYNC_CHECKS, ensure_probe, eval_clips, measure, metric_sync_check, truth_scores)
 from stccl_diffusers.training.loop import train  # noqa: E402
 
 
@@ -102,6 +110,19 @@ def data_and_metric(base, emotions, cache: Path, metric_steps: int):
     return data, metric
 
 
+def eval_identities(args, data_dir: Path):
+    """None (``--eval-faces new``: faces training never saw) or the training speakers' faces of the
+    synthetic set in `data_dir` (``--eval-faces training``: clip i is speaker i % n saying a new
+    sentence)."""
+    if args.eval_faces == "new":
+        return None
+    from stccl_diffusers.data.synthetic import speaker_identity
+
+    seed = int(json.loads((Path(data_dir) / "ground_truth.json").read_text())["seed"])
+    speakers = sorted(p.name for p in Path(data_dir).glob("S[0-9][0-9][0-9]") if p.is_dir())
+    return [speaker_identity(seed, int(name[1:])) for name in speakers]
+
+
 def metric_quality(metric) -> dict:
     """Held-out positive/negative similarity of the metric on synthetic pairs it never saw (as
     `stccl-pretrain` reports it): a larger gap = a metric that tells matching correlations apart."""
@@ -112,6 +133,13 @@ def metric_quality(metric) -> dict:
     batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("anchor", "target")}
     r = evaluate_gap(metric, [batch])
     return {k: float(r[k]) for k in ("pos_sim", "neg_sim", "gap")}
+
+
+def ground_truth_rows(backend, clips, probe, metric, log) -> dict:
+    """The renderer's own pairs: their measures (``truth``) and the metric's sync check on them."""
+    sync = metric_sync_check(clips, metric)
+    log(f"{backend}: STCCL of the ground-truth target against: " + ", ".join(f"{k} {v:.3f}" for k, v in sync.items()))
+    return {"truth": truth_scores(clips, probe, metric), "metric_sync": sync}
 
 
 def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
@@ -132,15 +160,17 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
     if not (base_dir / "config.json").is_file():
         log(f"dice: pre-training the base model ({args.dice_base_steps} steps; cached in {base_dir})")
         pretrain_reference_dice(base, data, base_dir)
-    clips = eval_clips(args.clips, args.dice_frames, base.resolution)
+    clips = eval_clips(args.clips, args.dice_frames, base.resolution, identities=eval_identities(args, base.data_dir))
     collate = torch.utils.data.default_collate
     results = {"settings": {"base_steps": args.dice_base_steps, "vae_steps": args.dice_vae_steps,
                             "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size, "emotion_time_embedding": base.emotion_time_embedding, "guidance_scale": base.guidance_scale,
                             "steps": args.steps_dice, "weight": args.dice_weight,
                             "metric_steps": args.metric_steps, "metric_quality": quality, "gate_timestep": base.gate_timestep,
+                            "eval_faces": args.eval_faces,
                             "lr": args.dice_lr or base.learning_rate, "rank": args.dice_rank or base.rank, "clips": args.clips,
                             "eval_frames": args.dice_frames}}
+    results.update(ground_truth_rows("dice", clips, probe, metric, log))
     model = ReferenceDICE.from_pretrained(str(base_dir))
     results["base"] = measure(build_reference_adapter(base, model).render_validation, clips, probe, metric,
                               list(DICE_EMOTIONS), base.resolution, collate)
@@ -185,14 +215,15 @@ def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
         adapter, gen = adapter_for(bcfg)
         train(adapter, data, bcfg, collate_fn=eat_collate)
         gen.model.save_pretrained(str(base_dir))
-    clips = eval_clips(args.clips, args.eat_frames, base.resolution)
+    clips = eval_clips(args.clips, args.eat_frames, base.resolution, identities=eval_identities(args, base.data_dir))
     results = {"settings": {"base_steps": args.eat_base_steps, "steps": args.steps_eat, "weight": args.eat_weight,
                             "metric_steps": args.metric_steps, "metric_quality": quality,
-                            "reference": base.reference, "motion_weight": base.motion_weight,
+                            "eval_faces": args.eval_faces, "reference": base.reference, "motion_weight": base.motion_weight,
                             "batch_size": base.train_batch_size,
                             "lr": args.eat_lr or base.learning_rate, "clips": args.clips, "eval_frames": args.eat_frames}}
     ref = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0,
                   learning_rate=args.eat_lr or base.learning_rate)
+    results.update(ground_truth_rows("eat", clips, probe, metric, log))
     adapter, _ = adapter_for(replace(ref, stccl_weight=0.0))
     results["base"] = measure(adapter.render_validation, clips, probe, metric, list(EAT_EMOTION_NAMES),
                               base.resolution, eat_collate)
@@ -222,47 +253,113 @@ def markdown_table(results: dict, summary: dict) -> str:
     head = "| backend | arm | seed | " + " | ".join(MEASURES) + " |"
     lines = [head, "|" + "---|" * (3 + len(MEASURES))]
     for backend, res in results.items():
-        b = res["base"]
-        lines.append(f"| {backend} | base | - | " + " | ".join(f"{b[k]:.3f}" for k in MEASURES) + " |")
+        for row, name in (("truth", "ground truth (renderer's own pair)"), ("base", "base")):
+            b = res[row]
+            lines.append(f"| {backend} | {name} | - | " + " | ".join(f"{b[k]:.3f}" for k in MEASURES) + " |")
         for arm in ("without", "with"):
             for r in res.get(arm, []):
                 lines.append(f"| {backend} | {arm} | {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k in MEASURES) + " |")
             s = summary[backend][arm]
             lines.append(f"| {backend} | **{arm} (mean ± std)** | all | "
                          + " | ".join(f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in MEASURES) + " |")
+    lines += ["", "STCCL score of the ground-truth target against: itself (the floor), its neutral twin in sync, "
+              "the twin shifted by 3 / 6 frames, the twin's first frame held:", "",
+              "| backend | " + " | ".join(SYNC_CHECKS) + " |", "|" + "---|" * (1 + len(SYNC_CHECKS))]
+    for backend, res in results.items():
+        if "metric_sync" in res:
+            lines.append(f"| {backend} | " + " | ".join(f"{res['metric_sync'][k]:.3f}" for k in SYNC_CHECKS) + " |")
     return "\n".join(lines)
 
 
+UNIT_MEASURES = tuple(m for m in MEASURES if m not in ("gt_lag", "stccl"))  # all in [0, 1]
+
+
+def _bars(ax, res, summary_b, measures, title):
+    x = np.arange(len(measures))
+    for k, (arm, col) in enumerate((("without", "C0"), ("with", "C3"))):
+        s = summary_b[arm]
+        ax.bar(x + (k - 0.5) * 0.38, [s[m][0] for m in measures], 0.38, yerr=[s[m][1] for m in measures],
+               color=col, capsize=3, label=f"{arm} STCCL (n={len(res[arm])} seeds)")
+    if "truth" in res:
+        t = res["truth"]
+        ax.plot(x, [t[m] for m in measures], "k_", ms=22, mew=2, ls="none", label="ground truth (renderer's own pair)")
+    if "base" in res:
+        b = res["base"]
+        ax.plot(x, [b[m] for m in measures], "x", color="grey", ms=7, mew=1.5, ls="none", label="base (before fine-tuning)")
+    ax.set_xticks(x, measures, rotation=30 if len(measures) > 2 else 0, fontsize=8)
+    ax.set_title(title, fontsize=9)
+
+
 def draw_figure(results: dict, summary: dict, path: Path) -> None:
+    """Top: mouth opening of eval clip 0 (ground truth, without and with STCCL). Middle: the measures
+    in [0, 1], mean ± std over seeds, with the ground-truth pair and the base as markers. Bottom: the
+    STCCL score (own scale, zoomed to the values so a difference is visible) and the mouth lag."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     backends = list(results)
-    fig, axes = plt.subplots(2, len(backends), figsize=(6.5 * len(backends), 7.5), squeeze=False)
+    fig = plt.figure(figsize=(6.5 * len(backends), 10.5))
+    grid = fig.add_gridspec(3, 2 * len(backends), height_ratios=[1, 1, 0.8])
     for j, backend in enumerate(backends):
         res = results[backend]
-        ax = axes[0, j]
-        gt = res["without"][0]["curves"]["gt"]
-        ax.plot(gt, "k-", lw=2, label="ground truth (renderer, target emotion)")
+        ax = fig.add_subplot(grid[0, 2 * j: 2 * j + 2])
+        ax.plot(res["without"][0]["curves"]["gt"], "k-", lw=2, label="ground truth (renderer, target emotion)")
         ax.plot(res["without"][0]["curves"]["target"], "C0--", label=f"without STCCL (seed {res['without'][0]['seed']})")
         ax.plot(res["with"][0]["curves"]["target"], "C3-", label=f"with STCCL (seed {res['with'][0]['seed']})")
         ax.set(title=f"{backend}: mouth opening, eval clip 0", xlabel="frame", ylabel="mouth opening")
         ax.legend(fontsize=8)
-        ax = axes[1, j]
-        x = np.arange(len(MEASURES))
-        for k, (arm, col) in enumerate((("without", "C0"), ("with", "C3"))):
-            s = summary[backend][arm]
-            ax.bar(x + (k - 0.5) * 0.38, [s[m][0] for m in MEASURES], 0.38, yerr=[s[m][1] for m in MEASURES],
-                   color=col, capsize=3, label=f"{arm} STCCL (n={len(res[arm])} seeds)")
-        ax.set_xticks(x, MEASURES, rotation=30, fontsize=8)
+        ax = fig.add_subplot(grid[1, 2 * j: 2 * j + 2])
+        _bars(ax, res, summary[backend], UNIT_MEASURES,
+              f"{backend}: measures (mean ± std over seeds; dotted: emotion chance 0.2)")
         ax.axhline(0.2, color="grey", ls=":", lw=1)
-        ax.set(title=f"{backend}: measures (mean ± std over seeds; dotted: emotion chance 0.2)")
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, 1.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper center")
+        for k, m in enumerate(("stccl", "gt_lag")):
+            ax = fig.add_subplot(grid[2, 2 * j + k])
+            _bars(ax, res, summary[backend], (m,), f"{backend}: {m}" + (" (lower = target closer to anchor)"
+                                                                          if m == "stccl" else " (frames)"))
+            vals = [v for v in [summary[backend][a][m][0] for a in ("without", "with")]
+                    + [res[r][m] for r in ("truth", "base") if r in res] if np.isfinite(v)]
+            if m == "stccl" and vals:
+                pad = max(0.05, 0.15 * (max(vals) - min(vals)))
+                ax.set_ylim(min(vals) - pad, max(vals) + pad)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def replot(run_dir: Path) -> Path:
+    """Redraw a run's figure from its results.json (e.g. after a change to the figure) into a new
+    `effect-replot[-N].png` beside it; the run's own effect.png is kept."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "results.json").is_file():
+        raise SystemExit(f"--replot {run_dir}: expected a run folder of this benchmark with a results.json")
+    payload = json.loads((run_dir / "results.json").read_text())
+    summary = {b: {a: {m: tuple(v) for m, v in arms.items()} for a, arms in s.items()}
+               for b, s in payload["summary"].items()}
+    path, n = run_dir / "effect-replot.png", 1
+    while path.exists():
+        n += 1
+        path = run_dir / f"effect-replot-{n}.png"
+    draw_figure(payload["results"], summary, path)
+    return path
+
+
+def new_run_dir(out: Path) -> Path:
+    """A new `out/run-<time>[-N]/` (never an existing one: two runs started in the same second each
+    get their own)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("run-%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        run_dir = out / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {out}")
 
 
 def parse_args(argv=None):
@@ -281,8 +378,12 @@ def parse_args(argv=None):
     ap.add_argument("--metric-steps", type=int, default=None,
                     help="metric-learning steps of the shared STCCL metric (configs/dice_stccl_demo.yaml: 12)")
     ap.add_argument("--clips", type=int, default=None, help="held-out evaluation clips")
+    ap.add_argument("--eval-faces", choices=["new", "training"], default="new",
+                    help="evaluation faces: new identities (default) or the training speakers saying new sentences")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_effect"))
+    ap.add_argument("--replot", metavar="RUN_DIR", default=None,
+                    help="only redraw RUN_DIR's figure from its results.json into RUN_DIR/effect-replot.png (trains nothing)")
     args = ap.parse_args(argv)
     q = args.quick
     args.seeds = args.seeds or ([0, 1] if q else [0, 1, 2])
@@ -299,12 +400,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.replot:
+        print(f"redrew {replot(Path(args.replot))}")
+        return {"run_dir": str(args.replot)}
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = Path(args.out)
     cache = out / "cache" / ("quick" if args.quick else "full")
-    run_dir = out / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = new_run_dir(out)
     log = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
     results, probes = {}, {}
     for backend in args.backends:

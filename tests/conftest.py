@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,18 @@ torch.set_num_threads(int(os.environ.get("STCCL_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def load_repo_module(relpath: str):
+    """Import a top-level script of the checkout (e.g. ``train_eat_stccl.py``,
+    ``benchmarks/bench_effect.py``) as a module, registered in ``sys.modules`` under its stem so
+    dataclasses and pickling inside it work."""
+    path = REPO_ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

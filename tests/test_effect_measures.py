@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from stccl_diffusers.training.effect import MEASURES, clip_scorer, ensure_probe, eval_clips, score_clip
+from stccl_diffusers.training.effect import (
+    MEASURES,
+    clip_scorer,
+    ensure_probe,
+    eval_clips,
+    score_clip,
+)
 from stccl_diffusers.training.validation import make_validation_fn
 
 
@@ -65,8 +72,8 @@ def test_eval_clips_can_give_a_training_speaker_a_new_sentence(tmp_path):
     import numpy as np
 
     from stccl_diffusers.data.synthetic import speaker_identity
-    from stccl_diffusers.training.demo import ensure_synthetic_clips
     from stccl_diffusers.data.video_io import read_video
+    from stccl_diffusers.training.demo import ensure_synthetic_clips
 
     data = ensure_synthetic_clips(tmp_path / "data", speakers=2, clips=1, size=64, seed=3, emotions=["happy"])
     first = read_video(str(data / "S001" / "video" / "front" / "neutral" / "level_1" / "001.mp4"), with_audio=False).frames
@@ -77,3 +84,38 @@ def test_eval_clips_can_give_a_training_speaker_a_new_sentence(tmp_path):
     frame0 = np.asarray(first[0], np.float64)
     assert np.abs(known["reference"].astype(np.float64) - frame0).mean() < 0.3 * np.abs(
         new_face["reference"].astype(np.float64) - frame0).mean()
+
+
+def test_the_truth_row_pairs_each_clip_with_its_own_neutral_rendering_at_the_same_timing(tmp_path):
+    from _stccl_metric_for_tests import build_metric
+
+    from stccl_diffusers.data.synthetic import make_pair
+    from stccl_diffusers.training.effect import truth_scores
+
+    clip = eval_clips(1, 12, 32, seed=50_001, emotions=("happy",))[0]
+    pair = make_pair(50_001, emotion="happy", size=64)
+    assert clip["gt_neutral_frames"].shape == clip["gt_frames"].shape
+    # The emotional clip runs at its own tempo; its neutral twin must follow the same mouth curve,
+    # not the paired neutral clip's (tempo 1).
+    probe, _ = ensure_probe(tmp_path, 32, frames=400, steps=120)
+    calm = score_clip(clip, _frames({"gt_frames": clip["gt_neutral_frames"]}), _frames(clip), probe)
+    assert calm["gt_corr"] > 0.5
+    assert not np.allclose(pair.neutral.mouth_open[:12], clip["gt_open"])
+    # Same utterance, same face: the emotional frames differ from their neutral twin only by the emotion.
+    assert 0 < np.abs(clip["gt_frames"].astype(float) - clip["gt_neutral_frames"]).mean() < 40
+    truth = truth_scores([clip], probe, build_metric()[0])
+    assert set(MEASURES) <= set(truth) and np.isfinite(truth["stccl"])
+    assert truth["neu_corr"] > 0.5
+
+
+def test_the_metric_sync_check_scores_every_anchor_and_sees_a_frozen_mouth():
+    from _stccl_metric_for_tests import build_metric
+
+    from stccl_diffusers.training.effect import SYNC_CHECKS, metric_sync_check
+
+    clips = eval_clips(2, 8, 32, seed=50_010)
+    metric = build_metric()[0]
+    sync = metric_sync_check(clips, metric)
+    assert set(sync) == set(SYNC_CHECKS) and all(np.isfinite(v) for v in sync.values())
+    # Against itself is the floor: every real anchor scores higher, whatever the metric learned.
+    assert all(sync["itself"] < sync[k] for k in SYNC_CHECKS if k != "itself")

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_repo_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_dice_stccl", ROOT / "train_dice_stccl.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_dice_stccl"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_repo_module("train_dice_stccl.py")
 
 
 TINY = ["--output_dir", "outputs/run", "--data_dir", "outputs/data", "--synth_speakers", "2", "--synth_clips", "1",

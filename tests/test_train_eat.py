@@ -1,12 +1,11 @@
 """train_eat_stccl.py end to end on tiny settings: media and metrics written, resume after kill."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_repo_module
 from safetensors.torch import load_file
 
 from stccl_diffusers import STCCLMetric
@@ -15,11 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("train_eat_stccl", ROOT / "train_eat_stccl.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_eat_stccl"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_repo_module("train_eat_stccl.py")
 
 
 @pytest.fixture(scope="module")

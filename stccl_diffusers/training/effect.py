@@ -7,6 +7,8 @@ and the demos' `metrics.json`.
   neutral first frame as the identity reference, the target emotion's audio, and the renderer's
   exact `mouth_open` for that utterance in that emotion (the ground truth, never trained on).
 - :func:`measure`: render every clip as target and neutral anchor and score it (see MEASURES).
+- :func:`truth_scores`: the same measures on the renderer's own pair (the target emotion and the
+  neutral rendering of the same utterance at the same timing): what a perfect generator scores.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.synthetic import EMOTIONS, VISEMES, make_pair, render_face, sample_identity
+from ..data.synthetic import EMOTIONS, VISEMES, make_pair, render_clip, render_face, sample_identity
 from ..eval.mouth import mouth_opening_curve, mouth_preservation
 from .clips import _resize
 from .validation import stccl_scores, to_uint8
@@ -101,7 +103,8 @@ def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000,
     ``identities``: None draws new faces (identities training never saw); a list of
     :class:`~stccl_diffusers.data.synthetic.Identity` (e.g. training speakers,
     :func:`~stccl_diffusers.data.synthetic.speaker_identity`) gives clip i ``identities[i % len]``,
-    saying a sentence training never saw."""
+    saying a sentence training never saw. ``gt_neutral_frames``: the same utterance, face and timing
+    rendered neutral (the perfect neutral anchor; :func:`truth_scores`)."""
     clips = []
     for i in range(n):
         emo = emotions[i % len(emotions)]
@@ -111,8 +114,11 @@ def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000,
         T = min(num_frames, e.num_frames)
         spf = e.sample_rate / e.fps
         frames = _resize(e.frames[:T], resolution)
+        calm = render_clip(pair.identity, "neutral", pair.utterance, pair.tempo, fps=e.fps, size=e.frames.shape[1],
+                           frame_indices=range(T), with_audio=False)
         clips.append({
             "emotion": emo, "gt_frames": frames, "gt_open": np.asarray(e.mouth_open[:T], np.float64),
+            "gt_neutral_frames": _resize(calm.frames, resolution),
             "reference": _resize(pair.neutral.frames[:1], resolution)[0],
             "audio": np.asarray(e.audio[: int(round(T * spf))], np.float32), "fps": e.fps,
         })
@@ -168,6 +174,42 @@ def measure(render, clips, probe, metric, emotions: list[str], resolution: int, 
     agg = mean_scores(rows)
     agg["curves"] = {"gt": rows[0]["curve_gt"], "target": rows[0]["curve_target"]}
     return agg
+
+
+@torch.no_grad()
+def truth_scores(clips, probe, metric) -> dict:
+    """Every measure for the renderer's own pair of each clip: target = the ground-truth rendering in
+    the target emotion, anchor = the same utterance rendered neutral at the same timing. What a
+    perfect generator would score: e.g. its ``stccl`` is the lowest target/anchor distance the metric
+    can ask for on these clips, its ``neu_mae`` how much the emotion itself changes the mouth."""
+    def frames(x):
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    return mean_scores([score_clip(c, frames(c["gt_frames"]), frames(c["gt_neutral_frames"]), probe, metric, seed=k)
+                        for k, c in enumerate(clips)])
+
+
+SYNC_CHECKS = ("itself", "in_sync", "shift_3", "shift_6", "frozen")
+
+
+@torch.no_grad()
+def metric_sync_check(clips, metric) -> dict:
+    """Does the metric see mouth timing? Its STCCL score (mean over clips) between the ground-truth
+    target and: ``itself`` (the loss's floor on this content), its neutral twin ``in_sync`` (the
+    correct anchor), that twin delayed by 3 / 6 frames (``shift_3``/``shift_6``, mouth out of sync,
+    rolled) and the twin's first frame held (``frozen``, no mouth motion). A metric that preserves
+    mouth motion scores ``in_sync`` well below the shifted and frozen anchors."""
+    def frames(x):
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    rows = {k: [] for k in SYNC_CHECKS}
+    for k, c in enumerate(clips):
+        emo, calm = frames(c["gt_frames"]), frames(c["gt_neutral_frames"])
+        anchors = {"itself": emo, "in_sync": calm, "shift_3": torch.roll(calm, 3, 0), "shift_6": torch.roll(calm, 6, 0),
+                   "frozen": calm[:1].expand_as(calm)}
+        for name, anchor in anchors.items():
+            rows[name].append(stccl_scores(metric, emo[None], anchor[None], seed=k)["stccl"])
+    return {k: float(np.mean(v)) for k, v in rows.items()}
 
 
 def clip_scorer(clips: list[dict], probe: Probe, metric=None):
