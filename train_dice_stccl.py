@@ -13,7 +13,6 @@ emotion prior (paper §8.3). Flags override the YAML config; see `--help`.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.effect import synthetic_validation
 from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
-from stccl_diffusers.data.synthetic import speaker_identity
+from stccl_diffusers.data.synthetic import speaker_identities
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "dice_stccl_demo.yaml"
@@ -43,14 +42,15 @@ def validation_identities(cfg: DiceTrainingConfig):
     or None (a new face)."""
     if cfg.validation_speaker is None:
         return None
-    truth = Path(cfg.data_dir) / "ground_truth.json"
-    speakers = sorted(p.name for p in Path(cfg.data_dir).glob("S[0-9][0-9][0-9]") if p.is_dir())
-    if not truth.is_file() or f"S{cfg.validation_speaker:03d}" not in speakers:
+    try:
+        faces = speaker_identities(cfg.data_dir)
+    except ValueError as e:
+        raise ValueError(f"--validation_speaker {cfg.validation_speaker}: {e}; use null for a new face") from None
+    if cfg.validation_speaker not in faces:
         raise ValueError(f"--validation_speaker {cfg.validation_speaker}: expected the index of a speaker of the "
-                         f"synthetic set in {cfg.data_dir} (speakers {speakers}, ground_truth.json "
-                         f"{'present' if truth.is_file() else 'missing'}); use null for a new face")
-    seed = int(json.loads(truth.read_text())["seed"])
-    return [speaker_identity(seed, cfg.validation_speaker)]
+                         f"synthetic set in {cfg.data_dir} (speakers {[f'S{k:03d}' for k in faces]}); "
+                         f"use null for a new face")
+    return [faces[cfg.validation_speaker]]
 
 
 def main(argv=None) -> dict:

@@ -116,11 +116,9 @@ def eval_identities(args, data_dir: Path):
     sentence)."""
     if args.eval_faces == "new":
         return None
-    from stccl_diffusers.data.synthetic import speaker_identity
+    from stccl_diffusers.data.synthetic import speaker_identities
 
-    seed = int(json.loads((Path(data_dir) / "ground_truth.json").read_text())["seed"])
-    speakers = sorted(p.name for p in Path(data_dir).glob("S[0-9][0-9][0-9]") if p.is_dir())
-    return [speaker_identity(seed, int(name[1:])) for name in speakers]
+    return list(speaker_identities(str(data_dir)).values())
 
 
 def metric_quality(metric) -> dict:

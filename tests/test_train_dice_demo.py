@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from conftest import load_repo_module
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +57,6 @@ def test_a_validation_speaker_the_data_lacks_is_named(script, tmp_path):
     with pytest.raises(ValueError, match=r"--validation_speaker 3.*speakers \['S000'\]"):
         script.validation_identities(cfg)
     assert script.validation_identities(DiceTrainingConfig(data_dir=str(data), validation_speaker=None)) is None
+    (tmp_path / "real").mkdir()
+    with pytest.raises(ValueError, match=r"--validation_speaker 0: expected a synthetic set.*ground_truth.json missing"):
+        script.validation_identities(DiceTrainingConfig(data_dir=str(tmp_path / "real"), validation_speaker=0))

@@ -21,6 +21,7 @@ Everything is deterministic for a seed: identities, utterances and tempos are dr
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +42,7 @@ __all__ = [
     "SyntheticPair",
     "sample_identity",
     "speaker_identity",
+    "speaker_identities",
     "sample_utterance",
     "emotion_params",
     "render_clip",
@@ -244,6 +246,22 @@ def sample_identity(rng: np.random.Generator) -> Identity:
 def speaker_identity(seed: int, speaker: int) -> Identity:
     """Speaker ``S{speaker:03d}`` of a set written by ``stccl-synth --seed seed`` (its face and voice)."""
     return sample_identity(np.random.default_rng([seed, speaker]))
+
+
+def speaker_identities(data_dir: str) -> Dict[int, Identity]:
+    """{speaker index: face} of the set ``stccl-synth`` wrote into ``data_dir`` (its ``S###``
+    folders, faces from the seed in its ``ground_truth.json``), in speaker order."""
+    speakers = sorted(name for name in os.listdir(data_dir) if len(name) == 4 and name[0] == "S"
+                      and name[1:].isdigit() and os.path.isdir(os.path.join(data_dir, name))) \
+        if os.path.isdir(data_dir) else []
+    truth = os.path.join(data_dir, "ground_truth.json")
+    if not speakers or not os.path.isfile(truth):
+        raise ValueError(f"expected a synthetic set written by stccl-synth in {data_dir} (S### speaker folders and "
+                         f"ground_truth.json); found speakers {speakers}, ground_truth.json "
+                         f"{'present' if os.path.isfile(truth) else 'missing'}")
+    with open(truth) as f:
+        seed = int(json.load(f)["seed"])
+    return {int(name[1:]): speaker_identity(seed, int(name[1:])) for name in speakers}
 
 
 def sample_utterance(rng: np.random.Generator, num_visemes: Union[int, Tuple[int, int]] = (8, 14)) -> Utterance:

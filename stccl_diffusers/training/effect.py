@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.datasets import frames_to_tensor
 from ..data.synthetic import EMOTIONS, VISEMES, make_pair, render_clip, render_face, sample_identity
 from ..eval.mouth import mouth_opening_curve, mouth_preservation
 from .clips import _resize
@@ -182,11 +183,8 @@ def truth_scores(clips, probe, metric) -> dict:
     the target emotion, anchor = the same utterance rendered neutral at the same timing. What a
     perfect generator would score: e.g. its ``stccl`` is the lowest target/anchor distance the metric
     can ask for on these clips, its ``neu_mae`` how much the emotion itself changes the mouth."""
-    def frames(x):
-        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-    return mean_scores([score_clip(c, frames(c["gt_frames"]), frames(c["gt_neutral_frames"]), probe, metric, seed=k)
-                        for k, c in enumerate(clips)])
+    return mean_scores([score_clip(c, frames_to_tensor(c["gt_frames"]), frames_to_tensor(c["gt_neutral_frames"]),
+                                   probe, metric, seed=k) for k, c in enumerate(clips)])
 
 
 SYNC_CHECKS = ("itself", "in_sync", "shift_3", "shift_6", "frozen")
@@ -199,12 +197,9 @@ def metric_sync_check(clips, metric) -> dict:
     correct anchor), that twin delayed by 3 / 6 frames (``shift_3``/``shift_6``, mouth out of sync,
     rolled) and the twin's first frame held (``frozen``, no mouth motion). A metric that preserves
     mouth motion scores ``in_sync`` well below the shifted and frozen anchors."""
-    def frames(x):
-        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
-
     rows = {k: [] for k in SYNC_CHECKS}
     for k, c in enumerate(clips):
-        emo, calm = frames(c["gt_frames"]), frames(c["gt_neutral_frames"])
+        emo, calm = frames_to_tensor(c["gt_frames"]), frames_to_tensor(c["gt_neutral_frames"])
         anchors = {"itself": emo, "in_sync": calm, "shift_3": torch.roll(calm, 3, 0), "shift_6": torch.roll(calm, 6, 0),
                    "frozen": calm[:1].expand_as(calm)}
         for name, anchor in anchors.items():
@@ -214,11 +209,15 @@ def metric_sync_check(clips, metric) -> dict:
 
 def clip_scorer(clips: list[dict], probe: Probe, metric=None):
     """``score(target, anchor) -> {measure: mean over clips}`` for frames (B, T, 3, H, W) in [-1, 1]
-    rendered from ``clips`` (clip b is row b). For validation functions (no re-rendering)."""
+    rendered from ``clips`` (clip b is row b). For validation functions (no re-rendering). Without a
+    `metric` there is no ``stccl`` measure (left out, not NaN)."""
 
     @torch.no_grad()
     def score(target: torch.Tensor, anchor: torch.Tensor) -> dict:
-        return mean_scores([score_clip(c, target[b], anchor[b], probe, metric, seed=b) for b, c in enumerate(clips)])
+        scores = mean_scores([score_clip(c, target[b], anchor[b], probe, metric, seed=b) for b, c in enumerate(clips)])
+        if metric is None:
+            del scores["stccl"]
+        return scores
 
     return score
 

@@ -226,8 +226,7 @@ def make_validation_fn(
         # How different the two streams are, in pixels: the emotion must show, the identity stay.
         scores["target_anchor_l1"] = float((target - anchor).abs().mean())
         if effect_fn is not None:
-            # The STCCL score is `stccl` above (the run's metric); the scorer's own is left out, not NaN.
-            scores.update({f"effect_{k}": v for k, v in effect_fn(target, anchor).items() if k != "stccl"})
+            scores.update({f"effect_{k}": v for k, v in effect_fn(target, anchor).items()})
             if extra:
                 row = effect_fn(extra[0][1], anchor)
                 scores.update({f"no_stccl_{k}": row[k] for k in ("emotion_acc", "gt_corr", "gt_mae", "gt_lag")})
