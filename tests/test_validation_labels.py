@@ -54,3 +54,25 @@ def test_before_stccl_row_counts_the_validation_right_after_the_warmup_as_stccl_
     row(None, None, None, 60, {"target": _clip(0.5)})
     label, frames = row(None, None, None, 120, {"target": _clip(0.9)})
     assert label.endswith("(step 60)") and torch.allclose(frames, _clip(0.5))
+
+
+def test_the_loss_plot_draws_stccl_only_on_gated_steps(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from stccl_diffusers.training.validation import plot_loss_curves
+
+    drawn = {}
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        drawn.setdefault(len(drawn), list(args[0]) if args else [])
+        return real_plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    log = [{"step": 1, "loss": 2.0, "stccl": 1.5, "stccl_num_scored": 1.0},
+           {"step": 2, "loss": 0.2, "stccl": 0.0, "stccl_num_scored": 0.0},  # not gated: no STCCL this step
+           {"step": 3, "loss": 2.1, "stccl": 1.4, "stccl_num_scored": 2.0}]
+    plot_loss_curves(log, tmp_path / "curves.png")
+    assert drawn[0] == [1, 2, 3]  # loss: every step
+    assert drawn[1] == [1, 3]  # stccl: the gated steps only
+    assert (tmp_path / "curves.png").stat().st_size > 0

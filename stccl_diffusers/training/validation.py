@@ -288,8 +288,14 @@ def plot_loss_curves(step_log: list[dict], path: str | Path, keys: tuple[str, ..
                     ax.plot(steps, [r[k] for r in validations], marker="o", label=k)
             ax.legend()
         else:
-            pts = [(r["step"], r[key]) for r in step_log if key in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts])
+            # The STCCL loss exists only on steps where the gate let a sample through
+            # (`stccl_num_scored` > 0); elsewhere the log holds 0, which is "not applied", not "zero loss".
+            gated_only = key == "stccl" and any("stccl_num_scored" in r for r in step_log)
+            pts = [(r["step"], r[key]) for r in step_log
+                   if key in r and not (gated_only and r.get("stccl_num_scored", 1) == 0)]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if gated_only else None)
+            if gated_only:
+                key = f"stccl (the {len(pts)} gated steps)"
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
