@@ -1,5 +1,10 @@
 from setuptools import find_packages, setup
 
+# What EAT's own source (the user's checkout) imports, beyond the core requirements; its stage-2
+# data set (frames_dataset_transformer25.py) adds scikit-learn and python_speech_features.
+EAT_DEPS = ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile", "pandas", "scikit-learn",
+            "python_speech_features"]
+
 setup(
     name="stccl-diffusers",
     version="0.1.0",
@@ -35,14 +40,13 @@ setup(
         "face": ["onnxruntime", "onnx"],
         # 68-point landmarks (data.face_align backend="dlib"); the models ship in the wheel.
         "landmarks": ["dlib-bin", "face_recognition_models"],
-        # What EAT's own source (the user's checkout) imports, beyond the core requirements; its
-        # stage-2 data set (frames_dataset_transformer25.py) adds scikit-learn and python_speech_features.
-        "eat": ["munch", "scikit-image", "scipy", "opencv-python-headless", "soundfile", "pandas", "scikit-learn",
-                "python_speech_features"],
+        "eat": EAT_DEPS,
         "xformers": ["xformers"],
         # DICE-Talk's own modules import einops (its requirements.txt); the dice_talk backend needs it.
         "dice": ["einops"],
-        "test": ["pytest>=7", "scikit-image", "python_speech_features", "einops"],
+        # The EAT tests run EAT's real source (../shared/third_party), which imports the `eat` extra:
+        # README's `pip install -e ".[test]"` must be enough for `pytest tests`.
+        "test": ["pytest>=7", "einops", *EAT_DEPS],
     },
     entry_points={
         "console_scripts": [
