@@ -168,3 +168,39 @@ def test_accuracy_per_emotion_with_a_plugged_in_classifier():
         acc.pair_metric(ClipPair("clip9", "A", dark, 25.0))
     with pytest.raises(MetricSkipped, match="real clip"):
         acc.pair_metric(ClipPair("M1_sad_003", "real", dark, 25.0, is_real=True))
+
+
+def test_stccl_eval_acc_emo_on_a_real_tile_with_an_emotion_fan_checkpoint(tmp_path, shared_data):
+    """End to end with the default classifier: the checkpoint file in Emotion-FAN's format (random
+    weights), dlib face chips of a real comparison video, the label from the MEAD file name."""
+    pytest.importorskip("dlib", reason="the `landmarks` extra (dlib-bin, face_recognition_models) is not installed")
+    from stccl_diffusers.eval.cli import main
+    from stccl_diffusers.eval.emotion import face_chips_224
+    from stccl_diffusers.eval.eval_io import read_video
+    from stccl_diffusers.data.face_align import landmark_track, make_detector
+
+    clip = sorted((shared_data / "real_pairs").glob("*.mp4"))[0]
+    weights = tmp_path / "self_relation-attention_33_99.162"
+    _save_like_emotion_fan(weights, _public_state_dict())
+    out = tmp_path / "out"
+    main(["--tiled", str(clip), "--max_frames", "6", "--metrics", "none", "--emotion_weights", str(weights),
+          "--output_dir", str(out), "--no_progress", "--num_threads", "1"])
+    res = json.loads((out / "results.json").read_text())
+    label = emotion_from_name(clip.stem)
+    rows = [c for c in res["clips"] if c["method"] in ("STCCL_VD", "NED")]
+    assert len(rows) == 2 and res["unreadable"] == []
+    for c in rows:
+        assert c["emotion_label"] == label and c["emotion_pred"] in EMOTION_FAN_CLASSES
+        assert c["acc_emo"] == float(c["emotion_pred"] == label)
+        assert sum(c["emotion_probs"].values()) == pytest.approx(1.0)
+    assert res["methods"]["STCCL_VD"]["acc_emo_per_emotion"][label]["n"] == 1
+    assert not any(x["measure"] == "Acc_emo" for x in res["left_out"])
+    # The chips are dlib face chips: 224x224, the face filling the centre (eyes in the upper half).
+    frames = read_video(clip, max_frames=2)[0][:, :, 512:768]
+    track = landmark_track(frames, make_detector("dlib"))
+    chips, filled = face_chips_224(frames, track.points68)
+    assert chips.shape == (2, 224, 224, 3) and filled == 0
+    again = landmark_track(chips, make_detector("dlib"))
+    assert again.found.all()
+    eyes_y = again.points68[:, 36:48, 1].mean()
+    assert 60 < eyes_y < 112
