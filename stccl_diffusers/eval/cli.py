@@ -1,4 +1,4 @@
-"""``stccl-eval``: FAD, LSE-D, LSE-C and CSIM for folders of generated talking-head clips.
+"""``stccl-eval``: FAD, LSE-D, LSE-C, CSIM and the EAT-lineage measures for folders of generated talking-head clips.
 
 Two input layouts:
 
@@ -23,6 +23,21 @@ without a face counted; on data.synthetic faces the exact pixel detector) and
 ``--analysis_metric DIR [--analysis_untrained]`` (per-layer pos/neg similarity of an STCCL metric,
 the paper's Fig. 3/7/8, via :mod:`stccl_diffusers.analysis`; also ``correlation_analysis.png``).
 ``--metrics none`` runs only these.
+
+The trade-off STCCL claims (emotion against sync) needs both sides, named apart:
+
+* ``--metrics csim_expr`` (alias ``csim``: the STCCL paper's expression-network similarity; the JSON
+  key ``CSIM`` stays as a deprecated alias of ``csim_expr`` for one release) and ``csim_id``
+  (ArcFace identity cosine, source vs generated, ``--arcface_weights``);
+* ``--emotion_weights`` (Acc_emo from an Emotion-FAN checkpoint, :mod:`.emotion`; or a plug-in
+  ``--emotion_classifier package.module:factory``), per emotion and overall;
+* ``--reconstruction`` (self-driven setting: PSNR and SSIM against the real clip, :mod:`.reconstruction`);
+* ``--sync_protocol reencode`` (LSE-D/LSE-C also after one fixed encoder pass, :mod:`.reencode`).
+
+Results are shown in both families' tables (STCCL/MEAD: FAD, LSE-D, LSE-C, CSIM; EAT lineage:
+PSNR, SSIM, M-LMD, F-LMD, Acc_emo, Sync) with the measures not computed listed (``left_out``), and,
+for two or more methods, paired comparisons per measure (``comparisons``, :mod:`.stats`: mean
+difference with a seeded bootstrap interval, wins, exact sign test). docs/eval.md has the details.
 """
 
 from __future__ import annotations

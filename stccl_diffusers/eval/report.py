@@ -182,9 +182,15 @@ def write_markdown(result: dict, path: str | os.PathLike) -> str:
     extra = _extra_table(result)
     if extra:
         parts += ["## Further measures (averaged per method)", "", extra, ""]
-    parts += ["## Per clip", "", "| Clip | Method | LSE-D | LSE-C | offset | CSIM |", "|---|---|---|---|---|---|"]
+    # Per clip: the Table I columns, then whichever new measures some clip has.
+    optional = [(k, h) for k, h in (("LSE-D_reencoded", "LSE-D re-enc."), ("LSE-C_reencoded", "LSE-C re-enc."), ("csim_id", "csim_id"),
+                                    ("PSNR", "PSNR"), ("SSIM", "SSIM"), ("acc_emo", "Acc_emo")) if any(c.get(k) is not None for c in result["clips"])]
+    heads = ["Clip", "Method", "LSE-D", "LSE-C", "offset", "CSIM"] + [h for _, h in optional]
+    parts += ["## Per clip", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for c in result["clips"]:
-        parts.append(f"| {c['clip']} | {c['method']} | {_fmt(c.get('LSE-D'))} | {_fmt(c.get('LSE-C'))} | {c.get('offset', '—')} | {_fmt(c.get('CSIM'))} |")
+        extra = "".join(f" {_fmt(c.get(k))} |" if k != "acc_emo" or c.get(k) is None else f" {c['emotion_pred']} ({c['emotion_label']}) |"
+                        for k, _ in optional)
+        parts.append(f"| {c['clip']} | {c['method']} | {_fmt(c.get('LSE-D'))} | {_fmt(c.get('LSE-C'))} | {c.get('offset', '—')} | {_fmt(c.get('CSIM'))} |" + extra)
     parts.append("")
     unread = result.get("unreadable", [])
     parts += [f"## Unreadable or failed ({len(unread)})", ""]
