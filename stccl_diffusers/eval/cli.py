@@ -465,7 +465,10 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     try:
         models, random_parts = _build_models(args, metrics)
     except (ValueError, FileNotFoundError) as e:
-        hint = "; or add --metrics none to run only the further measures" if (extra_pair or extra_set) else ""
+        further = [f for f, on in (("--mouth", args.mouth), ("--reconstruction", args.reconstruction),
+                                   ("--emotion_weights", args.emotion_weights), ("--analysis_metric", args.analysis_metric)) if on]
+        hint = (f"; or add --metrics none to run only {' / '.join(further)}" if further
+                else "; or add --metrics none to run only the plugged-in measures" if (extra_pair or extra_set) else "")
         raise SystemExit(f"stccl-eval: {e}{hint}")
     cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
                      csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device, face_backend=args.face_backend,
