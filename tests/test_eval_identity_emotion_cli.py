@@ -93,3 +93,4 @@ def test_acc_emo_per_emotion_through_a_plugged_in_classifier(tmp_path, monkeypat
     assert g["acc_emo_per_emotion"] == {"happy": {"correct": 1, "n": 2, "acc": 0.5}, "sad": {"correct": 2, "n": 2, "acc": 1.0}}
     md = (out / "results.md").read_text()
     assert "Acc_emo↑" in md and "0.750" in md
+    assert "| G | 0.500 (1/2) | 1.000 (2/2) | 0.750 |" in md  # per emotion (happy, sad) and overall

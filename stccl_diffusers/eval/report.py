@@ -154,6 +154,14 @@ def write_markdown(result: dict, path: str | os.PathLike) -> str:
     elif any(result["methods"][m].get("LSE-D") is not None for m in result["method_order"]):
         parts += ["Sync protocol: LSE-D/LSE-C (aliases Sync-D/Sync-C) on the clips as given (their own encoding); "
                   "--sync_protocol reencode adds codec-stable numbers.", ""]
+    per_emo = {m: result["methods"][m]["acc_emo_per_emotion"] for m in result["method_order"] if result["methods"][m].get("acc_emo_per_emotion")}
+    if per_emo:
+        emos = sorted({e for t in per_emo.values() for e in t})
+        parts += ["## Acc_emo per emotion (correct / clips)", "", "| Method | " + " | ".join(emos) + " | overall |", "|" + "---|" * (len(emos) + 2)]
+        for m, t in per_emo.items():
+            cells = [f"{t[e]['acc']:.3f} ({t[e]['correct']}/{t[e]['n']})" if e in t else "—" for e in emos]
+            parts.append(f"| {m} | " + " | ".join(cells) + f" | {_fmt(result['methods'][m].get('acc_emo'))} |")
+        parts.append("")
     comp = result.get("comparisons")
     if comp:
         table = format_comparison_table(comp)
