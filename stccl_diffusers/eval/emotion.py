@@ -40,7 +40,7 @@ import importlib
 import json
 import os
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -175,7 +175,6 @@ def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig, track: Opt
         sub = sub[: config.max_faces_per_clip]
     if len(sub) < len(frames):
         notes.append(f"FAD/CSIM use {len(sub)} of {len(frames)} frames (stride {config.frame_stride})")
-    idx25 = nearest_frame_indices(len(frames), fps, SYNCNET_FPS)
     if config.aligned:
         import cv2
 
