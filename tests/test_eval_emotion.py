@@ -198,8 +198,15 @@ def test_stccl_eval_acc_emo_on_a_real_tile_with_an_emotion_fan_checkpoint(tmp_pa
     # The chips are dlib face chips: 224x224, the face filling the centre (eyes in the upper half).
     frames = read_video(clip, max_frames=2)[0][:, :, 512:768]
     track = landmark_track(frames, make_detector("dlib"))
-    chips, filled = face_chips_224(frames, track.points68)
-    assert chips.shape == (2, 224, 224, 3) and filled == 0
+    chips, dropped = face_chips_224(frames, track.boxes)
+    assert chips.shape == (2, 224, 224, 3) and dropped == 0
+    boxes = track.boxes.copy()
+    boxes[1] = np.nan  # no face in frame 1: left out, counted
+    one, dropped = face_chips_224(frames, boxes)
+    assert one.shape == (1, 224, 224, 3) and dropped == 1
+    np.testing.assert_array_equal(one[0], chips[0])
+    with pytest.raises(ValueError, match="no face in any frame"):
+        face_chips_224(frames, np.full((2, 4), np.nan))
     again = landmark_track(chips, make_detector("dlib"))
     assert again.found.all()
     eyes_y = again.points68[:, 36:48, 1].mean()

@@ -360,7 +360,8 @@ def _extra_metrics(args, notes: List[str]):
         per_set.append(acc.set_metric)
         notes.append(f"Acc_emo: classifier {args.emotion_classifier} ({args.emotion_weights or 'plug-in'}, classes {list(acc.classes)}); "
                      "the intended emotion of a clip from " + ("--emotion_labels, else " if labels else "") + "the MEAD emotion word in its "
-                     "name; face chips 224x224 by dlib.get_face_chip (padding 0.25) from the 68-point landmarks; clip prediction by "
+                     "name; face chips 224x224 by dlib's 5-point predictor on the track's face boxes and dlib.get_face_chip (padding 0.25), frames "
+                     "without a face left out (as Emotion-FAN's face_align_cuda.py); clip prediction by "
                      "the published Emotion-FAN evaluation path; acc_emo per clip 1/0, per method the mean (overall) and "
                      "acc_emo_per_emotion")
     elif args.emotion_labels:

@@ -18,9 +18,9 @@ rebuilds that classifier from its published architecture and reads its checkpoin
 * **Classes** (EAT's MEAD mapping ``cate2label['MEAD']``): 0 happy, 1 angry, 2 disgusted,
   3 fear, 4 sad, 5 neutral, 6 surprised, 7 contempt (:data:`EMOTION_FAN_CLASSES`).
 * **Input**: face chips of 224x224 RGB in [0, 1] (``transforms.Resize(224), ToTensor()``, no
-  mean/std), cut like Emotion-FAN's ``face_align_cuda.py``: ``dlib.get_face_chip(img, shape,
-  size=224, padding=0.25)``. Emotion-FAN's script uses dlib's 5-point predictor; this package has
-  the 68-point one, which ``get_face_chip`` accepts with the same template (said in the output).
+  mean/std), cut like Emotion-FAN's ``face_align_cuda.py``: dlib's 5-point predictor on the face
+  box, ``dlib.get_face_chip(img, shape, size=224, padding=0.25)``; frames without a face are left
+  out (:func:`face_chips_224`).
 * **Video score** (the evaluation path of the public code, ``phrase='eval'``): per frame f_i and
   alpha_i; ``vm = sum_i alpha_i f_i / sum_i alpha_i``. ``self-attention``: logits =
   ``pred_fc1(vm)``. ``self_relation-attention`` (EAT's choice, ``--at_type 1``):
@@ -244,12 +244,18 @@ def read_emotion_labels(path: Union[str, os.PathLike]) -> Dict[str, str]:
     return out
 
 
-def face_chips_224(frames: np.ndarray, points68: Optional[np.ndarray], aligned: bool = False) -> Tuple[np.ndarray, int]:
-    """Emotion-FAN face chips (T, 224, 224, 3) uint8 RGB and the number of frames that used the
-    nearest frame's landmarks (no face found there).
+def face_chips_224(frames: np.ndarray, boxes: Optional[np.ndarray], aligned: bool = False) -> Tuple[np.ndarray, int]:
+    """Emotion-FAN face chips (N, 224, 224, 3) uint8 RGB and the number of frames left out (no face).
 
-    frames: (T, H, W, 3) uint8 RGB; points68: (T, 68, 2) pixels, NaN rows = no face (dlib
-    backend). ``aligned``: frames are already face crops, resized to 224 instead."""
+    Emotion-FAN's ``face_align_cuda.py``: dlib's 5-point predictor on the face box, then
+    ``dlib.get_face_chip(img, shape, size=224, padding=0.25)``; a frame without a face is left out
+    (it writes no chip). Here the boxes come from the clip's landmark track (dlib's HOG detector
+    with the dlib backend); the 5-point predictor is the one ``face_recognition_models`` ships
+    (``shape_predictor_5_face_landmarks.dat``, the file Emotion-FAN's script loads). Emotion-FAN's
+    CNN-detector and histogram-equalisation retries for missed faces are not repeated.
+
+    frames: (T, H, W, 3) uint8 RGB; boxes: (T, 4) (x, y, w, h) pixels, NaN rows = no face.
+    ``aligned``: frames are already face crops, resized to 224 instead (nothing left out)."""
     import cv2
 
     frames = np.asarray(frames)
@@ -257,23 +263,37 @@ def face_chips_224(frames: np.ndarray, points68: Optional[np.ndarray], aligned: 
         raise ValueError(f"expected frames (T, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
     if aligned:
         return np.stack([cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA) for f in frames]), 0
-    if points68 is None:
-        raise ValueError("Acc_emo face chips need 68-point landmarks (dlib backend of the `landmarks` extra) or --aligned face crops")
+    boxes = None if boxes is None else np.asarray(boxes, np.float64)
+    if boxes is None or boxes.shape != (len(frames), 4):
+        raise ValueError(f"expected face boxes (T, 4) = ({len(frames)}, 4) for Acc_emo face chips, got {None if boxes is None else boxes.shape}")
+    ok = np.nonzero(np.isfinite(boxes).all(1))[0]
+    if not len(ok):
+        raise ValueError("no face in any frame: Acc_emo not computed")
     import dlib
 
-    ok = np.nonzero(np.isfinite(points68).all(axis=(1, 2)))[0]
-    if not len(ok):
-        raise ValueError("no face landmarks in any frame: Acc_emo not computed")
-    nearest = ok[np.abs(np.arange(len(frames))[:, None] - ok[None]).argmin(1)]
+    from ..data.face_align import _face_recognition_models_dir
+
+    predictor = _five_point_predictor(os.path.join(_face_recognition_models_dir(), "shape_predictor_5_face_landmarks.dat"))
     chips = []
-    for t, j in enumerate(nearest):
-        p = points68[j]
-        x0, y0 = np.floor(p.min(0)).astype(int)
-        x1, y1 = np.ceil(p.max(0)).astype(int)
-        shape = dlib.full_object_detection(dlib.rectangle(int(x0), int(y0), int(x1), int(y1)),
-                                           [dlib.point(int(round(x)), int(round(y))) for x, y in p])
-        chips.append(np.asarray(dlib.get_face_chip(np.ascontiguousarray(frames[t]), shape, size=224, padding=0.25)))
-    return np.stack(chips), int((nearest != np.arange(len(frames))).sum())
+    for t in ok:
+        x, y, w, h = boxes[t]
+        rect = dlib.rectangle(int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h)))
+        img = np.ascontiguousarray(frames[t])
+        chips.append(np.asarray(dlib.get_face_chip(img, predictor(img, rect), size=224, padding=0.25)))
+    return np.stack(chips), int(len(frames) - len(ok))
+
+
+_PREDICTORS: Dict[str, object] = {}
+
+
+def _five_point_predictor(path: str):
+    if path not in _PREDICTORS:  # loading the model file costs ~0.1 s: once per process
+        import dlib
+
+        if not os.path.isfile(path):
+            raise ValueError(f"expected dlib's 5-point predictor at {path!r} (from face_recognition_models), it is missing")
+        _PREDICTORS[path] = dlib.shape_predictor(path)
+    return _PREDICTORS[path]
 
 
 @torch.no_grad()
@@ -309,10 +329,10 @@ class EmotionAccuracy:
             raise MetricSkipped(f"no emotion label for {pair.name!r} (no MEAD emotion word in the name, not in --emotion_labels)")
         if label not in self.classes:
             raise MetricSkipped(f"emotion {label!r} is not a class of the classifier {self.classes}")
-        points = None
+        boxes = None
         if not self.aligned:
-            points = ctx.landmarks(pair.generated_key, pair.generated).points68
-        chips, filled = face_chips_224(pair.generated, points, self.aligned)
+            boxes = ctx.landmarks(pair.generated_key, pair.generated).boxes
+        chips, dropped = face_chips_224(pair.generated, boxes, self.aligned)
         probs = classify_clip(self.classifier, chips, self.device)
         if len(probs) != len(self.classes):
             raise ValueError(f"emotion classifier returned {len(probs)} scores for {len(self.classes)} classes {self.classes}")
@@ -322,8 +342,8 @@ class EmotionAccuracy:
         t[1] += 1
         out = {"acc_emo": float(pred == label), "emotion_label": label, "emotion_pred": pred,
                "emotion_probs": {c: float(p) for c, p in zip(self.classes, probs)}}
-        if filled:
-            out["emotion_note"] = f"no face in {filled} of {len(chips)} frames: nearest frame's landmarks used for the chip"
+        if dropped:
+            out["emotion_note"] = f"no face in {dropped} of {len(chips) + dropped} frames: left out of the clip score (as Emotion-FAN does)"
         return out
 
     def set_metric(self, method: str, ctx=None) -> dict:
