@@ -6,7 +6,11 @@ Shells: :class:`SyncNet` (public ``syncnet_v2.model`` layout), :func:`compute_ls
 :func:`arcface_embeddings`, :func:`run_evaluation` (pluggable per-pair / per-method metrics).
 Plug-ins: :func:`mouth_pair_metric` (``--mouth``; core :func:`mouth_opening` for synthetic faces,
 :func:`landmark_distances` (M-LMD, F-LMD) and :func:`lip_opening_curve` for real ones, :func:`mouth_preservation`)
-and :class:`CorrelationAnalysis` (``--analysis_metric``; core in :mod:`stccl_diffusers.analysis`).
+and :class:`CorrelationAnalysis` (``--analysis_metric``; core in :mod:`stccl_diffusers.analysis`),
+:class:`EmotionAccuracy` (Acc_emo with an Emotion-FAN checkpoint, :func:`load_emotion_fan`),
+:func:`reconstruction_pair_metric` (``--reconstruction``: PSNR, SSIM), :func:`reencode_frames`
+(``--sync_protocol reencode``) and :func:`compare_methods` (paired differences with bootstrap
+intervals, wins, sign test; :mod:`.stats`).
 """
 
 from .csim import build_iresnet_encoder, cosine_similarity_score, encode_faces, resolve_csim_encoder
@@ -17,10 +21,29 @@ from .mfcc import mfcc
 from .mouth import landmark_distances, lip_opening_curve, mouth_opening, mouth_opening_curve, mouth_pair_metric, mouth_preservation
 from .runner import ClipPair, EvalConfig, EvalContext, MetricSkipped, run_evaluation
 from .syncnet import SyncNet, build_syncnet, load_syncnet_state_dict
+from .emotion import EMOTION_FAN_CLASSES, EmotionAccuracy, EmotionFAN, load_emotion_fan
+from .reconstruction import psnr_frames, reconstruction_measures, reconstruction_pair_metric, ssim_frame
+from .reencode import REENCODE_PROTOCOL, reencode_frames
+from .stats import MEASURE_DIRECTIONS, bootstrap_mean_ci, compare_methods, paired_comparison, sign_test
 from .cli import CorrelationAnalysis
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
+    "EMOTION_FAN_CLASSES",
+    "EmotionAccuracy",
+    "EmotionFAN",
+    "MEASURE_DIRECTIONS",
+    "REENCODE_PROTOCOL",
+    "bootstrap_mean_ci",
+    "compare_methods",
+    "load_emotion_fan",
+    "paired_comparison",
+    "psnr_frames",
+    "reconstruction_measures",
+    "reconstruction_pair_metric",
+    "reencode_frames",
+    "sign_test",
+    "ssim_frame",
     "ClipPair",
     "CorrelationAnalysis",
     "EvalConfig",

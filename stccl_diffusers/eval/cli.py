@@ -1,4 +1,4 @@
-"""``stccl-eval``: FAD, LSE-D, LSE-C and CSIM for folders of generated talking-head clips.
+"""``stccl-eval``: FAD, LSE-D, LSE-C, CSIM and the EAT-lineage measures for folders of generated talking-head clips.
 
 Two input layouts:
 
@@ -23,6 +23,21 @@ without a face counted; on data.synthetic faces the exact pixel detector) and
 ``--analysis_metric DIR [--analysis_untrained]`` (per-layer pos/neg similarity of an STCCL metric,
 the paper's Fig. 3/7/8, via :mod:`stccl_diffusers.analysis`; also ``correlation_analysis.png``).
 ``--metrics none`` runs only these.
+
+The trade-off STCCL claims (emotion against sync) needs both sides, named apart:
+
+* ``--metrics csim_expr`` (alias ``csim``: the STCCL paper's expression-network similarity; the JSON
+  key ``CSIM`` stays as a deprecated alias of ``csim_expr`` for one release) and ``csim_id``
+  (ArcFace identity cosine, source vs generated, ``--arcface_weights``);
+* ``--emotion_weights`` (Acc_emo from an Emotion-FAN checkpoint, :mod:`.emotion`; or a plug-in
+  ``--emotion_classifier package.module:factory``), per emotion and overall;
+* ``--reconstruction`` (self-driven setting: PSNR and SSIM against the real clip, :mod:`.reconstruction`);
+* ``--sync_protocol reencode`` (LSE-D/LSE-C also after one fixed encoder pass, :mod:`.reencode`).
+
+Results are shown in both families' tables (STCCL/MEAD: FAD, LSE-D, LSE-C, CSIM; EAT lineage:
+PSNR, SSIM, M-LMD, F-LMD, Acc_emo, Sync) with the measures not computed listed (``left_out``), and,
+for two or more methods, paired comparisons per measure (``comparisons``, :mod:`.stats`: mean
+difference with a seeded bootstrap interval, wins, exact sign test). docs/eval.md has the details.
 """
 
 from __future__ import annotations
@@ -40,7 +55,8 @@ from .csim import build_iresnet_encoder, resolve_csim_encoder
 from .eval_io import VIDEO_EXTS, extract_audio_16k, read_frame_folder, read_video, read_wav_16k
 from ..data.face_align import backend_name
 from .faces import find_label_mask, mask_tile_label
-from .report import format_mouth_table, format_table, write_mouth_plot, random_init_banner, write_json, write_markdown, write_plots
+from .stats import format_comparison_table
+from .report import EAT_FAMILY, STCCL_FAMILY, format_family_table, format_mouth_table, format_table, write_mouth_plot, random_init_banner, write_json, write_markdown, write_plots
 from .runner import ClipPair, EvalConfig, EvalContext, run_evaluation
 from .syncnet import build_syncnet
 
@@ -74,11 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--csim_encoder", type=str, default="iresnet", help="'iresnet' (default) or 'package.module:factory'")
     w.add_argument("--csim_weights", type=str, help="weights of the CSIM expression encoder")
     w.add_argument("--csim_arch", type=str, default="r50", help="iResNet used with --random_init when no --csim_weights")
+    w.add_argument("--emotion_classifier", type=str, default="emotion_fan",
+                   help="Acc_emo classifier: 'emotion_fan' (default; Emotion-FAN checkpoint as EAT's evaluation uses it) or 'package.module:factory'")
+    w.add_argument("--emotion_weights", type=str, help="Emotion-FAN checkpoint (MEAD, 8 classes) for Acc_emo; Acc_emo is left out without it")
+    w.add_argument("--emotion_at_type", choices=("self-attention", "self_relation-attention"), default=None,
+                   help="Emotion-FAN attention of the checkpoint (default: from its file name, else self_relation-attention)")
+    w.add_argument("--emotion_labels", type=str, help="intended emotion per clip: JSON {clip: emotion} or 'clip,emotion' lines "
+                   "(default: the MEAD emotion word in the clip name)")
     w.add_argument("--random_init", action="store_true", help="DEMO ONLY: allow missing weights (random networks, meaningless numbers)")
     w.add_argument("--seed", type=int, default=0)
     r = p.add_argument_group("run")
     r.add_argument("--output_dir", type=str, required=True)
-    r.add_argument("--metrics", type=str, default="fad,lse,csim", help="comma list of fad, lse, csim")
+    r.add_argument("--metrics", type=str, default="fad,lse,csim", help="comma list of fad, lse, csim_expr (alias csim), csim_id "
+                   "(ArcFace identity cosine source vs generated, needs --arcface_weights), or none")
+    r.add_argument("--sync_protocol", choices=("given", "reencode"), default="given",
+                   help="reencode: LSE also after one fixed libx264 pass (CRF 23, yuv420p, 25 fps; stated in the output), both reported")
+    r.add_argument("--bootstrap_resamples", type=int, default=10000, help="comparisons: bootstrap resamples of the mean paired difference")
+    r.add_argument("--bootstrap_seed", type=int, default=0, help="comparisons: seed of the bootstrap (written in the output)")
     r.add_argument("--max_frames", type=int, default=None, help="decode only the first N frames of each clip (said in the output)")
     r.add_argument("--frame_stride", type=int, default=1, help="FAD/CSIM use every k-th frame (said in the output)")
     r.add_argument("--max_clips", type=int, default=None, help="evaluate only the first N clips (said in the output)")
@@ -93,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "inner-lip opening corr / MAE / lag and landmark coverage on real faces; corr / MAE / lag on data.synthetic faces")
     x.add_argument("--mouth_detector", choices=("auto", "synthetic", "landmarks"), default="auto",
                    help="auto: the exact pixel detector when the anchor is a data.synthetic face, else 68-point landmarks")
+    x.add_argument("--reconstruction", action="store_true", help="self-driven setting: the real clip is the generated clip's ground "
+                   "truth; PSNR and SSIM on the aligned 112x112 face crops")
     x.add_argument("--analysis_metric", type=str, help="save_pretrained STCCLMetric folder: per-layer pos/neg similarity (paper Fig. 3/7/8)")
     x.add_argument("--analysis_untrained", action="store_true", help="also an untrained metric of the same config (fresh init, --seed)")
     x.add_argument("--analysis_frames", type=int, default=2, help="frames per analysis window (>= 2 when the metric uses TCC)")
@@ -209,10 +239,10 @@ def folder_groups(ref_dir: Path, generated: Dict[str, Path], emo_dir: Optional[P
 def _build_models(args, metrics) -> tuple:
     random_parts, models = [], {"arcface": None, "syncnet": None, "csim": None}
     torch.manual_seed(args.seed)
-    if "fad" in metrics:
+    if "fad" in metrics or "csim_id" in metrics:
         models["arcface"] = build_iresnet_encoder(args.arcface_weights, random_init=args.random_init, flag="--arcface_weights", arch=args.arcface_arch)
         if args.arcface_weights is None:
-            random_parts.append(f"ArcFace {args.arcface_arch} for FAD: no --arcface_weights")
+            random_parts.append(f"ArcFace {args.arcface_arch} for {'/'.join(m.upper() if m == 'fad' else m for m in metrics if m in ('fad', 'csim_id'))}: no --arcface_weights")
     if "lse" in metrics:
         models["syncnet"] = build_syncnet(args.syncnet_weights, random_init=args.random_init)
         if args.syncnet_weights is None:
@@ -310,6 +340,32 @@ def _extra_metrics(args, notes: List[str]):
                      "63-65) / outer-eye-corner distance, mouth_mae in those units; frames without a face in either clip are left "
                      "out and counted (faceless_*, landmark_coverage). data.synthetic faces: the pixel detector of eval.mouth, "
                      "mouth_mae in face widths")
+    if args.reconstruction:
+        from .reconstruction import reconstruction_pair_metric
+
+        pair.append(reconstruction_pair_metric)
+        notes.append("--reconstruction: the real clip is taken as the generated clip's ground truth (self-driven setting); PSNR = mean "
+                     "per-frame 10 log10(255^2 / MSE) over RGB, SSIM = Gaussian-window SSIM (11 px, sigma 1.5) on the luma, both on "
+                     "the aligned 112x112 face crops (each clip aligned by its own landmarks), frames paired by index")
+    if args.emotion_weights or args.emotion_classifier not in (None, "", "emotion_fan"):
+        from .emotion import EmotionAccuracy, read_emotion_labels, resolve_emotion_classifier
+
+        try:
+            clf = resolve_emotion_classifier(args.emotion_classifier, args.emotion_weights, args.emotion_at_type)
+            labels = read_emotion_labels(args.emotion_labels) if args.emotion_labels else {}
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"stccl-eval: {e}")
+        acc = EmotionAccuracy(clf, labels, aligned=args.aligned, device=args.device)
+        pair.append(acc.pair_metric)
+        per_set.append(acc.set_metric)
+        notes.append(f"Acc_emo: classifier {args.emotion_classifier} ({args.emotion_weights or 'plug-in'}, classes {list(acc.classes)}); "
+                     "the intended emotion of a clip from " + ("--emotion_labels, else " if labels else "") + "the MEAD emotion word in its "
+                     "name; face chips 224x224 by dlib's 5-point predictor on the track's face boxes and dlib.get_face_chip (padding 0.25), frames "
+                     "without a face left out (as Emotion-FAN's face_align_cuda.py); clip prediction by "
+                     "the published Emotion-FAN evaluation path; acc_emo per clip 1/0, per method the mean (overall) and "
+                     "acc_emo_per_emotion")
+    elif args.emotion_labels:
+        raise SystemExit("--emotion_labels needs --emotion_weights (or --emotion_classifier package.module:factory)")
     if args.analysis_untrained and not args.analysis_metric:
         raise SystemExit("--analysis_untrained needs --analysis_metric DIR (the untrained metric copies its config)")
     if args.analysis_metric:
@@ -333,6 +389,32 @@ def _extra_metrics(args, notes: List[str]):
     elif args.analysis_shifts is not None:
         raise SystemExit("--analysis_shifts needs --analysis_metric DIR (the metric whose speech-timing AUC is measured)")
     return pair, per_set, analysis
+
+
+def _left_out(args, metrics) -> List[dict]:
+    """The measures of the two families' tables that this run does not compute, and why."""
+    out = []
+
+    def miss(measure, why):
+        out.append({"measure": measure, "reason": why})
+
+    if "fad" not in metrics:
+        miss("FAD", "not in --metrics (needs --arcface_weights)")
+    if "lse" not in metrics:
+        miss("LSE-D/LSE-C (Sync)", "not in --metrics (needs --syncnet_weights)")
+    elif args.sync_protocol != "reencode":
+        miss("LSE-D/LSE-C re-encoded", "--sync_protocol given (add --sync_protocol reencode)")
+    if "csim" not in metrics:
+        miss("CSIM (csim_expr)", "not in --metrics (needs --csim_weights or --csim_encoder)")
+    if "csim_id" not in metrics:
+        miss("csim_id", "not in --metrics (needs --arcface_weights)")
+    if not args.reconstruction:
+        miss("PSNR/SSIM", "no --reconstruction (needs a ground-truth clip: the self-driven setting)")
+    if not args.mouth:
+        miss("M-LMD/F-LMD", "no --mouth")
+    if not (args.emotion_weights or args.emotion_classifier not in (None, "", "emotion_fan")):
+        miss("Acc_emo", "no --emotion_weights (Emotion-FAN checkpoint) or --emotion_classifier")
+    return out
 
 
 def _analysis_shifts(text: Optional[str]) -> List[int]:
@@ -368,24 +450,32 @@ def main(argv: Optional[Sequence[str]] = None, extra_pair_metrics: Sequence = ()
 def _run(args, extra_pair: list, extra_set: list) -> int:
     t0 = time.time()
     metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip() and m.strip().lower() != "none")
-    bad = [m for m in metrics if m not in ("fad", "lse", "csim")]
+    # csim_expr is the new name of csim (the STCCL paper's expression similarity); both select it.
+    metrics = tuple(dict.fromkeys("csim" if m == "csim_expr" else m for m in metrics))
+    bad = [m for m in metrics if m not in ("fad", "lse", "csim", "csim_id")]
     notes: List[str] = []
     flag_pair, flag_set, analysis = _extra_metrics(args, notes)
     extra_pair, extra_set = flag_pair + extra_pair, flag_set + extra_set
     if bad or not (metrics or extra_pair or extra_set):
-        raise SystemExit(f"--metrics: expected a comma list of fad, lse, csim (or none with --mouth / --analysis_metric), got {args.metrics!r}")
+        raise SystemExit(f"--metrics: expected a comma list of fad, lse, csim_expr (alias csim), csim_id (or none with --mouth / "
+                         f"--reconstruction / --emotion_weights / --analysis_metric), got {args.metrics!r}")
+    if args.sync_protocol == "reencode" and "lse" not in metrics:
+        raise SystemExit("--sync_protocol reencode needs lse in --metrics (and --syncnet_weights)")
     if bool(args.tiled) == bool(args.reference_dir):
         raise SystemExit("give either --tiled DIR or --reference_dir DIR with --generated NAME=DIR")
     try:
         models, random_parts = _build_models(args, metrics)
     except (ValueError, FileNotFoundError) as e:
-        hint = "; or add --metrics none to run only --mouth / --analysis_metric" if (args.mouth or args.analysis_metric) else ""
+        further = [f for f, on in (("--mouth", args.mouth), ("--reconstruction", args.reconstruction),
+                                   ("--emotion_weights", args.emotion_weights), ("--analysis_metric", args.analysis_metric)) if on]
+        hint = (f"; or add --metrics none to run only {' / '.join(further)}" if further
+                else "; or add --metrics none to run only the plugged-in measures" if (extra_pair or extra_set) else "")
         raise SystemExit(f"stccl-eval: {e}{hint}")
     cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
                      csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device, face_backend=args.face_backend,
-                     insightface_root=args.insightface_root, mouth_detector=args.mouth_detector)
+                     insightface_root=args.insightface_root, mouth_detector=args.mouth_detector, sync_protocol=args.sync_protocol)
     ctx = EvalContext(cfg, arcface=models["arcface"], syncnet=models["syncnet"], csim_encoder=models["csim"])
-    if not args.aligned and (metrics or args.mouth):
+    if not args.aligned and (metrics or args.mouth or args.reconstruction or args.emotion_weights):
         try:
             backend = backend_name(ctx.face_detector())
         except (ImportError, ValueError) as e:
@@ -414,6 +504,10 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
         real_methods = [f"{tile_names[0]} (real)"] if real_row else []
         methods = real_methods + tile_names[2:]
         notes.append("tiled input: the green tile labels (y < 60) are inpainted before face detection")
+        if args.reconstruction:
+            notes.append("--reconstruction on tiled input: the Source tile says the same speech with another emotion, so it is not a "
+                         "pixel ground truth of the emotion-edited tiles; PSNR/SSIM here measure closeness to the source, not "
+                         "reconstruction quality")
     else:
         if not args.generated:
             raise SystemExit("--reference_dir needs at least one --generated NAME=DIR")
@@ -454,11 +548,21 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     set_metrics = [DEFAULT_SET_METRICS[m] for m in metrics if m in DEFAULT_SET_METRICS] + extra_set
     result = run_evaluation(groups, ctx, pair_metrics=pair_metrics, set_metrics=set_metrics, methods=methods,
                             progress=not args.no_progress, total=total)
+    from .reencode import REENCODE_PROTOCOL
+    from .stats import compare_methods
+
+    compared = [m for m in result["method_order"] if m not in real_methods]
     result.update({
         "real_methods": real_methods,
         "random_weights": random_parts,
         "notes": notes,
-        "weights": {"arcface": args.arcface_weights, "syncnet": args.syncnet_weights, "csim_encoder": args.csim_encoder, "csim": args.csim_weights},
+        "left_out": _left_out(args, metrics),
+        "sync_protocol": {"protocol": args.sync_protocol, **({"reencode": REENCODE_PROTOCOL} if args.sync_protocol == "reencode" else {})},
+        "aliases": {"CSIM": "csim_expr (deprecated alias, kept for one release)", "Sync-C": "LSE-C", "Sync-D": "LSE-D"},
+        "comparisons": compare_methods(result["clips"], compared, n_resamples=args.bootstrap_resamples, seed=args.bootstrap_seed)
+        if len(compared) >= 2 else None,
+        "weights": {"arcface": args.arcface_weights, "syncnet": args.syncnet_weights, "csim_encoder": args.csim_encoder, "csim": args.csim_weights,
+                    "emotion_classifier": args.emotion_classifier, "emotion": args.emotion_weights},
         "config": vars(args),
         "wall_seconds": time.time() - t0,
     })
@@ -482,9 +586,18 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     if random_parts:
         print("\n" + random_init_banner(random_parts) + "\n")
     print(format_table(result))
+    for title, cols in (("STCCL / MEAD columns", STCCL_FAMILY), ("EAT-lineage columns", EAT_FAMILY)):
+        table = format_family_table(result, cols)
+        if table:
+            print(f"\n{title}:\n{table}")
+    if result["left_out"]:
+        print("\nLeft out: " + "; ".join(f"{x['measure']} ({x['reason']})" for x in result["left_out"]))
     mouth = format_mouth_table(result)
     if mouth:
         print("\nMouth (anchor = the real clip):\n" + mouth)
+    comparison = format_comparison_table(result["comparisons"]) if result.get("comparisons") else None
+    if comparison:
+        print("\nComparisons (paired, per clip):\n" + comparison)
     n_bad = len(result["unreadable"])
     print(f"\n{len(result['clips'])} clip pairs, {n_bad} unreadable/failed{' (see results.md)' if n_bad else ''}; "
           f"wrote {out / 'results.json'}, {out / 'results.md'}, {', '.join(Path(p).name for p in plots)}; {result['wall_seconds']:.1f} s")

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["TABLE_COLUMNS", "MOUTH_COLUMNS", "format_table", "format_mouth_table", "write_mouth_plot", "write_json", "write_markdown", "write_plots", "random_init_banner"]
+__all__ = ["TABLE_COLUMNS", "MOUTH_COLUMNS", "STCCL_FAMILY", "EAT_FAMILY", "format_family_table", "format_table", "format_mouth_table", "write_mouth_plot", "write_json", "write_markdown", "write_plots", "random_init_banner"]
 
 # (result key, header, higher is better)
 TABLE_COLUMNS = [("FAD", "FAD↓", False), ("LSE-D", "LSE-D↓", False), ("LSE-C", "LSE-C↑", True), ("CSIM", "CSIM↑", True)]
@@ -19,7 +19,18 @@ MOUTH_COLUMNS = [("M-LMD", "M-LMD↓"), ("F-LMD", "F-LMD↓"), ("mouth_corr", "o
 _MOUTH_KEYS = {k for k, _ in MOUTH_COLUMNS} | {"mouth_lag", "mouth_frames", "lmd_frames", "faceless_anchor", "faceless_generated",
                                                "landmark_coverage", "paired_frames", "faceless_anchor_total", "faceless_generated_total",
                                                "paired_frames_total", "landmark_coverage_total"}
-_CORE_KEYS = {"num_clips", "FAD", "LSE-D", "LSE-C", "CSIM", "offset_median", "lse_curve_mean", "fad_note", "fad_eps", "lse_windows"}
+_CORE_KEYS = {"num_clips", "FAD", "LSE-D", "LSE-C", "CSIM", "offset_median", "lse_curve_mean", "fad_note", "fad_eps", "lse_windows",
+              "csim_expr", "csim_id", "LSE-D_reencoded", "LSE-C_reencoded", "offset_reencoded_median", "lse_reencoded_windows",
+              "PSNR", "SSIM", "acc_emo", "psnr_identical_frames", "reconstruction_frames"}
+
+# The two families' tables (result key, header, higher is better). STCCL/MEAD: the STCCL paper's
+# Table I (CSIM = its expression similarity, csim_expr) plus ArcFace identity; EAT lineage: EAT's
+# evaluation (Sync = SyncNet confidence, LSE-C, "Sync-C" in diffusion papers). Re-encoded sync
+# columns appear beside the given ones when --sync_protocol reencode ran.
+STCCL_FAMILY = [("FAD", "FAD↓", False), ("LSE-D", "LSE-D↓", False), ("LSE-D_reencoded", "LSE-D↓ re-enc.", False), ("LSE-C", "LSE-C↑", True),
+                ("LSE-C_reencoded", "LSE-C↑ re-enc.", True), ("csim_expr", "CSIM↑ (expr)", True), ("csim_id", "CSIM-id↑ (ArcFace)", True)]
+EAT_FAMILY = [("PSNR", "PSNR↑", True), ("SSIM", "SSIM↑", True), ("M-LMD", "M-LMD↓", False), ("F-LMD", "F-LMD↓", False),
+              ("acc_emo", "Acc_emo↑", True), ("LSE-C", "Sync↑ (Sync-C)", True), ("LSE-C_reencoded", "Sync↑ re-enc.", True)]
 
 
 def random_init_banner(random_parts: List[str]) -> str:
@@ -53,6 +64,30 @@ def format_table(result: dict) -> str:
             if m not in real_rows and key in best and v is not None and v == best[key]:
                 s = f"**{s}**"
             cells.append(s)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {per[m].get('num_clips', 0)} |")
+    return "\n".join(lines)
+
+
+def format_family_table(result: dict, columns) -> Optional[str]:
+    """Markdown table of one family: rows = methods, only the columns some method has (the
+    measures left out are listed by ``result['left_out']``); best non-real value in bold."""
+    per, methods = result["methods"], result["method_order"]
+    cols = [c for c in columns if any(per[m].get(c[0]) is not None for m in methods)]
+    if not cols:
+        return None
+    real_rows = set(result.get("real_methods", []))
+    lines = ["| Method | " + " | ".join(h for _, h, _ in cols) + " | clips |", "|" + "---|" * (len(cols) + 2)]
+    best = {}
+    for key, _, higher in cols:
+        vals = [per[m][key] for m in methods if m not in real_rows and per[m].get(key) is not None]
+        if len(vals) > 1:
+            best[key] = max(vals) if higher else min(vals)
+    for m in methods:
+        cells = []
+        for key, _, _ in cols:
+            v = per[m].get(key)
+            s = _fmt(v)
+            cells.append(f"**{s}**" if m not in real_rows and key in best and v == best[key] else s)
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {per[m].get('num_clips', 0)} |")
     return "\n".join(lines)
 
@@ -99,7 +134,38 @@ def write_markdown(result: dict, path: str | os.PathLike) -> str:
     parts = ["# stccl-eval results", ""]
     if result.get("random_weights"):
         parts += [random_init_banner(result["random_weights"]), ""]
-    parts += ["## Table I", "", format_table(result), ""]
+    parts += ["## Table I", "", format_table(result), "",
+              "CSIM here is csim_expr (the STCCL paper's expression-network similarity); the key `CSIM` is its deprecated alias, "
+              "kept for one release. ArcFace identity similarity is `csim_id`.", ""]
+    from .stats import format_comparison_table
+
+    for title, cols in (("STCCL / MEAD columns", STCCL_FAMILY), ("EAT-lineage columns", EAT_FAMILY)):
+        table = format_family_table(result, cols)
+        parts += [f"## {title}", "", table if table else "(no measure of this family was computed)", ""]
+    left = result.get("left_out") or []
+    if left:
+        parts += ["Left out of these tables: " + "; ".join(f"{x['measure']} ({x['reason']})" for x in left) + ".", ""]
+    sync = result.get("sync_protocol") or {}
+    if sync.get("protocol") == "reencode":
+        p = sync["reencode"]
+        parts += [f"Sync protocol: LSE-D/LSE-C (aliases Sync-D/Sync-C) as given and after one fixed re-encode: {p['codec']}, CRF {p['crf']}, "
+                  f"preset {p['preset']}, {p['pix_fmt']}, {p['fps']:g} fps, {p['encoder_threads']} encoder thread, {p['container']}; audio "
+                  f"{p['audio']}; {p['resampling']}.", ""]
+    elif any(result["methods"][m].get("LSE-D") is not None for m in result["method_order"]):
+        parts += ["Sync protocol: LSE-D/LSE-C (aliases Sync-D/Sync-C) on the clips as given (their own encoding); "
+                  "--sync_protocol reencode adds codec-stable numbers.", ""]
+    per_emo = {m: result["methods"][m]["acc_emo_per_emotion"] for m in result["method_order"] if result["methods"][m].get("acc_emo_per_emotion")}
+    if per_emo:
+        emos = sorted({e for t in per_emo.values() for e in t})
+        parts += ["## Acc_emo per emotion (correct / clips)", "", "| Method | " + " | ".join(emos) + " | overall |", "|" + "---|" * (len(emos) + 2)]
+        for m, t in per_emo.items():
+            cells = [f"{t[e]['acc']:.3f} ({t[e]['correct']}/{t[e]['n']})" if e in t else "—" for e in emos]
+            parts.append(f"| {m} | " + " | ".join(cells) + f" | {_fmt(result['methods'][m].get('acc_emo'))} |")
+        parts.append("")
+    comp = result.get("comparisons")
+    if comp:
+        table = format_comparison_table(comp)
+        parts += ["## Comparisons (paired over clips)", "", table or "(no measure shared by the compared methods)", ""]
     real_rows = result.get("real_methods", [])
     if real_rows:
         parts.append(f"Rows {', '.join(real_rows)} are real clips (FAD is measured against them, so it is not reported for them).")
@@ -124,9 +190,15 @@ def write_markdown(result: dict, path: str | os.PathLike) -> str:
     extra = _extra_table(result)
     if extra:
         parts += ["## Further measures (averaged per method)", "", extra, ""]
-    parts += ["## Per clip", "", "| Clip | Method | LSE-D | LSE-C | offset | CSIM |", "|---|---|---|---|---|---|"]
+    # Per clip: the Table I columns, then whichever new measures some clip has.
+    optional = [(k, h) for k, h in (("LSE-D_reencoded", "LSE-D re-enc."), ("LSE-C_reencoded", "LSE-C re-enc."), ("csim_id", "csim_id"),
+                                    ("PSNR", "PSNR"), ("SSIM", "SSIM"), ("acc_emo", "Acc_emo")) if any(c.get(k) is not None for c in result["clips"])]
+    heads = ["Clip", "Method", "LSE-D", "LSE-C", "offset", "CSIM"] + [h for _, h in optional]
+    parts += ["## Per clip", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for c in result["clips"]:
-        parts.append(f"| {c['clip']} | {c['method']} | {_fmt(c.get('LSE-D'))} | {_fmt(c.get('LSE-C'))} | {c.get('offset', '—')} | {_fmt(c.get('CSIM'))} |")
+        extra = "".join(f" {_fmt(c.get(k))} |" if k != "acc_emo" or c.get(k) is None else f" {c['emotion_pred']} ({c['emotion_label']}) |"
+                        for k, _ in optional)
+        parts.append(f"| {c['clip']} | {c['method']} | {_fmt(c.get('LSE-D'))} | {_fmt(c.get('LSE-C'))} | {c.get('offset', '—')} | {_fmt(c.get('CSIM'))} |" + extra)
     parts.append("")
     unread = result.get("unreadable", [])
     parts += [f"## Unreadable or failed ({len(unread)})", ""]

@@ -34,6 +34,8 @@ __all__ = [
     "prepare_faces",
     "lse_pair_metric",
     "csim_pair_metric",
+    "csim_id_pair_metric",
+    "sync_crops",
     "fad_collect_pair_metric",
     "fad_set_metric",
     "DEFAULT_PAIR_METRICS",
@@ -87,6 +89,7 @@ class EvalConfig:
     face_backend: str = "auto"  # landmarks for FAD/CSIM alignment and --mouth: auto (dlib if installed), dlib, insightface, haar
     insightface_root: Optional[str] = None  # local insightface model pack (backend insightface); never downloaded
     mouth_detector: str = "auto"  # --mouth: auto (synthetic detector on data.synthetic faces, else landmarks), synthetic, landmarks
+    sync_protocol: str = "given"  # LSE on the clip as given, or "reencode": also after one fixed encoder pass (eval.reencode)
 
 
 @dataclass
@@ -172,12 +175,11 @@ def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig, track: Opt
         sub = sub[: config.max_faces_per_clip]
     if len(sub) < len(frames):
         notes.append(f"FAD/CSIM use {len(sub)} of {len(frames)} frames (stride {config.frame_stride})")
-    idx25 = nearest_frame_indices(len(frames), fps, SYNCNET_FPS)
     if config.aligned:
         import cv2
 
         aligned = np.stack([cv2.resize(frames[i], (112, 112), interpolation=cv2.INTER_AREA) for i in sub])
-        sync = np.stack([cv2.resize(frames[i], (224, 224))[..., ::-1] for i in idx25]) if "lse" in config.metrics else np.zeros((0, 224, 224, 3), np.uint8)
+        sync = sync_crops(frames, fps, True)[0] if "lse" in config.metrics else np.zeros((0, 224, 224, 3), np.uint8)
         return FaceCrops(aligned, sync, fps, notes + ["frames used as given face crops (--aligned)"])
     has5 = track is not None and track.points5 is not None and np.isfinite(track.points5[:, 0, 0]).any()
     if has5:
@@ -196,16 +198,30 @@ def prepare_faces(frames: np.ndarray, fps: float, config: EvalConfig, track: Opt
         lmk = landmarks_from_box(box)
         aligned = np.stack([align_face_112(frames[i], lmk) for i in sub])
     if "lse" in config.metrics:
-        try:
-            boxes, found = face_track(frames, window=9)
-        except NoFaceError as err:
-            raise ValueError(f"no face found by the Haar detector for the SyncNet track: {err}") from err
-        if not found.all():
-            notes.append(f"SyncNet face track: no face in {int((~found).sum())} of {len(found)} frames (nearest track box used)")
-        sync = np.stack([np.ascontiguousarray(syncnet_crop(frames[i], boxes[i])[..., ::-1]) for i in idx25])
+        sync, sync_notes = sync_crops(frames, fps, False)
+        notes += sync_notes
     else:
         sync = np.zeros((0, 224, 224, 3), np.uint8)
     return FaceCrops(aligned, sync, fps, notes)
+
+
+def sync_crops(frames: np.ndarray, fps: float, aligned: bool) -> Tuple[np.ndarray, List[str]]:
+    """SyncNet crops (T25, 224, 224, 3) uint8 BGR at 25 fps of (T, H, W, 3) uint8 RGB frames at
+    ``fps``: resized frames when ``aligned``, else a Haar face track over the clip (running median
+    of 9 frames; frames without a face take the nearest track box, counted in the notes)."""
+    import cv2
+
+    idx25 = nearest_frame_indices(len(frames), fps, SYNCNET_FPS)
+    if aligned:
+        return np.stack([cv2.resize(frames[i], (224, 224))[..., ::-1] for i in idx25]), []
+    notes = []
+    try:
+        boxes, found = face_track(frames, window=9)
+    except NoFaceError as err:
+        raise ValueError(f"no face found by the Haar detector for the SyncNet track: {err}") from err
+    if not found.all():
+        notes.append(f"SyncNet face track: no face in {int((~found).sum())} of {len(found)} frames (nearest track box used)")
+    return np.stack([np.ascontiguousarray(syncnet_crop(frames[i], boxes[i])[..., ::-1]) for i in idx25]), notes
 
 
 # ---------------------------------------------------------------- built-in pair / set metrics
@@ -219,7 +235,22 @@ def lse_pair_metric(pair: ClipPair, ctx: EvalContext) -> dict:
     res = compute_lse(ctx.syncnet, crops.sync_bgr, pair.audio, fps=SYNCNET_FPS, vshift=ctx.config.vshift, batch_size=ctx.config.batch_size, device=ctx.config.device)
     if abs(pair.fps - SYNCNET_FPS) > 1e-6:
         res.notes.append(f"video resampled from {pair.fps:g} fps to 25 fps by nearest-frame index")
-    return {"LSE-D": res.lse_d, "LSE-C": res.lse_c, "offset": res.offset, "lse_windows": res.num_windows, "lse_curve": res.mean_dists, "lse_notes": res.notes}
+    out = {"LSE-D": res.lse_d, "LSE-C": res.lse_c, "offset": res.offset, "lse_windows": res.num_windows, "lse_curve": res.mean_dists, "lse_notes": res.notes}
+    if ctx.config.sync_protocol == "reencode":
+        from .reencode import REENCODE_PROTOCOL, reencode_frames
+
+        # The whole frame goes through the codec (as a user's video would), then the same face
+        # cropping and SyncNet run on the decoded frames.
+        frames = reencode_frames(pair.generated, pair.fps)
+        sync, notes = sync_crops(frames, REENCODE_PROTOCOL["fps"], ctx.config.aligned)
+        rr = compute_lse(ctx.syncnet, sync, pair.audio, fps=SYNCNET_FPS, vshift=ctx.config.vshift, batch_size=ctx.config.batch_size, device=ctx.config.device)
+        out.update({"LSE-D_reencoded": rr.lse_d, "LSE-C_reencoded": rr.lse_c, "offset_reencoded": rr.offset,
+                    "lse_reencoded_windows": rr.num_windows})
+        if notes:
+            out["lse_reencoded_notes"] = notes
+    elif ctx.config.sync_protocol != "given":
+        raise ValueError(f"expected sync_protocol 'given' or 'reencode', got {ctx.config.sync_protocol!r}")
+    return out
 
 
 def csim_pair_metric(pair: ClipPair, ctx: EvalContext) -> dict:
@@ -232,7 +263,24 @@ def csim_pair_metric(pair: ClipPair, ctx: EvalContext) -> dict:
         n = min(len(g), len(r))
         out["csim_note"] = f"frame counts differ ({len(g)} vs {len(r)}): first {n} frames paired"
         g, r = g[:n], r[:n]
-    out["CSIM"] = cosine_similarity_score(g, r, mode=ctx.config.csim_mode)
+    out["csim_expr"] = cosine_similarity_score(g, r, mode=ctx.config.csim_mode)
+    out["CSIM"] = out["csim_expr"]  # deprecated alias of csim_expr, kept for one release
+    return out
+
+
+def csim_id_pair_metric(pair: ClipPair, ctx: EvalContext) -> dict:
+    """``csim_id``: ArcFace identity cosine between the source (real) clip and the generated clip,
+    on the aligned 112x112 crops, frames paired by index (the shorter length), mean over frames."""
+    if pair.real is None:
+        raise MetricSkipped("no source (real) clip: csim_id not computed")
+    g = torch.from_numpy(ctx.embed(pair.generated_key, pair.generated, pair.fps))
+    r = torch.from_numpy(ctx.embed(pair.real_key, pair.real, pair.fps))
+    out = {}
+    if len(g) != len(r):
+        n = min(len(g), len(r))
+        out["csim_id_note"] = f"frame counts differ ({len(g)} vs {len(r)}): first {n} frames paired"
+        g, r = g[:n], r[:n]
+    out["csim_id"] = cosine_similarity_score(g, r, mode="frame")
     return out
 
 
@@ -265,7 +313,8 @@ def fad_set_metric(method: str, ctx: EvalContext) -> dict:
 PairMetric = Callable[[ClipPair, EvalContext], dict]
 SetMetric = Callable[[str, EvalContext], dict]
 
-DEFAULT_PAIR_METRICS: Dict[str, PairMetric] = {"fad": fad_collect_pair_metric, "lse": lse_pair_metric, "csim": csim_pair_metric}
+DEFAULT_PAIR_METRICS: Dict[str, PairMetric] = {"fad": fad_collect_pair_metric, "lse": lse_pair_metric, "csim": csim_pair_metric,
+                                               "csim_id": csim_id_pair_metric}
 DEFAULT_SET_METRICS: Dict[str, SetMetric] = {"fad": fad_set_metric}
 
 
@@ -327,15 +376,16 @@ def run_evaluation(
     for m in method_order:
         rows = [c for c in clips if c["method"] == m]
         agg: Dict[str, object] = {"num_clips": len(rows)}
-        numeric_keys = sorted({k for c in rows for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("offset",)})
+        numeric_keys = sorted({k for c in rows for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("offset", "offset_reencoded")})
         for k in numeric_keys:
             vals = [c[k] for c in rows if isinstance(c.get(k), (int, float)) and c.get(k) is not None]
             if vals:
                 agg[k] = float(np.mean(vals))
                 agg[f"{k}_n"] = len(vals)
-        offs = [c["offset"] for c in rows if "offset" in c]
-        if offs:
-            agg["offset_median"] = float(np.median(offs))
+        for key in ("offset", "offset_reencoded"):
+            offs = [c[key] for c in rows if key in c]
+            if offs:
+                agg[f"{key}_median"] = float(np.median(offs))
         curves = [c["lse_curve"] for c in rows if "lse_curve" in c]
         if curves:
             agg["lse_curve_mean"] = np.mean(np.array(curves), axis=0).tolist()
