@@ -56,6 +56,9 @@ def validation_identities(cfg: DiceTrainingConfig):
 def main(argv=None) -> dict:
     started = time.perf_counter()
     cfg = parse_config(DiceTrainingConfig, argv, default_config=DEMO_CONFIG, description=__doc__.split("\n")[1])
+    if cfg.anchor == "frozen" and cfg.train_mode != "lora" and cfg.stccl_weight > 0:
+        raise ValueError(f"anchor: frozen renders the neutral anchor with the LoRA adapters off, so it needs "
+                         f"train_mode: lora, got train_mode: {cfg.train_mode!r}; use anchor: current for a full fine-tune")
     accelerator = build_accelerator(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)

@@ -171,7 +171,8 @@ def dice_env(tmp_path, monkeypatch):
     cfg = config_from_dict(DiceTrainingConfig, dict(
         backend="dice_talk", dice_talk_root=str(root), dice_checkpoints=str(ckpt), svd_path=str(svd),
         num_frames=4, resolution=32, stccl_weight=1.0, p_mean=-3.0, p_std=0.0,  # every sample gated
-        frame_subset=[0, 3], drop_reference=0.0, drop_audio=0.0, drop_emotion=0.0, num_inference_steps=2))
+        frame_subset=[0, 3], drop_reference=0.0, drop_audio=0.0, drop_emotion=0.0, num_inference_steps=2,
+        anchor="current"))  # the conditioning tests train the UNet in full; the frozen anchor has its own test
     return cfg
 
 

@@ -181,7 +181,7 @@ def test_config_yaml_then_cli_override_and_unknown_key(tmp_path):
 
 
 # ------------------------------------------------------------------ gated vs ungated (DICE adapter)
-def _dice_adapter(p_mean: float, weight: float = 1.0):
+def _dice_adapter(p_mean: float, weight: float = 1.0, anchor: str = "frozen"):
     from stccl_diffusers import STCCLMetric
     from stccl_diffusers.adapters.dice import DiceTrainingConfig, build_callback, build_reference_adapter
     from stccl_diffusers.models.reference_dice import ReferenceDICE
@@ -189,7 +189,7 @@ def _dice_adapter(p_mean: float, weight: float = 1.0):
     torch.manual_seed(0)
     cfg = config_from_dict(DiceTrainingConfig, dict(num_frames=2, resolution=16, p_mean=p_mean, p_std=0.0,
                                                     stccl_weight=weight, drop_reference=0.0, drop_audio=0.0,
-                                                    drop_emotion=0.0))
+                                                    drop_emotion=0.0, anchor=anchor))
     model = ReferenceDICE(resolution=16, num_frames=2)
     metric = STCCLMetric(backbone=(1, 1, 1, 1), input_size=64, embedding_head=False)
     adapter = build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
@@ -222,7 +222,8 @@ def test_ungated_step_skips_the_anchor_and_adds_nothing():
 
 
 def test_gated_step_runs_a_no_grad_neutral_anchor_and_adds_the_reward():
-    adapter, calls = _dice_adapter(p_mean=-1.0)  # sigma = e^-1 ~ 0.37 < 1.62: every sample gated
+    # anchor "current": the whole UNet trains here (no LoRA to switch off for the frozen anchor).
+    adapter, calls = _dice_adapter(p_mean=-1.0, anchor="current")  # sigma = e^-1 ~ 0.37 < 1.62: every sample gated
     adapter.requires_grad_(False)
     adapter.model.unet.requires_grad_(True)
     out = adapter.training_step(_dice_batch(), 0, torch.Generator().manual_seed(0))
