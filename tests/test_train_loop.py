@@ -472,3 +472,15 @@ def test_dice_neutral_clip_of_a_mixed_batch_is_not_scored():
     out = adapter.training_step(batch, 0, torch.Generator().manual_seed(0))
     assert out["stccl_skipped_neutral"] == 1.0
     assert out["stccl_num_gated"] == 1 and out["stccl_num_scored"] == 1 and float(out["stccl"]) > 0
+
+
+def test_anchor_option_is_validated_and_a_frozen_dice_anchor_needs_lora():
+    from conftest import load_repo_module
+    from stccl_diffusers.training import TalkingClipsConfig
+
+    assert config_from_dict(TalkingClipsConfig, {}).anchor == "frozen"  # the default
+    with pytest.raises(ValueError, match=r"`anchor` expects one of \('frozen', 'current'\), got 'online'"):
+        config_from_dict(TalkingClipsConfig, {"anchor": "online"})
+    script = load_repo_module("train_dice_stccl.py")
+    with pytest.raises(ValueError, match="anchor: frozen .* needs train_mode: lora, got train_mode: 'full'"):
+        script.main(["--train_mode", "full", "--output_dir", "/nonexistent/never-written"])
