@@ -484,3 +484,20 @@ def test_anchor_option_is_validated_and_a_frozen_dice_anchor_needs_lora():
     script = load_repo_module("train_dice_stccl.py")
     with pytest.raises(ValueError, match="anchor: frozen .* needs train_mode: lora, got train_mode: 'full'"):
         script.main(["--train_mode", "full", "--output_dir", "/nonexistent/never-written"])
+
+
+def test_balance_clipping_and_neutral_counts_reach_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.3, 0.1, -0.4])
+    cfg = _cfg(tmp_path, train_mode="full", gradient_accumulation_steps=1, max_train_steps=2, checkpointing_steps=0,
+               grad_balance_every=1, report_to="tensorboard")
+    train(_TwoTermAdapter(neutral=1.0), _SameRows(x, y), cfg)
+    events = list((tmp_path / "logs").rglob("events.out.tfevents*"))
+    assert events, "tensorboard event file written"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"grad_norm/stccl", "grad_norm/task", "grad_ratio", "grad_cos", "grad_clipped",
+            "stccl_skipped_neutral", "stccl_skipped_neutral_total"} <= tags, tags
+    assert [e.step for e in acc.Scalars("grad_ratio")] == [1, 2]
