@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     accelerator = build_accelerator(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
-    info: dict = {"config": cfg._config_path}
+    info: dict = {"config": cfg._config_path, "anchor": cfg.anchor}
 
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     with accelerator.main_process_first():
