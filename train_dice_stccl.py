@@ -56,10 +56,13 @@ def validation_identities(cfg: DiceTrainingConfig):
 def main(argv=None) -> dict:
     started = time.perf_counter()
     cfg = parse_config(DiceTrainingConfig, argv, default_config=DEMO_CONFIG, description=__doc__.split("\n")[1])
+    if cfg.anchor == "frozen" and cfg.train_mode != "lora" and cfg.stccl_weight > 0:
+        raise ValueError(f"anchor: frozen renders the neutral anchor with the LoRA adapters off, so it needs "
+                         f"train_mode: lora, got train_mode: {cfg.train_mode!r}; use anchor: current for a full fine-tune")
     accelerator = build_accelerator(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
-    info: dict = {"config": cfg._config_path}
+    info: dict = {"config": cfg._config_path, "anchor": cfg.anchor}
 
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     with accelerator.main_process_first():

@@ -219,7 +219,7 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
     adapter = EATAdapter(
         generator_full, metric, weight=cfg.stccl_weight, warmup_steps=cfg.stccl_warmup_steps,
         ramp_steps=cfg.stccl_ramp_steps, crop_size=cfg.crop_size, image_size=image_size,
-        num_frames=cfg.num_frames, trainable_modules=cfg.trainable_modules,
+        num_frames=cfg.num_frames, trainable_modules=cfg.trainable_modules, anchor=cfg.anchor,
     )
 
     # 3. Fixed validation clips, rendered in their emotion and in neutral (the adapter renders both).
@@ -243,6 +243,7 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
         info = {"config": cfg._config_path, **metric_info, "num_clips": len(clips),
                 "skipped_clips": getattr(train_set, "skipped", []), "global_step": result.global_step,
                 "skipped_steps": result.skipped_steps, "resumed_from": result.resumed_from,
+                "anchor": cfg.anchor, "anchor_copy_bytes": adapter.anchor_copy_bytes(),
                 "validations": result.validations,
                 "first_validation": result.validations[0] if result.validations else None,
                 "last_validation": result.validations[-1] if result.validations else None,

@@ -40,7 +40,7 @@ Base models, data, the metric and the probe are cached under ``outputs/bench_eff
 results.md, effect.png) and never touches an older run.
 
     python benchmarks/bench_effect.py [--quick] [--backends dice eat] [--seeds 0 1 2]
-        [--dice-weight 0.5] [--eat-weight 0.02] [--steps N] [--dice-steps 120] [--eat-steps 60]
+        [--dice-weight 0.5] [--eat-weight 0.2] [--steps N] [--dice-steps 120] [--eat-steps 60]
         [--dice-lr 1e-2] [--dice-rank 8] [--eat-lr 2e-3] [--metric-steps 12] [--eval-faces new|training]
         [--threads 2]
 
@@ -366,7 +366,7 @@ def parse_args(argv=None):
     ap.add_argument("--backends", nargs="+", default=["dice", "eat"], choices=["dice", "eat"])
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--dice-weight", type=float, default=0.5, help="configs/dice_stccl_demo.yaml's stccl_weight")
-    ap.add_argument("--eat-weight", type=float, default=0.02, help="configs/eat_stccl_demo.yaml's stccl_weight")
+    ap.add_argument("--eat-weight", type=float, default=0.2, help="configs/eat_stccl_demo.yaml's stccl_weight")
     ap.add_argument("--dice-lr", type=float, default=None, help="DICE LoRA fine-tuning learning rate (config: 1e-2)")
     ap.add_argument("--eat-lr", type=float, default=None, help="EAT fine-tuning learning rate (config: 2e-3)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per arm (both backends)")

@@ -235,16 +235,20 @@ def _first_tensor(out) -> torch.Tensor:
     raise ValueError(f"expected the model to return a tensor, a tuple or an output with .sample, got {type(out)}")
 
 
-def anchor_forward(model, *args, use_base_model: bool = False, **kwargs) -> torch.Tensor:
+def anchor_forward(model, *args, use_base_model: bool = False, forward_fn: Optional[Callable] = None,
+                   **kwargs) -> torch.Tensor:
     """The neutral-anchor prediction: ``model(*args, **kwargs)`` under ``no_grad`` (detached).
 
     Pass the neutral conditioning in ``args``/``kwargs`` (same noisy latents, timesteps, identity,
     audio; neutral emotion). ``use_base_model=True`` instead runs the peft model with adapters
-    disabled (the pre-fine-tuning model as anchor); both can be combined.
+    disabled (the pre-fine-tuning model as anchor); both can be combined. ``forward_fn`` is called
+    instead of ``model`` when the denoiser is reached through a wrapper (a training adapter's
+    ``denoise`` that builds the UNet input); ``model`` is still where the adapters are switched off.
     """
     ctx = adapters_disabled(model) if use_base_model else contextlib.nullcontext()
+    fn = model if forward_fn is None else forward_fn
     with torch.no_grad(), ctx:
-        return _first_tensor(model(*args, **kwargs)).detach()
+        return _first_tensor(fn(*args, **kwargs)).detach()
 
 
 def _shape(t):
@@ -423,11 +427,13 @@ class STCCLRewardCallback(ConfigMixin):
         return self._generators[key]
 
     # -- gate ------------------------------------------------------------------------------------
-    def gate(self, timesteps=None, sigmas=None) -> torch.Tensor:
+    def gate(self, timesteps=None, sigmas=None, mask=None) -> torch.Tensor:
         """(N,) bool mask, True where the reward applies. No host sync.
 
         ``timesteps`` / ``sigmas``: scalars or (N,) or any shape with trailing singleton dims
         ((N, 1, 1, 1, 1) as SVD scripts hold sigma); sigmas alone suffice for sigma preconditionings.
+        ``mask``: optional (N,) bool, False for samples the reward must skip whatever their noise
+        level (e.g. clips whose target emotion is neutral: target = anchor, nothing to learn).
         """
         self._require("scheduler")
         s = None if sigmas is None else _levels("sigmas", sigmas)
@@ -443,11 +449,19 @@ class STCCLRewardCallback(ConfigMixin):
         if s is not None and t.shape != s.shape and s.numel() != 1:
             raise ValueError(f"expected sigmas with one value per timestep, shape {tuple(t.shape)}, got "
                              f"{tuple(torch.as_tensor(sigmas).shape)}")
-        return timestep_gate(self.scheduler, t, self.config.gate_timestep, s)
+        gate = timestep_gate(self.scheduler, t, self.config.gate_timestep, s)
+        if mask is None:
+            return gate
+        m = torch.as_tensor(mask, device=gate.device).reshape(-1).bool()
+        if m.shape != gate.shape and m.numel() != 1:
+            raise ValueError(f"expected mask (N,) bool with one value per sample, shape {tuple(gate.shape)}, got "
+                             f"{tuple(torch.as_tensor(mask).shape)}")
+        return gate & m
 
-    def needs_anchor(self, timesteps=None, sigmas=None) -> bool:
-        """Whether any sample is gated, so a script can skip the anchor forward (one host sync)."""
-        return bool(self.gate(timesteps, sigmas).any())
+    def needs_anchor(self, timesteps=None, sigmas=None, mask=None) -> bool:
+        """Whether any sample is gated (and not masked out), so a script can skip the anchor forward
+        (one host sync)."""
+        return bool(self.gate(timesteps, sigmas, mask).any())
 
     # -- anchors -----------------------------------------------------------------------------------
     def make_frozen_copy(self, model) -> torch.nn.Module:
@@ -455,9 +469,13 @@ class STCCLRewardCallback(ConfigMixin):
         self.frozen_model = copy.deepcopy(_unwrap(model)).requires_grad_(False)
         return self.frozen_model
 
-    def run_anchor(self, model=None, *args, **kwargs) -> torch.Tensor:
+    def run_anchor(self, model=None, *args, forward_fn: Optional[Callable] = None, **kwargs) -> torch.Tensor:
         """The anchor prediction (no grad, detached): ``anchor_fn``, else the frozen copy or the base model
         (``model`` with peft adapters off), called with ``args`` / ``kwargs``.
+
+        ``forward_fn``: with ``anchor="base_model"``, call this instead of ``model`` (a wrapper around
+        ``model``, e.g. a training adapter's ``denoise`` that builds the UNet's inputs); the adapters
+        are still switched off on ``model``.
 
         Runs under ``torch.random.fork_rng``: a model in train mode (dropout) draws from the global RNG,
         and the script's own noise stream must not see the anchor.
@@ -465,13 +483,16 @@ class STCCLRewardCallback(ConfigMixin):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         devices = [tensors[0].device] if tensors and tensors[0].device.type != "cpu" else []
         with torch.random.fork_rng(devices=devices, device_type=devices[0].type if devices else None):
-            return self._run_anchor(model, *args, **kwargs)
+            return self._run_anchor(model, *args, forward_fn=forward_fn, **kwargs)
 
-    def _run_anchor(self, model, *args, **kwargs) -> torch.Tensor:
+    def _run_anchor(self, model, *args, forward_fn=None, **kwargs) -> torch.Tensor:
         if self.anchor_fn is not None:
             with torch.no_grad():
                 return _first_tensor(self.anchor_fn(*args, **kwargs)).detach()
         if self.config.anchor == "frozen_copy":
+            if forward_fn is not None:
+                raise ValueError("expected anchor='base_model' with forward_fn= (the wrapper calls the live model; a "
+                                 "frozen copy cannot be reached through it), got anchor='frozen_copy'")
             if self.frozen_model is None:
                 if model is None:
                     raise ValueError("expected model= for anchor='frozen_copy' (the copy is made at the first call), "
@@ -481,7 +502,7 @@ class STCCLRewardCallback(ConfigMixin):
         if model is None:
             raise ValueError("expected model= (the trained peft model; its base model is the anchor) or an anchor_fn, "
                              "got neither")
-        return anchor_forward(model, *args, use_base_model=True, **kwargs)
+        return anchor_forward(model, *args, use_base_model=True, forward_fn=forward_fn, **kwargs)
 
     def reward(
         self,
@@ -497,6 +518,7 @@ class STCCLRewardCallback(ConfigMixin):
         face_boxes: Optional[torch.Tensor] = None,
         layout: Optional[str] = None,
         generator: Optional[torch.Generator] = None,
+        mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """One call per training step: gate, run the anchor only when a clip is gated, score.
 
@@ -510,10 +532,11 @@ class STCCLRewardCallback(ConfigMixin):
                 raise ValueError("expected model= for anchor='frozen_copy', got None")
             self.make_frozen_copy(model)  # at the first call, before any optimizer step changed the weights
         anchor_pred = None
-        if self.needs_anchor(timesteps, sigmas):
+        if self.needs_anchor(timesteps, sigmas, mask):
             anchor_pred = self.run_anchor(model, *anchor_args, **(anchor_kwargs or {}))
         return self(model_pred=model_pred, anchor_pred=anchor_pred, noisy_latents=noisy_latents, timesteps=timesteps,
-                    num_frames=num_frames, face_boxes=face_boxes, sigmas=sigmas, generator=generator, layout=layout)
+                    num_frames=num_frames, face_boxes=face_boxes, sigmas=sigmas, generator=generator, layout=layout,
+                    mask=mask)
 
     # -- main call -------------------------------------------------------------------------------
     def __call__(
@@ -530,6 +553,7 @@ class STCCLRewardCallback(ConfigMixin):
         x0: Optional[torch.Tensor] = None,
         anchor_x0: Optional[torch.Tensor] = None,
         layout: Optional[str] = None,
+        mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Weighted STCCL loss (fp32 scalar) to add to the diffusion loss.
 
@@ -551,6 +575,8 @@ class STCCLRewardCallback(ConfigMixin):
                 computes them itself; then no ``model_pred`` / ``noisy_latents`` are needed (the gate
                 still reads ``timesteps`` / ``sigmas``).
             layout: ``"btchw"``, ``"flat"`` or ``"bcfhw"`` (default: the config's, else inferred).
+            mask: optional (B,) bool per clip, False to skip that clip whatever its noise level (a
+                neutral target emotion: target = anchor); it never counts as gated.
         Returns:
             ``weight * metric(anchor_px, generated_px).loss`` over the scored clips; an fp32 zero still
             attached to the prediction's graph when no clip is scored. ``last_stats`` is updated.
@@ -579,7 +605,7 @@ class STCCLRewardCallback(ConfigMixin):
         t_clip = None if timesteps is None else _per_clip("timesteps", timesteps, b, t_len).to(ref.device)
         s_clip = None if sigmas is None else _per_clip("sigmas", sigmas, b, t_len).to(ref.device)
 
-        gate = self.gate(t_clip, s_clip)  # (B,)
+        gate = self.gate(t_clip, s_clip, mask)  # (B,)
         zero = zero_loss_like(ref)
         have_anchor = (anchor_x0 if x0 is not None else anchor_pred) is not None
         if not have_anchor:

@@ -389,6 +389,39 @@ def test_adapters_disabled_without_adapters_raises():
             pass
 
 
+def test_run_anchor_with_forward_fn_calls_the_wrapper_with_the_base_models_adapters_off():
+    torch.manual_seed(0)
+    base = _Tiny()
+    x = torch.randn(5, 4)
+    want = 2.0 * base(x).detach() + 1.0  # what a wrapper around the base model gives
+    lora = _with_lora(base)
+    wrapper = lambda inp: 2.0 * lora(inp) + 1.0  # noqa: E731 (an adapter's denoise around its UNet)
+    assert not torch.allclose(wrapper(x).detach(), want)
+    cb, _ = _callback()
+    got = cb.run_anchor(lora, x, forward_fn=wrapper)
+    torch.testing.assert_close(got, want)
+    assert not got.requires_grad
+    assert not torch.allclose(wrapper(x).detach(), want)  # adapters back on after
+    frozen, _ = _callback(anchor="frozen_copy")
+    with pytest.raises(ValueError, match="expected anchor='base_model' with forward_fn="):
+        frozen.run_anchor(lora, x, forward_fn=wrapper)
+
+
+def test_mask_keeps_masked_clips_out_of_the_gate_and_the_score():
+    calls = []
+    cb, metric = _callback(calls)
+    pred, anchor, x = _batch()
+    t = torch.tensor([10, 20, 30])  # every clip gated by its timestep
+    mask = torch.tensor([True, False, True])  # the middle clip's target emotion is neutral
+    assert cb.gate(t, mask=mask).tolist() == [True, False, True]
+    assert not cb.needs_anchor(t, mask=torch.zeros(3, dtype=torch.bool))
+    cb(model_pred=pred, anchor_pred=anchor, noisy_latents=x, timesteps=t, num_frames=T, mask=mask)
+    assert cb.last_stats["num_gated"] == 2 and cb.last_stats["num_scored"] == 2
+    assert sum(c.shape[0] for c in calls) == 2 * 2 * T  # generated + anchor frames of the two kept clips only
+    with pytest.raises(ValueError, match=r"expected mask \(N,\) bool with one value per sample, shape \(3,\), got \(2,\)"):
+        cb.gate(t, mask=torch.tensor([True, False]))
+
+
 def test_anchor_forward_returns_detached_output():
     m = _Tiny()
     out = anchor_forward(m, torch.randn(2, 4))

@@ -171,7 +171,8 @@ def dice_env(tmp_path, monkeypatch):
     cfg = config_from_dict(DiceTrainingConfig, dict(
         backend="dice_talk", dice_talk_root=str(root), dice_checkpoints=str(ckpt), svd_path=str(svd),
         num_frames=4, resolution=32, stccl_weight=1.0, p_mean=-3.0, p_std=0.0,  # every sample gated
-        frame_subset=[0, 3], drop_reference=0.0, drop_audio=0.0, drop_emotion=0.0, num_inference_steps=2))
+        frame_subset=[0, 3], drop_reference=0.0, drop_audio=0.0, drop_emotion=0.0, num_inference_steps=2,
+        anchor="current"))  # the conditioning tests train the UNet in full; the frozen anchor has its own test
     return cfg
 
 
@@ -273,3 +274,37 @@ def test_box_mask_marks_the_face_box_only():
     m = box_mask(torch.tensor([[2.0, 1.0, 5.0, 3.0]]), 4, 6)
     assert m.shape == (1, 3, 4, 6)
     assert m[0, 0].sum() == 3 * 2 and m[0, 0, 1, 2] == 1 and m[0, 0, 0, 2] == 0 and m[0, 0, 1, 5] == 0
+
+
+@pytest.mark.parametrize("anchor", ["frozen", "current"])
+def test_frozen_anchor_runs_dice_talk_with_lora_off_and_current_with_it_on(dice_env, anchor):
+    from dataclasses import replace
+
+    from stccl_diffusers.training import configure_trainable
+
+    cfg = replace(dice_env, anchor=anchor, num_inference_steps=1)
+    adapter = build_dice_talk_adapter(cfg, metric=_metric())
+    configure_trainable(adapter, replace(cfg, train_mode="lora", rank=2, lora_target_modules=["conv_in", "conv_out"]))
+    batch = _batch()
+    g = torch.Generator().manual_seed(0)
+    x_t, sigma = torch.randn(1, 4, 4, 16, 16, generator=g), torch.full((1,), 0.5)
+
+    def anchor_pred():
+        with torch.no_grad():
+            cond = adapter.conditions(batch, adapter.neutral_prior(batch), (None, None, None))
+        return adapter.anchor_denoise(x_t, sigma, cond)
+
+    before, val_before = anchor_pred(), adapter.render_validation(batch, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for n, p in adapter.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    after, val_after = anchor_pred(), adapter.render_validation(batch, torch.Generator().manual_seed(0))
+    assert (val_after["target"] - val_before["target"]).abs().max() > 1e-4  # LoRA changes the live model
+    if anchor == "frozen":
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+        torch.testing.assert_close(val_after["anchor"], val_before["anchor"], rtol=0, atol=0)
+    else:
+        assert (after - before).abs().max() > 1e-4 and (val_after["anchor"] - val_before["anchor"]).abs().max() > 1e-4
+    for m in [m for m in sys.modules if m == "src" or m.startswith("src.")]:
+        del sys.modules[m]

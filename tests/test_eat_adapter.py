@@ -421,3 +421,103 @@ def test_a_stale_submodule_of_another_checkout_is_forgotten_even_without_its_par
     monkeypatch.setitem(sys.modules, "modules.syncnet", own)
     _purge_foreign_modules(second)
     assert sys.modules["modules.syncnet"] is own  # the checkout's own modules stay cached
+
+
+# ----------------------------------------------------------------------------- the anchor and neutral clips
+
+
+def _tiny_eat_adapter(anchor="frozen", weight=1.0, seed=0):
+    torch.manual_seed(seed)
+    model = ReferenceEATModel(image_size=32, audio_dim=8, dim=16, num_layers=1, num_heads=2, num_kp=4, render_channels=8)
+    with torch.no_grad():
+        model.audio2exp.film.weight.normal_(0, 1.0)
+    return EATAdapter(ReferenceEATGeneratorFull(model), tiny_metric(), weight=weight, crop_size=None, image_size=32,
+                      num_frames=3, anchor=anchor)
+
+
+def _eat_ref_batch(y=(0, 6)):
+    g = torch.Generator().manual_seed(1)
+    return {"source": torch.rand(len(y), 3, 32, 32, generator=g), "audio": torch.randn(len(y), 3, 8, generator=g),
+            "y_trg": torch.tensor(y), "driving": torch.rand(len(y), 3, 3, 32, 32, generator=g),
+            "z_trg": torch.randn(len(y), 16, generator=g)}
+
+
+def _perturb_trainables(adapter):
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+
+
+@pytest.mark.parametrize("anchor", ["frozen", "current"])
+def test_eat_frozen_anchor_keeps_the_step_0_weights_and_current_follows_training(anchor):
+    adapter = _tiny_eat_adapter(anchor)
+    batch = _eat_ref_batch()
+    before = adapter.stccl.render_anchor(batch)
+    target_before = adapter.stccl.render(batch)
+    _perturb_trainables(adapter)
+    after = adapter.stccl.render_anchor(batch)
+    assert (adapter.stccl.render(batch) - target_before).abs().max() > 1e-4  # the live model did change
+    if anchor == "frozen":
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+        n_trainable = sum(p.numel() for p in adapter.trainable_parameters())
+        assert adapter.anchor_copy_bytes() == 4 * n_trainable  # fp32: the trainable weights' bytes, once
+        assert not any(t.requires_grad for t in adapter.stccl.frozen_params.values())
+    else:
+        assert (after - before).abs().max() > 1e-4
+        assert adapter.anchor_copy_bytes() == 0
+    # Validation shows the anchor that training scores against.
+    val = adapter.render_validation(batch)
+    torch.testing.assert_close(val["anchor"], after * 2 - 1)
+
+
+def test_eat_neutral_clips_are_left_out_and_an_all_neutral_batch_renders_no_anchor():
+    rec_adapter = _tiny_eat_adapter()
+    rec = Recorder(rec_adapter.stccl.generator_full)
+    rec_adapter.stccl.generator_full = rec
+    rec_adapter.stccl.snapshot_anchor()
+    out = rec_adapter.training_step(_eat_ref_batch(y=(5, 5)), 0, torch.Generator().manual_seed(0))
+    assert len(rec.calls) == 1  # the target render only
+    assert float(out["stccl"]) == 0.0 and out["stccl_skipped_neutral"] == 2.0
+    assert out["loss_terms"]["stccl"] is None
+    rec.calls.clear()
+    out = rec_adapter.training_step(_eat_ref_batch(y=(5, 4)), 0, torch.Generator().manual_seed(0))
+    assert len(rec.calls) == 2 and out["stccl_skipped_neutral"] == 1.0 and float(out["stccl"]) > 0
+    assert out["loss_terms"]["stccl"].requires_grad
+    # Scored on the emotional clip alone: the same loss as a batch of that clip only.
+    alone = {k: v[1:] for k, v in _eat_ref_batch(y=(5, 4)).items()}
+    rec.calls.clear()
+    out_alone = rec_adapter.training_step(alone, 0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out["stccl"], out_alone["stccl"], rtol=1e-4, atol=1e-6)
+
+
+class _EATClips(torch.utils.data.Dataset):
+    def __init__(self, n=4):
+        b = _eat_ref_batch(y=tuple([0, 4, 6, 2][:n]))
+        self.items = [{k: v[i] for k, v in b.items() if k != "z_trg"} for i in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_eat_resume_restores_the_step_0_anchor_not_the_resumed_weights(tmp_path):
+    from stccl_diffusers.training import config_from_dict, train
+    from stccl_diffusers.training.config import TrainingConfig
+
+    cfg = dict(output_dir=str(tmp_path), report_to="none", train_batch_size=2, max_train_steps=3, learning_rate=5e-2,
+               checkpointing_steps=1, validation_steps=0, validate_at_start=False, train_mode="full",
+               grad_balance_every=0)
+    first = _tiny_eat_adapter(seed=0)
+    step0 = {k: v.clone() for k, v in first.stccl.frozen_params.items()}
+    train(first, _EATClips(), config_from_dict(TrainingConfig, cfg), stop_after_steps=1)
+    trained = {n: p.detach().clone() for n, p in first.generator_full.named_parameters() if p.requires_grad}
+    assert any((trained[k] - step0[k]).abs().max() > 0 for k in step0)  # the step moved the weights
+    # The resumed run rebuilds its model from another starting point (a reference model's random init).
+    resumed = _tiny_eat_adapter(seed=5)
+    assert any((resumed.stccl.frozen_params[k] - step0[k]).abs().max() > 0 for k in step0)
+    train(resumed, _EATClips(), config_from_dict(TrainingConfig, {**cfg, "resume_from_checkpoint": "latest"}),
+          stop_after_steps=1)  # loads checkpoint-1, trains nothing more
+    for k, v in step0.items():
+        torch.testing.assert_close(resumed.stccl.frozen_params[k], v, rtol=0, atol=0)

@@ -235,3 +235,24 @@ def test_eats_own_stage2_training_function_runs_with_eatwithstccl(full, eat_chec
     saved = torch.load(tmp_path / "log" / "00000000-checkpoint.pth.tar", weights_only=True)
     assert {"generator", "audio2kptransformer", "emotionprompt", "sidetuning"} <= set(saved)
     assert any(not torch.equal(before[k], v) for k, v in full.sidetuning.state_dict().items())
+
+
+def test_frozen_anchor_on_real_eat_keeps_the_weights_as_loaded(full):
+    from stccl_diffusers.adapters.eat import EATAdapter
+
+    adapter = EATAdapter(full, _MSEMetric(), weight=1.0, image_size=256, num_frames=1, crop_size=None)
+    batch = eat_batch(b=1, t=1)
+    trainable = [p for p in full.parameters() if p.requires_grad]
+    assert adapter.anchor_copy_bytes() == sum(p.numel() * p.element_size() for p in trainable)
+    saved = [p.detach().clone() for p in trainable]
+    with torch.no_grad():
+        before, target_before = adapter.stccl.render_anchor(batch), adapter.stccl.render(batch)
+        try:
+            for p in full.sidetuning.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+            after, target_after = adapter.stccl.render_anchor(batch), adapter.stccl.render(batch)
+        finally:
+            for p, v in zip(trainable, saved):  # the module-scoped model goes back as it was
+                p.copy_(v)
+    assert (target_after - target_before).abs().max() > 0  # the live model moved
+    torch.testing.assert_close(after, before, rtol=0, atol=0)  # the anchor did not

@@ -11,17 +11,21 @@ Both share :class:`DiceStepMixin`: SVD's EDM training step (ln sigma ~ N(P_mean,
 v-prediction, weight (s^2+1)/s^2, condition dropout) and the STCCL term through
 `STCCLRewardCallback` with the t < 500 gate: the neutral-anchor forward (same noisy latents,
 sigma, reference, audio and face mask; the *neutral prior* as emotion) runs only when some
-sample of the batch is gated.
+sample of the batch is gated and its target emotion is not neutral. The anchor is rendered by the
+starting model (LoRA disabled, ``anchor="frozen"``, the default) or by the model being trained
+(``anchor="current"``, the paper's online form).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 
 from .. import edm
-from ..models.reference_dice import ReferenceDICE, audio_frame_features, fit_autoencoder
+from ..callback import adapters_disabled
+from ..models.reference_dice import NEUTRAL_INDEX, ReferenceDICE, audio_frame_features, fit_autoencoder
 from ..models.weighting import motion_weights
 from ..training.adapter import TalkingHeadAdapter
 from ..utils.safety import save_pretrained_atomic
@@ -46,6 +50,15 @@ def condition_dropout(batch_size: int, probs: tuple[float, float, float], genera
     return tuple(u[i] < p for i, p in enumerate(probs))
 
 
+def check_anchor(anchor: str) -> str:
+    """`anchor` if it is `frozen` or `current`, else a ValueError naming both."""
+    from ..training.config import ANCHORS
+
+    if anchor not in ANCHORS:
+        raise ValueError(f"expected anchor one of {ANCHORS}, got {anchor!r}")
+    return anchor
+
+
 class DiceStepMixin:
     """The EDM + STCCL step both DICE backends share. Subclasses provide:
 
@@ -53,9 +66,14 @@ class DiceStepMixin:
     - `conditions(batch, prior, drops) -> cond` and `neutral_prior(batch) -> prior`,
       `target_prior(batch) -> prior`,
     - `denoise(x_t, sigma, cond) -> v (B, T, C, h, w)`.
+
+    `anchor`: `"frozen"` renders the neutral anchor with the LoRA adapters disabled (the model as it
+    started; costs no memory), `"current"` with the model being trained (under no_grad).
     """
 
     callback = None
+    anchor: str = "frozen"
+    neutral_index: int = NEUTRAL_INDEX
     p_mean: float = 0.7
     p_std: float = 1.6
     dropout_probs: tuple[float, float, float] = (0.05, 0.05, 0.05)
@@ -64,6 +82,32 @@ class DiceStepMixin:
 
     def sample_dropout(self, batch_size: int, generator, device) -> tuple[torch.Tensor, ...]:
         return condition_dropout(batch_size, self.dropout_probs, generator, device)
+
+    def emotional_mask(self, batch) -> torch.Tensor:
+        """(B,) bool, False where the target emotion is neutral (target = anchor: STCCL has nothing to learn)."""
+        return batch["emotion"].reshape(-1) != self.neutral_index
+
+    def anchor_denoise(self, x_t, sigma, cond) -> torch.Tensor:
+        """The neutral anchor's prediction (no grad, detached) from the model `self.anchor` names.
+
+        `frozen`: through the callback's `run_anchor` with the peft adapters of `lora_model()` off
+        (its `anchor="base_model"`), so the anchor stays where the fine-tuning started.
+        `current`: the model being trained, as the paper's online pseudo-pairing does.
+        """
+        if self.anchor == "current":
+            with torch.no_grad():
+                return self.denoise(x_t, sigma, cond).detach()
+        if not self.lora_applied:
+            raise ValueError("anchor 'frozen' renders the anchor with the LoRA adapters off, but this model has no "
+                             "LoRA (train_mode: full?): expected train_mode: lora, or anchor: current")
+        return self.callback.run_anchor(self.lora_model(), x_t, sigma, cond, forward_fn=self.denoise)
+
+    def anchor_weights(self):
+        """Context in which validation renders the anchor: LoRA off for `frozen`, as training does.
+        A model without LoRA (not fine-tuned yet, or a full fine-tune) renders it as it is."""
+        if self.anchor == "frozen" and self.lora_applied:
+            return adapters_disabled(self.lora_model())
+        return contextlib.nullcontext()
 
     def edm_step(self, batch: dict[str, Any], step: int, generator: torch.Generator | None) -> dict[str, Any]:
         x0 = self.encode_latents(batch)
@@ -85,24 +129,31 @@ class DiceStepMixin:
 
         logs: dict[str, Any] = {"diffusion": diffusion.detach()}
         stccl = torch.zeros((), device=device)
+        scored = False
         cb = self.callback
         if cb is not None and float(cb.config.weight) > 0:
             timesteps = edm.c_noise(sigma)
+            # A clip whose target emotion is neutral has target = anchor: it is skipped (and counted).
+            emotional = self.emotional_mask(batch).to(device)
             anchor_v = None
-            if cb.needs_anchor(timesteps, sigmas=sigma):
+            if cb.needs_anchor(timesteps, sigmas=sigma, mask=emotional):
                 with torch.no_grad():
                     # Same noisy latents, sigma, reference, audio, face mask and dropout; neutral prior.
                     anchor_cond = self.conditions(batch, self.neutral_prior(batch), (drops[0], drops[1], None))
-                    anchor_v = self.denoise(x_t, sigma, anchor_cond).detach()
+                anchor_v = self.anchor_denoise(x_t, sigma, anchor_cond)
             boxes = batch.get("face_box") if self.use_face_boxes else None
             stccl = cb(model_pred=v, anchor_pred=anchor_v, noisy_latents=x_t, timesteps=timesteps, sigmas=sigma,
-                       face_boxes=boxes, generator=generator)
+                       face_boxes=boxes, generator=generator, mask=emotional)
             logs["anchor_forward"] = float(anchor_v is not None)
+            logs["stccl_skipped_neutral"] = float(B - int(emotional.sum()))
+            scored = int(cb.last_stats.get("num_scored", 0)) > 0
             for k, val in cb.last_stats.items():
                 if k != "stccl_loss":
                     logs[f"stccl_{k}"] = val
         logs["stccl"] = stccl.detach()
-        return {"loss": diffusion + stccl, **logs}
+        # The two terms, with their graphs, for the loop's gradient-balance log (None: STCCL was off).
+        terms = {"task": diffusion, "stccl": stccl if scored else None}
+        return {"loss": diffusion + stccl, "loss_terms": terms, **logs}
 
 
 class ReferenceDiceAdapter(DiceStepMixin, TalkingHeadAdapter):
@@ -126,8 +177,10 @@ class ReferenceDiceAdapter(DiceStepMixin, TalkingHeadAdapter):
         sigma_max: float = 80.0,
         use_face_boxes: bool = True,
         motion_weight: float = 0.0,
+        anchor: str = "frozen",
     ) -> None:
         super().__init__()
+        self.anchor = check_anchor(anchor)
         self.model = model
         self.motion_weight = motion_weight
         self.callback = callback
@@ -165,7 +218,8 @@ class ReferenceDiceAdapter(DiceStepMixin, TalkingHeadAdapter):
         kw = dict(num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
                   sigma_max=self.sigma_max, noise=noise)
         target = m.sample(ref, feats, self.target_prior(batch), **kw)
-        anchor = m.sample(ref, feats, self.neutral_prior(batch), **kw)
+        with self.anchor_weights():  # the anchor training scores against (LoRA off for `frozen`)
+            anchor = m.sample(ref, feats, self.neutral_prior(batch), **kw)
         return {"target": target, "anchor": anchor}
 
     # -- DiceStepMixin ---------------------------------------------------------------------
@@ -288,7 +342,7 @@ def build_reference_adapter(cfg: DiceTrainingConfig, model: ReferenceDICE, callb
         model, callback, p_mean=cfg.p_mean, p_std=cfg.p_std,
         dropout_probs=(cfg.drop_reference, cfg.drop_audio, cfg.drop_emotion),
         num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-        use_face_boxes=cfg.use_face_boxes, motion_weight=cfg.motion_weight,
+        use_face_boxes=cfg.use_face_boxes, motion_weight=cfg.motion_weight, anchor=cfg.anchor,
     )
 
 

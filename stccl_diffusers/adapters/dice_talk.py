@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .. import edm
 from ..models.reference_dice import DICE_EMOTIONS, NEUTRAL_INDEX
 from ..training.adapter import TalkingHeadAdapter
-from .dice import DiceStepMixin
+from .dice import DiceStepMixin, check_anchor
 
 DICE_CHECKPOINT_FILES = ("unet.pth", "pose_guider.pth", "audio_linear.pth", "emo_model.pth")
 DICE_MODULES = {
@@ -214,8 +214,9 @@ class DiceTalkAdapter(DiceStepMixin, TalkingHeadAdapter):
                  motion_bucket_id: float = 8.0, motion_bucket_id_exp: float = 16.0, num_inference_steps: int = 25,
                  appearance_guidance_scale: float = 3.0, audio_guidance_scale: float = 6.0,
                  retrieval: bool = False, audio_step: int = 2, use_face_boxes: bool = True, whisper=None,
-                 feature_extractor=None) -> None:
+                 feature_extractor=None, anchor: str = "frozen") -> None:
         super().__init__()
+        self.anchor = check_anchor(anchor)
         self.whisper, self.feature_extractor = whisper, feature_extractor
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
         self.pose_guider, self.audio_linear, self.emo_model = pose_guider, audio_linear, emo_model
@@ -256,27 +257,32 @@ class DiceTalkAdapter(DiceStepMixin, TalkingHeadAdapter):
 
     @torch.no_grad()
     def render_validation(self, batch, generator=None):
-        """DICE-Talk's sampling: Karras sigmas, three-branch CFG (appearance 3.0, audio 6.0)."""
+        """DICE-Talk's sampling: Karras sigmas, three-branch CFG (appearance 3.0, audio 6.0); the anchor
+        rendered as training scores against it (LoRA off for `anchor="frozen"`)."""
         x_shape = self._latent_shape(batch)
         gdev = generator.device if generator is not None else batch["reference"].device
         noise = torch.randn(x_shape, generator=generator, device=gdev).to(batch["reference"].device)
-        B = x_shape[0]
+        target = self._sample(batch, self.target_prior(batch), noise)
+        with self.anchor_weights():
+            anchor = self._sample(batch, self.neutral_prior(batch), noise)
+        return {"target": target, "anchor": anchor}
+
+    def _sample(self, batch, prior, noise):
+        """Frames (B, T, 3, H, W) in [-1, 1] sampled from `noise` (B, T, C, h, w) with emotion `prior`."""
+        B = noise.shape[0]
         g1, g2 = self.guidance
         none, every = torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)
-        out = {}
-        for key, prior in (("target", self.target_prior(batch)), ("anchor", self.neutral_prior(batch))):
-            branches = [self.conditions(batch, prior, d) for d in
-                        ((every, every, every), (none, every, every), (none, none, none))]
-            sigmas = edm.karras_sigmas(self.num_inference_steps, 0.002, 700.0).to(noise.device)
-            x = noise * sigmas[0]
-            for i in range(self.num_inference_steps):
-                s = sigmas[i].expand(x.shape[0])
-                uncond, no_audio, cond = (self.denoise(x, s, c).float() for c in branches)
-                v = uncond + g1 * (no_audio - uncond) + g2 * (cond - no_audio)
-                x0 = edm.x0_from_v(v, x, s)
-                x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
-            out[key] = self.decode(x).clamp(-1, 1)
-        return out
+        branches = [self.conditions(batch, prior, d) for d in
+                    ((every, every, every), (none, every, every), (none, none, none))]
+        sigmas = edm.karras_sigmas(self.num_inference_steps, 0.002, 700.0).to(noise.device)
+        x = noise * sigmas[0]
+        for i in range(self.num_inference_steps):
+            s = sigmas[i].expand(x.shape[0])
+            uncond, no_audio, cond = (self.denoise(x, s, c).float() for c in branches)
+            v = uncond + g1 * (no_audio - uncond) + g2 * (cond - no_audio)
+            x0 = edm.x0_from_v(v, x, s)
+            x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        return self.decode(x).clamp(-1, 1)
 
     # -- LoRA files that load at the trained scale -------------------------------------------
     def _lora_scalings(self) -> dict[str, float]:
@@ -546,7 +552,7 @@ def build_dice_talk_adapter(cfg, metric, device=None) -> DiceTalkAdapter:
         num_inference_steps=cfg.num_inference_steps, appearance_guidance_scale=cfg.appearance_guidance_scale,
         audio_guidance_scale=cfg.audio_guidance_scale, retrieval=cfg.emotion_retrieval,
         motion_bucket_id_exp=cfg.motion_bucket_id_exp,
-        use_face_boxes=cfg.use_face_boxes, whisper=whisper, feature_extractor=extractor,
+        use_face_boxes=cfg.use_face_boxes, whisper=whisper, feature_extractor=extractor, anchor=cfg.anchor,
     )
 
 

@@ -9,7 +9,11 @@ the anchor's:
     loss_values["stccl"] = w(step) * STCCL(anchor = crop(neutral) * 2 - 1, generated = crop(target) * 2 - 1)
 
 with ``w(step)`` from :func:`stccl_diffusers.training.warmup.warmup_weight` (EAT has no diffusion
-timestep, so there is no t < 500 gate; the term is switched on by step instead).
+timestep, so there is no t < 500 gate; the term is switched on by step instead). Clips whose target
+emotion is already neutral are left out of the term (target = anchor). The anchor is rendered with
+the trainable weights as loaded at step 0 (``anchor="frozen"``, the default; a copy of the trainable
+parameters is kept beside the model) or with the weights being trained (``anchor="current"``, the
+paper's online form, which lets the anchor drift with the target).
 
 Two backends share this code, both seen through EAT's stage-2 interface
 ``generator_full(x, train_with_img) -> (loss_values, generated)`` with
@@ -75,6 +79,8 @@ __all__ = [
 EMOTION_TO_EAT = {"angry": 0, "contempt": 1, "disgusted": 2, "fear": 3, "happy": 4, "neutral": 5, "sad": 6,
                   "surprised": 7}
 _RANGE_TOLERANCE = 1e-3
+#: The frozen anchor's weights (step 0) in each checkpoint, for a resume (``anchor="frozen"``).
+ANCHOR_WEIGHTS_NAME = "anchor_weights.safetensors"
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -289,6 +295,10 @@ class EATWithSTCCL(nn.Module):
         crop_size: side of the face crops fed to the metric (None: whole frames).
         image_size: expected side of ``generated['prediction']`` (256 for EAT; None: any).
         num_frames: frames per clip when ``x`` carries no ``bboxs`` (EAT: 5).
+        anchor: ``"frozen"`` renders the neutral anchor with a copy of the parameters that require
+            grad, taken at construction (or at :meth:`snapshot_anchor`), through
+            ``torch.func.functional_call``: what the copy costs is those parameters' bytes
+            (:meth:`anchor_copy_bytes`). ``"current"`` renders it with the live weights.
     """
 
     def __init__(
@@ -301,17 +311,50 @@ class EATWithSTCCL(nn.Module):
         crop_size: Optional[int] = 112,
         image_size: Optional[int] = 256,
         num_frames: int = 5,
+        anchor: str = "frozen",
     ):
         super().__init__()
         if weight < 0:
             raise ValueError(f"expected a non-negative STCCL weight, got {weight}")
+        if anchor not in ("frozen", "current"):
+            raise ValueError(f"expected anchor one of ('frozen', 'current'), got {anchor!r}")
         self.generator_full = generator_full
         self.metric = metric
         self.weight, self.warmup_steps, self.ramp_steps = float(weight), int(warmup_steps), int(ramp_steps)
         warmup_weight(0, self.weight, self.warmup_steps, self.ramp_steps)  # validates the schedule
         self.crop_size, self.image_size, self.num_frames = crop_size, image_size, num_frames
+        self.anchor = anchor
         self.num_updates = 0  # training calls seen, the step when none is passed
         self.last: Dict[str, float] = {}
+        self.last_active = False  # whether the last training call added a live STCCL term
+        # Plain tensors, not buffers: kept out of state_dict and of DDP's per-step buffer broadcast;
+        # moved to the live parameters' device at first use.
+        self.frozen_params: Dict[str, torch.Tensor] = {}
+        if anchor == "frozen":
+            self.snapshot_anchor()
+
+    # -- the frozen anchor ------------------------------------------------------------------
+    def snapshot_anchor(self) -> None:
+        """Copy the parameters that require grad now (detached, same dtype) as the anchor's weights."""
+        if self.anchor != "frozen":
+            return
+        self.frozen_params = {n: p.detach().clone() for n, p in self.generator_full.named_parameters()
+                              if p.requires_grad}
+
+    def anchor_copy_bytes(self) -> int:
+        """Bytes held by the frozen anchor copy (0 with ``anchor="current"``)."""
+        return sum(t.numel() * t.element_size() for t in self.frozen_params.values())
+
+    def _frozen_on_device(self) -> Dict[str, torch.Tensor]:
+        live = dict(self.generator_full.named_parameters())
+        for n, t in self.frozen_params.items():
+            p = live.get(n)
+            if p is None:
+                raise ValueError(f"frozen anchor weight {n!r} is not a parameter of {type(self.generator_full).__name__} "
+                                 "any more (the model was changed after the snapshot)")
+            if t.device != p.device or t.dtype != p.dtype:
+                self.frozen_params[n] = t.to(p.device, p.dtype)
+        return self.frozen_params
 
     @property
     def module(self) -> nn.Module:
@@ -320,13 +363,24 @@ class EATWithSTCCL(nn.Module):
         with or without ``DataParallelWithCallback`` around it."""
         return eat_core(self.generator_full)
 
-    def render(self, x: Dict[str, Any], neutral: bool = False) -> torch.Tensor:
+    def render(self, x: Dict[str, Any], neutral: bool = False, frozen: bool = False) -> torch.Tensor:
         """EAT's rendered frames ``(B, T, 3, H, W)`` in ``[0, 1]`` for ``x`` (or its neutral
-        anchor), without EAT's losses; the caller's batch is not changed."""
+        anchor), without EAT's losses; the caller's batch is not changed. ``frozen``: with the
+        frozen anchor weights (when ``anchor="frozen"``; the live ones otherwise)."""
         b, t = self._shape(x)
+        args = (neutral_batch(x) if neutral else fresh_batch(x), True)
         with losses_off(self.generator_full):
-            _, generated = self.generator_full(neutral_batch(x) if neutral else fresh_batch(x), True)
+            if frozen and self.frozen_params:
+                # Only the trainable parameters are swapped in; frozen ones and buffers are shared.
+                _, generated = torch.func.functional_call(self.generator_full, self._frozen_on_device(), args)
+            else:
+                _, generated = self.generator_full(*args)
         return check_prediction(generated.get("prediction"), b, t, self.image_size)
+
+    def render_anchor(self, x: Dict[str, Any]) -> torch.Tensor:
+        """The neutral anchor ``(B, T, 3, H, W)`` in ``[0, 1]``, no gradient, from the model ``anchor`` names."""
+        with torch.no_grad():
+            return self.render(x, neutral=True, frozen=self.anchor == "frozen").detach()
 
     def current_weight(self, step: int) -> float:
         return warmup_weight(step, self.weight, self.warmup_steps, self.ramp_steps)
@@ -356,15 +410,27 @@ class EATWithSTCCL(nn.Module):
             raise ValueError("generator_full already returned a 'stccl' loss; refusing to overwrite it")
         b, t = self._shape(x)
         target = check_prediction(generated.get("prediction"), b, t, self.image_size)
-        self.last = {"stccl_weight": w}
+        self.last = {"stccl_weight": w, "stccl_skipped_neutral": 0.0}
+        self.last_active = False
         if w == 0.0:
             # Warm-up: no anchor forward, no metric; a zero keeps the log columns stable.
             loss_values["stccl"] = target.new_zeros(())
             return loss_values, generated
-        with torch.no_grad():
-            anchor = self.render(x, neutral=True)
-        out = stccl_on_frames(self.metric, target, anchor.detach(), x.get("bboxs"), self.crop_size, generator)
+        # A clip whose target emotion is neutral has target = anchor: left out of the term, counted.
+        emotional = torch.as_tensor(x["y_trg"]).reshape(-1).to(target.device) != NEUTRAL_INDEX
+        keep = emotional.nonzero().reshape(-1)
+        self.last["stccl_skipped_neutral"] = float(b - keep.numel())
+        if keep.numel() == 0:  # an all-neutral batch: no anchor render, no metric
+            loss_values["stccl"] = target.new_zeros(())
+            return loss_values, generated
+        anchor = self.render_anchor(x)
+        boxes = x.get("bboxs")
+        if keep.numel() < b:
+            target, anchor = target.index_select(0, keep), anchor.index_select(0, keep)
+            boxes = None if boxes is None else torch.as_tensor(boxes, device=target.device).index_select(0, keep)
+        out = stccl_on_frames(self.metric, target, anchor, boxes, self.crop_size, generator)
         loss_values["stccl"] = w * out.loss
+        self.last_active = True
         self.last.update(stccl_raw=float(out.loss.detach()), pos_sim=float(out.pos_sim), neg_sim=float(out.neg_sim))
         return loss_values, generated
 
@@ -409,6 +475,9 @@ class EATAdapter(TalkingHeadAdapter):
             the parameters that already require grad: all of the reference model; EAT's own choice
             of prompt/EAM/side-tuning for the real model). LoRA does not apply to EAT.
         latent_dim: size of ``z_trg``.
+        anchor: ``"frozen"`` (the trainable weights as loaded here, copied once and kept in every
+            checkpoint as ``anchor_weights.safetensors``, so a resumed run keeps the step-0 anchor)
+            or ``"current"`` (the weights being trained).
     """
 
     def __init__(
@@ -424,6 +493,7 @@ class EATAdapter(TalkingHeadAdapter):
         trainable_modules: Sequence[str] = (),
         latent_dim: int = 16,
         eat_optimization: bool = True,
+        anchor: str = "frozen",
     ):
         super().__init__()
         # EAT's own train/eval choices (BatchNorms of generator and audio2kp, kp_extractor, the
@@ -432,7 +502,8 @@ class EATAdapter(TalkingHeadAdapter):
         self._eval_in_training = [n for n, m in generator_full.named_modules() if not m.training]
         self.eat_optimization = eat_optimization
         self.stccl = EATWithSTCCL(generator_full, metric, weight, warmup_steps, ramp_steps, crop_size,
-                                  image_size, num_frames)
+                                  image_size, num_frames, anchor=anchor)
+        self.last_clipped: Optional[float] = None
         self.latent_dim = latent_dim
         metric.requires_grad_(False)
         # EAT trains a hand-picked subset (prompt, EAM, side-tuning; see `load_eat_generator_full`),
@@ -448,6 +519,8 @@ class EATAdapter(TalkingHeadAdapter):
                                  f"top-level modules: {[n for n, _ in generator_full.named_children()]}")
             for m in trainable_modules:
                 named[m].requires_grad_(True)
+        # The frozen anchor is what trains, as loaded (step 0); a resume restores it from the checkpoint.
+        self.stccl.snapshot_anchor()
 
     @property
     def generator_full(self) -> nn.Module:
@@ -465,6 +538,38 @@ class EATAdapter(TalkingHeadAdapter):
             for name in self._eval_in_training:
                 named[name].eval()
         return self
+
+    # -- the frozen anchor in checkpoints ------------------------------------------------------
+    def anchor_copy_bytes(self) -> int:
+        return self.stccl.anchor_copy_bytes()
+
+    def save_anchor_state(self, directory: Union[str, os.PathLike]) -> None:
+        """``anchor_weights.safetensors``: the frozen anchor weights (step 0), for an exact resume."""
+        from safetensors.torch import save_file
+
+        if self.stccl.frozen_params:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.stccl.frozen_params.items()},
+                      str(Path(directory) / ANCHOR_WEIGHTS_NAME))
+
+    def load_anchor_state(self, directory: Union[str, os.PathLike]) -> None:
+        """Restore the step-0 anchor weights of a checkpoint (the model rebuilt for the resume may
+        not start where the run started: a reference model's random init, another starting file)."""
+        from safetensors.torch import load_file
+        import warnings
+
+        if self.stccl.anchor != "frozen":
+            return
+        path = Path(directory) / ANCHOR_WEIGHTS_NAME
+        if not path.is_file():
+            warnings.warn(f"{directory} holds no {ANCHOR_WEIGHTS_NAME} (a run with anchor: current, or older): the "
+                          "frozen anchor is the model as built for this resume, not the run's step-0 weights")
+            return
+        saved = load_file(str(path))
+        if set(saved) != set(self.stccl.frozen_params):
+            raise ValueError(f"{path}: expected anchor weights for {len(self.stccl.frozen_params)} trainable "
+                             f"parameters, got {len(saved)} (trainable set changed? e.g. "
+                             f"{sorted(set(saved) ^ set(self.stccl.frozen_params))[:3]})")
+        self.stccl.frozen_params = {k: v.to(self.stccl.frozen_params[k].device) for k, v in saved.items()}
 
     # -- EAT's checkpoint format (what EAT's Logger saves and demo.py's load_ckpt reads) -------
     def export_eat_checkpoint(self, path: Union[str, os.PathLike], epoch: int = 0) -> Optional[Path]:
@@ -519,9 +624,10 @@ class EATAdapter(TalkingHeadAdapter):
         if groups is None:
             return None
         accelerator.unscale_gradients()
-        norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05) for n, m, _ in groups
-                 if n in ("audio2kptransformer", "sidetuning")]
-        return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in norms]).norm()
+        norms = torch.stack([torch.as_tensor(torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05), dtype=torch.float32)
+                             for n, m, _ in groups if n in ("audio2kptransformer", "sidetuning")])
+        self.last_clipped = float(bool((norms > 0.05).any()))  # the loop logs it as grad_clipped
+        return norms.norm()
 
     def _with_latent(self, batch: Dict[str, Any], generator: Optional[torch.Generator]) -> Dict[str, Any]:
         if batch.get("z_trg") is not None:
@@ -537,6 +643,9 @@ class EATAdapter(TalkingHeadAdapter):
         terms = {k: v.mean() for k, v in loss_values.items()}
         logs: Dict[str, Any] = {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
         logs.update(self.stccl.last)
+        # EAT's own terms vs STCCL, with their graphs, for the loop's gradient-balance log.
+        task = sum(v for k, v in terms.items() if k != "stccl")
+        logs["loss_terms"] = {"task": task, "stccl": terms["stccl"] if self.stccl.last_active else None}
         return logs
 
     @torch.no_grad()
@@ -561,7 +670,7 @@ class EATAdapter(TalkingHeadAdapter):
     def _render_pair(self, batch: Dict[str, Any], b: int, t: int) -> Dict[str, torch.Tensor]:
         # EAT renders frames only with train_with_img=True (else `generated` is {}): render with
         # it, EAT's losses off.
-        target, anchor = self.stccl.render(batch), self.stccl.render(batch, neutral=True)
+        target, anchor = self.stccl.render(batch), self.stccl.render_anchor(batch)  # the anchor training uses
         return {"target": target * 2 - 1, "anchor": anchor * 2 - 1}
 
 

@@ -15,6 +15,13 @@ models) subclasses :class:`TalkingHeadAdapter` and supplies:
 - ``save_weights(dir)`` / ``load_weights(dir)``: only what was trained. The default writes LoRA
   in diffusers' format (``pytorch_lora_weights.safetensors``, keys ``{lora_prefix}.``...) and
   fully trained parameters to ``trainable_weights.safetensors``.
+- ``save_anchor_state(dir)`` / ``load_anchor_state(dir)`` / ``anchor_copy_bytes()``: a backend
+  whose frozen anchor is a copy of its starting weights (EAT) keeps that copy in each checkpoint,
+  so a resumed run scores against the step-0 weights, not the resumed ones (default: nothing).
+
+``training_step`` may also return ``"loss_terms": {"task": ..., "stccl": ... or None}`` (scalars with
+graph, ``task + stccl == loss``); the loop then logs their gradient balance every
+``grad_balance_every`` steps. ``stccl`` is None on a step where the term is off.
 
 ``forward`` is ``training_step``, because DDP only synchronises gradients of a module whose
 ``forward`` was called through the wrapper.
@@ -101,6 +108,17 @@ class TalkingHeadAdapter(torch.nn.Module, ABC):
                 break
         if not found:
             raise ValueError(f"{type(self).__name__} has no module with xformers attention to enable")
+
+    # -- the frozen anchor (backends that keep a copy of their starting weights) ---------------
+    def anchor_copy_bytes(self) -> int:
+        """Bytes of the frozen anchor copy beside the model (0: none; LoRA-off anchors cost nothing)."""
+        return 0
+
+    def save_anchor_state(self, directory: str | Path) -> None:
+        """Write the frozen anchor copy into a checkpoint directory (default: there is none)."""
+
+    def load_anchor_state(self, directory: str | Path) -> None:
+        """Restore the frozen anchor copy from a checkpoint directory (default: there is none)."""
 
     # -- weights -------------------------------------------------------------------------
     def mark_lora_applied(self) -> None:

@@ -64,6 +64,11 @@ class TrainingConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
+    grad_balance_every: int = 50
+    """Every N optimizer steps, measure the gradient norms the STCCL term and the task loss each put
+    on the trainable parameters (two extra backward passes on one micro-batch) and log
+    `grad_norm/stccl`, `grad_norm/task`, `grad_ratio` (stccl / task) and `grad_cos`; a step whose
+    STCCL term is off (gate, warm-up, all-neutral batch) defers it to the next one. 0 disables."""
     mixed_precision: Optional[str] = None
     """`no`, `fp16` or `bf16`; None keeps what `accelerate config` chose."""
     allow_tf32: bool = False
@@ -126,6 +131,18 @@ class TalkingClipsConfig(TrainingConfig):
     metric_input_size: int = 64
     metric_pretrain_steps: int = 12
     stccl_weight: float = 0.1
+    anchor: str = "frozen"
+    """What renders the neutral anchor: `frozen` (the model as it started: LoRA disabled for DICE,
+    a frozen copy of the trainable modules as loaded at step 0 for EAT) or `current` (the model
+    being trained, under no_grad: the paper's online pseudo-pairing, which lets the anchor drift)."""
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"`anchor` expects one of {ANCHORS}, got {self.anchor!r}")
+
+
+#: Choices of `TalkingClipsConfig.anchor`.
+ANCHORS = ("frozen", "current")
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -285,7 +302,8 @@ SHAPE_KEYS = (
 )
 #: Keys that may differ on resume without a warning (where and how long to run).
 RESUME_FREE_KEYS = ("resume_from_checkpoint", "max_train_steps", "overwrite_output_dir", "output_dir",
-                    "report_to", "logging_dir", "dataloader_num_workers", "validation_steps")
+                    "report_to", "logging_dir", "dataloader_num_workers", "validation_steps",
+                    "grad_balance_every")
 
 
 def compare_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:

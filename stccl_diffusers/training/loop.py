@@ -276,12 +276,15 @@ def _register_hooks(accelerator, adapter: TalkingHeadAdapter) -> None:
         if accelerator.is_main_process:
             for model in models:
                 accelerator.unwrap_model(model).save_weights(output_dir)
+                accelerator.unwrap_model(model).save_anchor_state(output_dir)
         while weights:
             weights.pop()
 
     def load_hook(models, input_dir):
         while models:
-            accelerator.unwrap_model(models.pop()).load_weights(input_dir)
+            unwrapped = accelerator.unwrap_model(models.pop())
+            unwrapped.load_weights(input_dir)
+            unwrapped.load_anchor_state(input_dir)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -348,6 +351,44 @@ def _scalar(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+# ----------------------------------------------------------------------------- gradient balance
+#: Step-log keys that are counts of windows: summed over a step's micro-batches (not averaged), and
+#: also kept as a running total `<key>_total` that survives resume.
+COUNT_KEYS = ("stccl_skipped_neutral",)
+
+
+def gradient_balance(
+    stccl: torch.Tensor, task: torch.Tensor, params: list[torch.nn.Parameter], loss_scale: float = 1.0
+) -> dict[str, float] | None:
+    """How hard the STCCL term pulls against the task loss, on the trainable parameters.
+
+    Args:
+        stccl: the weighted STCCL term (scalar, with graph), as it is added to the loss.
+        task: the task loss (scalar, with graph): the diffusion loss (DICE), EAT's own loss terms.
+        params: the trainable parameters (the gradients are taken with respect to them jointly).
+        loss_scale: fp16 gradient scale; both terms are multiplied by it before `autograd.grad` (as
+            the real backward is, so small gradients do not underflow) and the norms divided by it.
+    Returns:
+        {"grad_norm/stccl": ||g_s||, "grad_norm/task": ||g_t||, "grad_ratio": ||g_s|| / ||g_t||,
+        "grad_cos": <g_s, g_t> / (||g_s|| ||g_t||)} in fp32, where g_s, g_t are the gradients of
+        `stccl` and `task` flattened over all `params`; None when a norm is not finite or 0 (no
+        ratio or cosine to give). Neither `.grad` nor the graph is changed (`retain_graph=True`).
+    """
+    params = [p for p in params if p.requires_grad]
+    if not params or not all(isinstance(t, torch.Tensor) and t.requires_grad for t in (stccl, task)):
+        return None
+    flat = []
+    for term in (stccl, task):
+        grads = torch.autograd.grad(term.float() * loss_scale, params, retain_graph=True, allow_unused=True)
+        flat.append(torch.cat([(torch.zeros(p.numel(), device=p.device) if g is None else g.detach().float().reshape(-1))
+                               for p, g in zip(params, grads)]) / loss_scale)
+    g_s, g_t = flat
+    n_s, n_t, dot = (float(v) for v in torch.stack([g_s.norm(), g_t.norm(), torch.dot(g_s, g_t)]).tolist())
+    if not all(math.isfinite(v) for v in (n_s, n_t, dot)) or n_s == 0.0 or n_t == 0.0:
+        return None
+    return {"grad_norm/stccl": n_s, "grad_norm/task": n_t, "grad_ratio": n_s / n_t, "grad_cos": dot / (n_s * n_t)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -468,12 +509,20 @@ def _train(
         tracker_cfg = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config_to_dict(cfg).items()}
         accelerator.init_trackers(cfg.tracker_project_name, config=tracker_cfg)
 
+    anchor_bytes = adapter.anchor_copy_bytes()
+    if anchor_bytes:
+        accelerator.print(f"anchor: frozen copy of the trainable weights as loaded, {anchor_bytes / 2**20:.2f} MiB "
+                          f"({anchor_bytes} bytes) beside the model")
+        accelerator.log({"anchor/copy_bytes": anchor_bytes}, step=0)
+
     global_step, skipped_steps, resumed_from = 0, 0, None
+    totals: dict[str, float] = {k: 0.0 for k in COUNT_KEYS}
     if resume_path is not None:
         accelerator.print(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
         state = json.loads((resume_path / STATE_FILE).read_text())
         global_step, skipped_steps = int(state["global_step"]), int(state.get("skipped_steps", 0))
+        totals.update({k: float(v) for k, v in state.get("totals", {}).items() if k in totals})
         resumed_from = str(resume_path)
         if accelerator.is_main_process:
             _truncate_jsonl(out / STEP_LOG, global_step)
@@ -516,6 +565,11 @@ def _train(
     sums: dict[str, float] = {}
     counts = 0
     stop_at = cfg.max_train_steps if stop_after_steps is None else min(cfg.max_train_steps, stop_after_steps)
+    # Gradient balance: due every `grad_balance_every` steps, measured on the first micro-batch of a
+    # due step whose STCCL term is on (a gated / warmed-up / non-neutral one), then due again N later.
+    balance_every = max(0, int(getattr(cfg, "grad_balance_every", 0) or 0))
+    balance_next = global_step
+    balance: dict[str, float] | None = None
 
     while global_step < stop_at:
         sampler.set_epoch(epoch)
@@ -531,6 +585,14 @@ def _train(
                 # All ranks must agree, or DDP would wait forever for a rank that skipped backward.
                 finite = torch.isfinite(loss.detach().float()).all().to(accelerator.device).float().reshape(1)
                 finite = bool(accelerator.gather(finite).min().item() > 0)
+                terms = outputs.get("loss_terms")
+                if (finite and balance_every and balance is None and global_step >= balance_next
+                        and isinstance(terms, dict) and terms.get("stccl") is not None and terms.get("task") is not None):
+                    scaler = getattr(accelerator, "scaler", None)
+                    balance = gradient_balance(terms["stccl"], terms["task"], trainables,
+                                               float(scaler.get_scale()) if scaler is not None else 1.0)
+                    if balance is not None:  # this rank's micro-batch; not all-reduced (a diagnostic)
+                        balance_next = global_step + balance_every
                 if finite:
                     accelerator.backward(loss)
                 else:
@@ -544,12 +606,15 @@ def _train(
                 counts += 1
                 micro_index += 1
                 if accelerator.sync_gradients:
-                    grad_norm = None
+                    grad_norm, clipped = None, None
                     clip = getattr(adapter, "clip_gradients", None)  # a backend's own clipping (EAT's)
                     if not bad_cycle and clip is not None:
                         grad_norm = clip(accelerator, cfg.max_grad_norm)
+                        clipped = getattr(adapter, "last_clipped", None)
                     if not bad_cycle and grad_norm is None and cfg.max_grad_norm and cfg.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(trainables, cfg.max_grad_norm)
+                        # clip_grad_norm_ returns the norm before clipping: it clipped when that exceeds the limit.
+                        clipped = float(torch.as_tensor(grad_norm).float().item() > cfg.max_grad_norm)
                         # fp16's GradScaler skips inf steps itself; elsewhere a non-finite gradient is ours to stop.
                         if accelerator.mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(grad_norm)).all():
                             bad_cycle = True
@@ -566,13 +631,21 @@ def _train(
             if accelerator.sync_gradients:
                 global_step += 1
                 micro_index = 0
-                logs = {k: v / max(counts, 1) for k, v in sums.items()}
+                logs = {k: (v if k in COUNT_KEYS else v / max(counts, 1)) for k, v in sums.items()}
+                for k in COUNT_KEYS:
+                    if k in logs:
+                        totals[k] += logs[k]
+                        logs[f"{k}_total"] = totals[k]
                 logs["lr"] = lr_scheduler.get_last_lr()[0]
                 logs["skipped_steps"] = skipped_steps
                 logs["nonfinite"] = float(bad_cycle)
                 if grad_norm is not None:
                     logs["grad_norm"] = float(torch.as_tensor(grad_norm).float().item())
-                sums, counts, bad_cycle = {}, 0, False
+                if clipped is not None:
+                    logs["grad_clipped"] = float(clipped)
+                if balance is not None:
+                    logs.update(balance)
+                sums, counts, bad_cycle, balance = {}, 0, False, None
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", stccl=f"{logs.get('stccl', 0.0):.4f}")
                 accelerator.log(logs, step=global_step)
@@ -584,7 +657,7 @@ def _train(
                         accelerator,
                         out,
                         global_step,
-                        {"global_step": global_step, "skipped_steps": skipped_steps},
+                        {"global_step": global_step, "skipped_steps": skipped_steps, "totals": totals},
                         cfg.checkpoints_total_limit,
                         run_config=config_to_dict(cfg),
                     )
