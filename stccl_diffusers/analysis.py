@@ -88,7 +88,8 @@ def layer_similarities(metric, batches: Sequence[Dict[str, torch.Tensor]], seed:
     dev = next(metric.parameters()).device
     per_batch = []
     for b in batches:
-        out = metric(b["anchor"].to(dev), b["target"].to(dev), generator=g)
+        # The paper's InfoNCE: its positives and negatives are what Fig. 3 compares.
+        out = metric(b["anchor"].to(dev), b["target"].to(dev), generator=g, form="paper")
         per_batch.append({"pos_sim": float(out.pos_sim), "neg_sim": float(out.neg_sim), "per_layer": out.per_layer})
     metric.train(was_training)
     return mean_similarities(per_batch)
@@ -225,7 +226,7 @@ def metric_window_losses(metric, seed: int = 0, batch_size: int = 8) -> Callable
         g = torch.Generator(device="cpu").manual_seed(seed)
         out: Dict[str, List[torch.Tensor]] = {}
         for s in range(0, len(anchor), batch_size):
-            o = metric(anchor[s : s + batch_size].to(dev), target[s : s + batch_size].to(dev), generator=g)
+            o = metric(anchor[s : s + batch_size].to(dev), target[s : s + batch_size].to(dev), generator=g, form="paper")
             out.setdefault("overall", []).append(o.sample_loss.cpu())
             for name, v in o.per_layer.items():
                 out.setdefault(name, []).append(v["sample_loss"].cpu())

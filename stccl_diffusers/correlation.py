@@ -29,7 +29,10 @@ __all__ = [
     "sample_negative_locations",
     "gather_locations",
     "frame_pairs",
+    "candidate_logits",
     "info_nce",
+    "alignment_loss",
+    "relational_kl",
     "caas_strength",
     "caas_weights",
 ]
@@ -167,24 +170,22 @@ def frame_pairs(num_frames: int, span: Optional[int] = None, device=None) -> Tup
     return i, i + d
 
 
-def info_nce(
-    query: torch.Tensor, positive: torch.Tensor, negatives: Optional[torch.Tensor] = None, tau: float = 0.07,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """InfoNCE of eq. 10/13 with L2-normalised embeddings, softmax in fp32.
+def candidate_logits(
+    query: torch.Tensor, positive: torch.Tensor, negatives: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities of each query with its candidates: the positive first, then the negatives.
 
-    ``-log exp(q.k+/tau) / (exp(q.k+/tau) + sum_k exp(q.k-/tau))``
+    Layouts (the same as :func:`info_nce`):
 
-    Two layouts:
+    - explicit negatives: ``query``/``positive`` (..., D), ``negatives`` (..., M, D) with one set per
+      query, or (..., M, D) with ``negatives.ndim == query.ndim``: one set shared by the Q queries
+      of a group (``query`` (..., Q, D)), computed as one matmul;
+    - ``negatives=None`` (PatchNCE form): ``query``/``positive`` (G, Q, D); for each query the
+      positives of the other ``Q - 1`` queries of the group are its negatives. Its own entry is
+      masked with ``-inf``.
 
-    - explicit negatives (the paper: ``m`` sampled negatives per query): ``query``/``positive``
-      (..., D), ``negatives`` (..., M, D) with one set per query, or (..., Q, D) / (..., M, D)
-      with ``negatives.ndim == query.ndim``: one set shared by the Q queries of a group (SCC's
-      8 neighbours of one anchor share its negatives), computed as one matmul;
-    - ``negatives=None`` (the official PatchNCE form): ``query``/``positive`` (G, Q, D); for each
-      query the positives of the other ``Q - 1`` queries in the same group are its negatives.
-
-    Returns ``(loss, pos_sim, neg_sim)``: the per-query loss (...,) and the cosine similarity of
-    each query with its positive (...,) and its mean similarity with the negatives (...,).
+    Returns ``(sims, neg_sim)``: (..., 1 + M) similarities (column 0 the positive; fp32) and the
+    detached mean similarity with the negatives (...,).
     """
     q = F.normalize(query.float(), dim=-1)
     k = F.normalize(positive.float(), dim=-1)
@@ -207,9 +208,61 @@ def info_nce(
         neg_sim = (sims.sum(-1) - l_pos) / (qn - 1)
         # The diagonal holds the positives: masked out of the negatives (CUT's PatchNCE does the same).
         l_neg = sims.masked_fill(eye, float("-inf"))
-    logits = torch.cat([l_pos[..., None], l_neg], dim=-1) / tau
+    return torch.cat([l_pos[..., None], l_neg], dim=-1), neg_sim.detach()
+
+
+def info_nce(
+    query: torch.Tensor, positive: torch.Tensor, negatives: Optional[torch.Tensor] = None, tau: float = 0.07,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """InfoNCE of eq. 10/13 with L2-normalised embeddings, softmax in fp32.
+
+    ``-log exp(q.k+/tau) / (exp(q.k+/tau) + sum_k exp(q.k-/tau))``
+
+    Layouts: see :func:`candidate_logits` (explicit negatives, shared per group, or in-group).
+
+    Its optimum is "aligned with k+ and far from every k-", not "q = k+": as a generator loss it
+    keeps falling past agreement with the anchor (see :func:`alignment_loss`, :func:`relational_kl`).
+
+    Returns ``(loss, pos_sim, neg_sim)``: the per-query loss (...,) and the cosine similarity of
+    each query with its positive (...,) and its mean similarity with the negatives (...,).
+    """
+    sims, neg_sim = candidate_logits(query, positive, negatives)
+    logits = sims / tau
     loss = torch.logsumexp(logits, dim=-1) - logits[..., 0]
-    return loss, l_pos.detach(), neg_sim.detach()
+    return loss, sims[..., 0].detach(), neg_sim
+
+
+def alignment_loss(query: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Positive-only alignment ``1 - cos(q, k+)`` per query (BYOL-style), (..., D) -> (...,) in [0, 2].
+
+    Exactly 0 when the two mapped correlations point the same way, so its minimum is agreement
+    with the anchor (not in the paper: the paper's generator loss is InfoNCE, eq. 10/13).
+    """
+    return 1.0 - F.cosine_similarity(query.float(), positive.float(), dim=-1, eps=1e-8)
+
+
+def relational_kl(
+    query: torch.Tensor, anchor_query: torch.Tensor, negatives: Optional[torch.Tensor] = None, tau: float = 0.07,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Relational match: ``KL(p_anchor || p_generated)`` over the same anchor-side candidates.
+
+    The candidates of one query are the anchor's correlation at the same regions (the positive,
+    ``anchor_query`` itself) and the anchor's correlations at other regions (``negatives``, taken
+    from the anchor). ``p_anchor = softmax(cos(anchor_query, candidates) / tau)`` is how the anchor's
+    own correlation relates to them; ``p_generated`` the same with the generated clip's ``query``.
+    InfoNCE with the generated clip as query is the cross-entropy against a one-hot target; this
+    uses the anchor's own soft distribution as the target instead, so the loss is exactly 0 at
+    ``query = anchor_query`` and never rewards moving past it (relational distillation; not in the
+    paper). Layouts as :func:`candidate_logits`. Returns ``(loss (...,), neg_sim (...,))``.
+    """
+    sims_a, _ = candidate_logits(anchor_query.detach(), anchor_query.detach(), negatives)
+    sims_g, neg_sim = candidate_logits(query, anchor_query.detach(), negatives)
+    log_pa = torch.log_softmax(sims_a / tau, dim=-1)
+    log_pg = torch.log_softmax(sims_g / tau, dim=-1)
+    pa = log_pa.exp()
+    # Masked candidates (-inf on both sides: in-group layout) have pa = 0 and contribute nothing.
+    terms = torch.where(pa > 0, pa * (log_pa - log_pg), torch.zeros_like(pa))
+    return terms.sum(-1), neg_sim
 
 
 def caas_strength(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -29,7 +29,16 @@ from diffusers.utils import BaseOutput
 from . import correlation as corr
 from .models.iresnet import ARCFACE_DEPTHS, IResNet, load_arcface_state_dict, read_state_dict, strip_prefix
 
-__all__ = ["STCCLMetric", "STCCLOutput"]
+__all__ = ["STCCLMetric", "STCCLOutput", "GENERATOR_LOSSES"]
+
+# The generator-loss forms (``STCCLMetric(generator_loss=...)``), anchor side x, generated side y:
+#   "paper":      InfoNCE, query f(Z(x)), positive f(Z(y)), negatives from y (eq. 10/13 as written
+#                 for metric learning). Not minimal at y = x: it also pushes y's regions apart.
+#   "nce":        InfoNCE, query f(Z(y)), positive and negatives from x (CUT's PatchNCE / CCPL sides).
+#   "align":      1 - cos(f(Z(y)), f(Z(x))): positive-only, exactly 0 at agreement.
+#   "relational": KL of the anchor's soft distribution over anchor candidates vs the generated one's.
+#   "align+relational": the sum of the two.
+GENERATOR_LOSSES = ("paper", "nce", "align", "relational", "align+relational")
 
 # Inputs further than this outside [-1, 1] are rejected: they are almost surely [0, 255] or
 # un-normalised latents, and the metric would silently score garbage.
@@ -103,6 +112,11 @@ class STCCLMetric(ModelMixin, ConfigMixin):
             the same region ``(i, j)`` (T - 1 more per query, needs ``num_negatives`` set), so the
             metric must tell the mouth at this instant from the same mouth a few frames away: the
             speech timing. Not in the paper (its negatives are other regions of the same frame).
+        generator_loss: the form of the loss when the metric scores a generated clip against its
+            anchor (``metric(anchor, generated)``), one of :data:`GENERATOR_LOSSES`. Deviation from
+            the paper: its eq. 10/13 (``"paper"``) is the metric-learning loss, whose minimum is not
+            ``generated = anchor``; the default is a loss that is 0 there. Metric learning
+            (:meth:`contrastive_loss`) always uses the paper's InfoNCE.
     """
 
     config_name = "config.json"
@@ -130,8 +144,11 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         temporal_weight: float = 1.0,
         embedding_head: bool = True,
         time_negatives: bool = False,
+        generator_loss: str = "align",
     ):
         super().__init__()
+        if generator_loss not in GENERATOR_LOSSES:
+            raise ValueError(f"generator_loss: expected one of {list(GENERATOR_LOSSES)}, got {generator_loss!r}")
         if correlation not in ("vd", "cm"):
             raise ValueError(f"correlation: expected 'vd' or 'cm', got {correlation!r}")
         if not (use_scc or use_tcc):
@@ -279,33 +296,45 @@ class STCCLMetric(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ losses
     def forward(
-        self, anchor: torch.Tensor, generated: torch.Tensor, generator: Optional[torch.Generator] = None
+        self, anchor: torch.Tensor, generated: torch.Tensor, generator: Optional[torch.Generator] = None,
+        form: Optional[str] = None,
     ) -> STCCLOutput:
         """STCCL loss of ``generated`` against ``anchor``, both (B, T, 3, H, W) in [-1, 1].
 
         The anchor side is computed without gradient; the gradient reaches ``generated`` only.
-        ``generator`` makes the region sampling reproducible.
+        ``generator`` makes the region sampling reproducible. ``form`` overrides the configured
+        ``generator_loss`` (one of :data:`GENERATOR_LOSSES`).
         """
+        form = self.config.generator_loss if form is None else form
+        if form not in GENERATOR_LOSSES:
+            raise ValueError(f"form: expected one of {list(GENERATOR_LOSSES)}, got {form!r}")
         self._check_inputs(anchor, generated)
         with torch.no_grad():
             fx = self.extract_features(anchor)
         fy = self.extract_features(generated)
-        return self._stccl(fx, fy, anchor.shape[0], anchor.shape[1], generator)
+        return self._stccl(fx, fy, anchor.shape[0], anchor.shape[1], generator, form)
 
     def contrastive_loss(
         self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None
     ) -> STCCLOutput:
         """Metric learning (paper §8.2): the loss between paired clips ``x`` (neutral) and ``y``
         (emotional), (B, T, 3, H, W) in [-1, 1], with gradient through both sides. Call
-        :meth:`unfreeze` first to train the backbone and heads."""
+        :meth:`unfreeze` first to train the backbone and heads.
+
+        Always the paper's InfoNCE (eq. 10/13): the neutral clip's correlation is the query, and the
+        positive and the negatives come from the emotional clip. The negatives are the emotional
+        clip's other regions because that is what the metric must learn to tell apart: which
+        region of the *emotional* face corresponds to a neutral region's correlation (and, with
+        ``time_negatives``, which instant). As a generator loss this form is not minimal at
+        agreement; :meth:`forward` uses ``generator_loss`` instead."""
         self._check_inputs(x, y)
         both = self.extract_features(torch.cat([x, y], dim=0))
         b = x.shape[0]
         fx = [f[: b * x.shape[1]] for f in both]
         fy = [f[b * x.shape[1]:] for f in both]
-        return self._stccl(fx, fy, b, x.shape[1], generator)
+        return self._stccl(fx, fy, b, x.shape[1], generator, "paper")
 
-    def _stccl(self, fx, fy, batch: int, frames: int, generator) -> STCCLOutput:
+    def _stccl(self, fx, fy, batch: int, frames: int, generator, form: str = "paper") -> STCCLOutput:
         cfg = self.config
         device = fx[0].device
         zero = torch.zeros((), device=device)
@@ -315,12 +344,12 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         for l in cfg.layers:
             x, y = fx[l - 1], fy[l - 1]
             if cfg.use_scc:
-                loss, w, pos, neg = self._scc_layer(l, x, y, generator, frames)
+                loss, w, pos, neg = self._scc_layer(l, x, y, generator, frames, form)
                 clip = (w * loss).flatten(1).mean(1).view(batch, frames).mean(1)
                 spatial = spatial + clip
                 per_layer[f"scc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean(), "sample_loss": clip.detach()}
             if cfg.use_tcc:
-                loss, w, pos, neg = self._tcc_layer(l, x, y, batch, frames, generator)
+                loss, w, pos, neg = self._tcc_layer(l, x, y, batch, frames, generator, form)
                 clip = (w * loss).flatten(1).mean(1)
                 temporal = temporal + clip
                 per_layer[f"tcc/{l}"] = {"loss": clip.detach().mean(), "pos_sim": pos.mean(), "neg_sim": neg.mean(), "sample_loss": clip.detach()}
@@ -342,9 +371,30 @@ class STCCLMetric(ModelMixin, ConfigMixin):
             return torch.ones(z_anchor.shape[:-1], device=z_anchor.device)
         return corr.caas_weights(corr.caas_strength(z_anchor), self.config.caas_lambda, self.config.caas_r)
 
-    def _scc_layer(self, l: int, x: torch.Tensor, y: torch.Tensor, generator, frames: int = 1):
+    def _pair_loss(self, form: str, hx: torch.Tensor, hy: torch.Tensor, neg: Optional[torch.Tensor]):
+        """The per-query loss of ``form`` for mapped correlations ``hx`` (anchor) and ``hy`` (generated)
+        with ``neg`` (from y for ``"paper"``, else from x; layouts of :func:`correlation.candidate_logits`).
+        ``neg=None`` is the in-group layout (G, Q, D). Returns ``(loss, pos_sim, neg_sim)``."""
+        tau = self.config.tau
+        if form == "paper":
+            return corr.info_nce(hx, hy, neg, tau)
+        if form == "nce":
+            return corr.info_nce(hy, hx, neg, tau)
+        pos = F.cosine_similarity(hy.detach().float(), hx.detach().float(), dim=-1)
+        loss = torch.zeros_like(pos)
+        neg_sim = torch.zeros_like(pos)
+        if "align" in form:
+            loss = loss + corr.alignment_loss(hy, hx)
+        if "relational" in form:
+            rel, neg_sim = corr.relational_kl(hy, hx, neg, tau)
+            loss = loss + rel
+        return loss, pos, neg_sim
+
+    def _scc_layer(self, l: int, x: torch.Tensor, y: torch.Tensor, generator, frames: int = 1, form: str = "paper"):
         """SCC at layer ``l`` (eq. 9-11). x, y: (N, C, h, w), N = B * frames. Returns per-(i, j)
-        loss (N, S, 8), CAAS weights, positive and negative similarities."""
+        loss (N, S, 8), CAAS weights, positive and negative similarities. ``form``: one of
+        :data:`GENERATOR_LOSSES`; the negatives come from ``y`` for ``"paper"`` and from the
+        anchor ``x`` otherwise."""
         cfg = self.config
         n, _, h, w = x.shape
         kind, head = cfg.correlation, self.scc_heads[l - 1]
@@ -354,31 +404,38 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         ya, yn = corr.gather_locations(y, anchors), corr.gather_locations(y, neigh)
         zx = corr.correlate(kind, xa[:, :, None].expand_as(xn), xn)  # (N, S, 8, C)
         zy = corr.correlate(kind, ya[:, :, None].expand_as(yn), yn)
-        q, k = head(zx), head(zy)
+        hx, hy = head(zx), head(zy)
+        src, src_a = (y, ya) if form == "paper" else (x, xa)
         if cfg.num_negatives is not None:
+            # Drawn for every form, so that all forms score the same regions for one generator state.
             m = min(int(cfg.num_negatives), h * w - 9)
             kloc = corr.sample_negative_locations(anchors, h, w, m, exclude_ring=True, generator=generator)
-            yk = corr.gather_locations(y, kloc)  # (N, S, m, C)
-            neg = head(corr.correlate(kind, ya[:, :, None].expand_as(yk), yk))
+            if form == "align":  # positive-only: no negatives to map
+                loss, pos, negs = self._pair_loss(form, hx, hy, None)
+                return loss, self._weights(zx), pos, negs
+            sk = corr.gather_locations(src, kloc)  # (N, S, m, C)
+            neg = head(corr.correlate(kind, src_a[:, :, None].expand_as(sk), sk))
             if cfg.time_negatives and frames > 1:
-                # The same (i, j) in the target's other frames: frame t + r of the clip for r = 1..T-1.
-                clip = y.view(-1, frames, *y.shape[1:])
+                # The same (i, j) in the other frames of the clip that gives the negatives: frame t + r, r = 1..T-1.
+                clip = src.view(-1, frames, *src.shape[1:])
                 later = []
                 for r in range(1, frames):
-                    yr = clip.roll(-r, dims=1).flatten(0, 1)
-                    yra, yrn = corr.gather_locations(yr, anchors), corr.gather_locations(yr, neigh)
-                    later.append(head(corr.correlate(kind, yra[:, :, None].expand_as(yrn), yrn)))  # (N, S, 8, D)
+                    sr = clip.roll(-r, dims=1).flatten(0, 1)
+                    sra, srn = corr.gather_locations(sr, anchors), corr.gather_locations(sr, neigh)
+                    later.append(head(corr.correlate(kind, sra[:, :, None].expand_as(srn), srn)))  # (N, S, 8, D)
                 neg = torch.cat([neg[:, :, None].expand(-1, -1, 8, -1, -1), torch.stack(later, dim=3)], dim=3)
-            loss, pos, negs = corr.info_nce(q, k, neg, cfg.tau)  # without time negatives, shared by the 8 j's of anchor i
+            loss, pos, negs = self._pair_loss(form, hx, hy, neg)  # without time negatives, shared by the 8 j's of anchor i
         else:
             s = anchors.shape[1]
-            loss, pos, negs = corr.info_nce(q.reshape(n, s * 8, -1), k.reshape(n, s * 8, -1), None, cfg.tau)
+            loss, pos, negs = self._pair_loss(form, hx.reshape(n, s * 8, -1), hy.reshape(n, s * 8, -1), None)
             loss, pos, negs = (t.view(n, s, 8) for t in (loss, pos, negs))
         return loss, self._weights(zx), pos, negs
 
-    def _tcc_layer(self, l: int, x: torch.Tensor, y: torch.Tensor, batch: int, frames: int, generator):
+    def _tcc_layer(self, l: int, x: torch.Tensor, y: torch.Tensor, batch: int, frames: int, generator, form: str = "paper"):
         """TCC at layer ``l`` (eq. 12-14): one location across frame pairs. x, y: (B*T, C, h, w).
-        Returns per-(location, pair) loss (B, P, pairs), CAAS weights and similarities."""
+        Returns per-(location, pair) loss (B, P, pairs), CAAS weights and similarities. The
+        negatives (the same frame pair at other locations) come from ``y`` for ``"paper"`` and from
+        the anchor ``x`` otherwise."""
         cfg = self.config
         _, c, h, w = x.shape
         kind, head = cfg.correlation, self.tcc_heads[l - 1]
@@ -389,18 +446,22 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         yp = corr.gather_locations(ys, locs).view(batch, -1, frames, c)
         zx = corr.correlate(kind, xp[:, :, i], xp[:, :, j])  # (B, P, pairs, C)
         zy = corr.correlate(kind, yp[:, :, i], yp[:, :, j])
-        q, k = head(zx), head(zy)
+        hx, hy = head(zx), head(zy)
         p = locs.shape[1]
+        src = ys if form == "paper" else xs
         if cfg.num_negatives is not None:
             m = min(int(cfg.num_negatives), h * w - 1)
             qloc = corr.sample_negative_locations(locs, h, w, m, exclude_ring=False, generator=generator)
-            yq = corr.gather_locations(ys, qloc).view(batch, p, m, frames, c)
-            neg = head(corr.correlate(kind, yq[:, :, :, i], yq[:, :, :, j]))  # (B, P, m, pairs, D)
-            loss, pos, negs = corr.info_nce(q, k, neg.transpose(2, 3), cfg.tau)
+            if form == "align":
+                loss, pos, negs = self._pair_loss(form, hx, hy, None)
+            else:
+                sq = corr.gather_locations(src, qloc).view(batch, p, m, frames, c)
+                neg = head(corr.correlate(kind, sq[:, :, :, i], sq[:, :, :, j]))  # (B, P, m, pairs, D)
+                loss, pos, negs = self._pair_loss(form, hx, hy, neg.transpose(2, 3))
         else:
             npairs = i.numel()
-            qq = q.permute(0, 2, 1, 3).reshape(batch * npairs, p, -1)
-            kk = k.permute(0, 2, 1, 3).reshape(batch * npairs, p, -1)
-            loss, pos, negs = corr.info_nce(qq, kk, None, cfg.tau)
+            hxx = hx.permute(0, 2, 1, 3).reshape(batch * npairs, p, -1)
+            hyy = hy.permute(0, 2, 1, 3).reshape(batch * npairs, p, -1)
+            loss, pos, negs = self._pair_loss(form, hxx, hyy, None)
             loss, pos, negs = (t.view(batch, npairs, p).transpose(1, 2) for t in (loss, pos, negs))
         return loss, self._weights(zx), pos, negs

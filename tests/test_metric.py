@@ -91,14 +91,14 @@ def test_caas_really_weights_regions_before_the_mean():
     with torch.no_grad():
         fx, fy = metric.extract_features(a)[1], metric.extract_features(g)[1]
         loss, w, _, _ = metric._scc_layer(2, fx, fy, gen(3))
-        out = metric(a, g, generator=gen(3))
+        out = metric(a, g, generator=gen(3), form="paper")  # _scc_layer's default form
     expected = (w * loss).flatten(1).mean(1).view(2, 3).mean(1).mean()
     assert torch.allclose(out.loss, expected, atol=1e-5)
     # Weights vary across regions (the official code's single factor on the mean would not).
     assert w.std() > 0.05
     metric_off = tiny_metric(use_tcc=False, layers=(2,), caas=False)
     metric_off.load_state_dict(metric.state_dict())
-    assert torch.allclose(metric_off(a, g, generator=gen(3)).loss, loss.mean(), atol=1e-5)
+    assert torch.allclose(metric_off(a, g, generator=gen(3), form="paper").loss, loss.mean(), atol=1e-5)
 
 
 def test_cm_vector_mean_is_the_correlation_matrix_entry():
@@ -305,8 +305,8 @@ def test_time_negatives_make_a_still_target_clip_ambiguous():
     timed = STCCLMetric(**kw, time_negatives=True)
     timed.load_state_dict(plain.state_dict())
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    with_time = timed(still, still, generator=g())
-    without = plain(still, still, generator=g())
+    with_time = timed(still, still, generator=g(), form="paper")  # the metric-learning form
+    without = plain(still, still, generator=g(), form="paper")
     for layer in ("scc/1", "scc/2"):
         assert float(with_time.per_layer[layer]["loss"]) >= math.log(3) - 1e-4
         assert float(without.per_layer[layer]["loss"]) < math.log(3) - 0.1

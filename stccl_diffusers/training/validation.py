@@ -16,6 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..metric import STCCLMetric
+
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
@@ -159,12 +161,17 @@ def save_validation_media(
 
 @torch.no_grad()
 def stccl_scores(metric, target: torch.Tensor, anchor: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """STCCL between the neutral anchor and the target stream: loss, pos/neg similarity (floats)."""
+    """STCCL between the neutral anchor and the target stream (floats): ``stccl``, the loss in the
+    metric's training form (``generator_loss``), and the paper InfoNCE's positive / negative
+    similarity (``pos_sim``, ``neg_sim``: the positive-only forms have no negatives)."""
     _check_pair(target, anchor)
     device = next(metric.parameters()).device if isinstance(metric, torch.nn.Module) else target.device
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = metric(anchor.to(device).clamp(-1, 1), target.to(device).clamp(-1, 1), generator=g)
-    scores = {"stccl": float(out.loss), "pos_sim": float(out.pos_sim), "neg_sim": float(out.neg_sim)}
+    a, t = anchor.to(device).clamp(-1, 1), target.to(device).clamp(-1, 1)
+    out = metric(a, t, generator=torch.Generator(device=device).manual_seed(seed))
+    sims = out
+    if isinstance(metric, STCCLMetric) and metric.config.generator_loss != "paper":
+        sims = metric(a, t, generator=torch.Generator(device=device).manual_seed(seed), form="paper")
+    scores = {"stccl": float(out.loss), "pos_sim": float(sims.pos_sim), "neg_sim": float(sims.neg_sim)}
     scores["pos_minus_neg"] = scores["pos_sim"] - scores["neg_sim"]
     return scores
 
