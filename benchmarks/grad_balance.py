@@ -22,6 +22,7 @@ rerun); a summary is written to ``outputs/grad_balance/summary.json``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import statistics
 import sys
@@ -97,13 +98,16 @@ def main(argv=None) -> dict:
     p.add_argument("--target_ratio", type=float, default=0.25,
                    help="grad_ratio to suggest a weight for (docs: 0.1-0.5 of the task gradient)")
     p.add_argument("--output_dir", default=str(REPO / "outputs" / "grad_balance"))
+    p.add_argument("--dice_args", default="", help="more train_dice_stccl.py flags, one string (e.g. "
+                   "'--pretrained_model_name_or_path DIR --metric_path DIR' to reuse a base model and metric)")
+    p.add_argument("--eat_args", default="", help="more train_eat_stccl.py flags, one string")
     args = p.parse_args(argv)
     out_root = Path(args.output_dir)
     results = {}
     for backend in (["dice", "eat"] if args.backend == "both" else [args.backend]):
         steps = args.dice_steps if backend == "dice" else args.eat_steps
         weight = args.dice_stccl_weight if backend == "dice" else args.eat_stccl_weight
-        res = run(backend, steps, weight, out_root, [])
+        res = run(backend, steps, weight, out_root, shlex.split(args.dice_args if backend == "dice" else args.eat_args))
         med = res["grad_ratio"]["median"]
         res["weight_for_target"] = res["weight"] * args.target_ratio / med if med and med > 0 else None
         results[backend] = res
