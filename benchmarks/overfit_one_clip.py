@@ -86,7 +86,7 @@ def overfit(adapter, batch, metric, probe, recon_fn, emotion_index: int, params,
         opt.step()
         used += 1
         if step % max(1, steps // 5) == 0:
-            log(f"  step {step}: stccl term {float(term):.4f}")
+            log(f"  step {step}: stccl term {float(term.detach()):.4f}")
     after = measure(adapter, batch, metric, probe, recon_fn, emotion_index)
     return {"before": before, "after": after, "steps": steps, "steps_with_stccl": used}
 
