@@ -54,8 +54,9 @@ def fresh_metric(backbone, size: int, seed: int = 0) -> STCCLMetric:
         return STCCLMetric(backbone=backbone, input_size=size, embedding_head=False)
 
 
-def real_clips(n: int, frames: int, size: int):
-    """(name, anchor clip, emotional clip) with L >= frames + 6 frames: Source vs STCCL_VD tiles."""
+def real_clips(n: int, frames: int, size: int, lag: int = 0):
+    """(name, anchor clip, emotional clip): Source vs STCCL_VD tiles, emotional frame k paired with
+    Source frame k + ``lag`` (the tiles' measured motion lag is 2; the README of the data says 0)."""
     from stccl_diffusers.data.datasets import PairedClipDataset
 
     files = sorted(f for f in os.listdir(SHARED_REAL) if f.endswith(".mp4"))[:n]
@@ -63,7 +64,7 @@ def real_clips(n: int, frames: int, size: int):
     out = []
     for s in range(ds.num_clips()):
         name, a, t = ds.clip(s)
-        out.append((name, a, t))
+        out.append((name, a[lag:], t[: len(t) - lag]) if lag > 0 else (name, a, t))
     return out
 
 
@@ -201,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--step_rms", type=float, default=0.005, help="RMS pixel change of each form's first pull step")
     ap.add_argument("--step_frac", type=float, default=None,
                     help="instead of --step_rms: the first pull step's RMS as a fraction of the late clip's RMS distance to the anchor")
+    ap.add_argument("--real_lag", type=int, default=0,
+                    help="pair the edited tile's frame k with the Source's frame k + lag (measured: 2)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--backbone", default="1,1,1,1")
     ap.add_argument("--metric", default=None, help="a trained metric folder (save_pretrained) instead of a fresh one")
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
         if not SHARED_REAL.is_dir():
             print(f"skipping real clips: {SHARED_REAL} not found")
         else:
-            sets.append(("real", real_clips(args.real, args.frames, size), False))
+            sets.append(("real", real_clips(args.real, args.frames, size, args.real_lag), False))
     if args.synthetic:
         sets.append(("synthetic", synthetic_clips(args.synthetic, size), True))
     t0 = time.time()
