@@ -111,16 +111,22 @@ def resolve_csim_encoder(spec: Union[None, str, Encoder], weights=None, random_i
         return spec
     if spec in (None, "", "iresnet"):
         return build_iresnet_encoder(weights, random_init=random_init, arch=arch)
+    return load_plugin(spec, weights, "--csim_encoder", "--csim_weights", "iresnet", "encoder")
+
+
+def load_plugin(spec, weights, option: str, weights_option: str, builtin: str, kind: str) -> Callable:
+    """``factory(weights=...)`` of a ``"package.module:factory"`` plug-in (``option``'s value), checked to
+    return a callable ``kind``; ``builtin`` names the option's built-in choice in the error."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"--csim_encoder must be 'iresnet' or 'package.module:factory', got {spec!r}")
+        raise ValueError(f"{option} must be '{builtin}' or 'package.module:factory', got {spec!r}")
     mod_name, attr = spec.split(":", 1)
     try:
         factory = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"--csim_encoder {spec!r}: cannot import {attr!r} from {mod_name!r} ({e})") from e
+        raise ValueError(f"{option} {spec!r}: cannot import {attr!r} from {mod_name!r} ({e})") from e
     if weights is not None and not os.path.isfile(weights):
-        raise FileNotFoundError(f"--csim_weights: file not found: {weights}")
-    enc = factory(weights=os.fspath(weights) if weights is not None else None)
-    if not callable(enc):
-        raise ValueError(f"--csim_encoder {spec!r}: factory returned {type(enc).__name__}, expected a callable encoder")
-    return enc
+        raise FileNotFoundError(f"{weights_option}: file not found: {weights}")
+    plugin = factory(weights=os.fspath(weights) if weights is not None else None)
+    if not callable(plugin):
+        raise ValueError(f"{option} {spec!r}: factory returned {type(plugin).__name__}, expected a callable {kind}")
+    return plugin

@@ -36,7 +36,6 @@ The classifier is pluggable (``--emotion_classifier package.module:factory``):
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 
 from ..models.checkpoints import state_dict_mismatch, strip_prefix
+from .csim import load_plugin
 
 __all__ = ["EMOTION_FAN_CLASSES", "EMOTION_ALIASES", "EmotionFAN", "load_emotion_fan", "read_emotion_fan_checkpoint",
            "resolve_emotion_classifier", "emotion_from_name", "read_emotion_labels", "face_chips_224", "classify_clip",
@@ -190,19 +190,7 @@ def resolve_emotion_classifier(spec: Union[None, str, Callable], weights=None, a
             raise ValueError("Acc_emo needs an emotion classifier: pass --emotion_weights /path/to/emotion_fan_checkpoint "
                              "(Emotion-FAN fine-tuned on MEAD, as EAT's evaluation), or --emotion_classifier package.module:factory")
         return load_emotion_fan(weights, at_type)
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"--emotion_classifier must be 'emotion_fan' or 'package.module:factory', got {spec!r}")
-    mod_name, attr = spec.split(":", 1)
-    try:
-        factory = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"--emotion_classifier {spec!r}: cannot import {attr!r} from {mod_name!r} ({e})") from e
-    if weights is not None and not os.path.isfile(weights):
-        raise FileNotFoundError(f"--emotion_weights: file not found: {weights}")
-    clf = factory(weights=os.fspath(weights) if weights is not None else None)
-    if not callable(clf):
-        raise ValueError(f"--emotion_classifier {spec!r}: factory returned {type(clf).__name__}, expected a callable classifier")
-    return clf
+    return load_plugin(spec, weights, "--emotion_classifier", "--emotion_weights", "emotion_fan", "classifier")
 
 
 def emotion_from_name(name: str) -> Optional[str]:

@@ -44,28 +44,30 @@ def _fmt(v) -> str:
     return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
 
-def format_table(result: dict) -> str:
-    """Markdown Table I: rows = methods, columns FAD↓ LSE-D↓ LSE-C↑ CSIM↑ (best non-real value in bold)."""
-    methods = result["method_order"]
-    per = result["methods"]
-    header = "| Method | " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " | clips |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+def _method_table(result: dict, columns) -> str:
+    """Rows = ``result["method_order"]``, ``columns`` = (key, header, higher_is_better); the best
+    value among the non-real methods in bold, where more than one method has it."""
+    per, methods = result["methods"], result["method_order"]
     real_rows = set(result.get("real_methods", []))
+    lines = ["| Method | " + " | ".join(h for _, h, _ in columns) + " | clips |", "|" + "---|" * (len(columns) + 2)]
     best = {}
-    for key, _, higher in TABLE_COLUMNS:
-        vals = [per[m].get(key) for m in methods if m not in real_rows and per[m].get(key) is not None]
+    for key, _, higher in columns:
+        vals = [per[m][key] for m in methods if m not in real_rows and per[m].get(key) is not None]
         if len(vals) > 1:
             best[key] = max(vals) if higher else min(vals)
     for m in methods:
         cells = []
-        for key, _, _ in TABLE_COLUMNS:
+        for key, _, _ in columns:
             v = per[m].get(key)
             s = _fmt(v)
-            if m not in real_rows and key in best and v is not None and v == best[key]:
-                s = f"**{s}**"
-            cells.append(s)
+            cells.append(f"**{s}**" if m not in real_rows and key in best and v == best[key] else s)
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {per[m].get('num_clips', 0)} |")
     return "\n".join(lines)
+
+
+def format_table(result: dict) -> str:
+    """Markdown Table I: rows = methods, columns FAD↓ LSE-D↓ LSE-C↑ CSIM↑ (best non-real value in bold)."""
+    return _method_table(result, TABLE_COLUMNS)
 
 
 def format_family_table(result: dict, columns) -> Optional[str]:
@@ -73,23 +75,7 @@ def format_family_table(result: dict, columns) -> Optional[str]:
     measures left out are listed by ``result['left_out']``); best non-real value in bold."""
     per, methods = result["methods"], result["method_order"]
     cols = [c for c in columns if any(per[m].get(c[0]) is not None for m in methods)]
-    if not cols:
-        return None
-    real_rows = set(result.get("real_methods", []))
-    lines = ["| Method | " + " | ".join(h for _, h, _ in cols) + " | clips |", "|" + "---|" * (len(cols) + 2)]
-    best = {}
-    for key, _, higher in cols:
-        vals = [per[m][key] for m in methods if m not in real_rows and per[m].get(key) is not None]
-        if len(vals) > 1:
-            best[key] = max(vals) if higher else min(vals)
-    for m in methods:
-        cells = []
-        for key, _, _ in cols:
-            v = per[m].get(key)
-            s = _fmt(v)
-            cells.append(f"**{s}**" if m not in real_rows and key in best and v == best[key] else s)
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {per[m].get('num_clips', 0)} |")
-    return "\n".join(lines)
+    return _method_table(result, cols) if cols else None
 
 
 def format_mouth_table(result: dict) -> Optional[str]:
