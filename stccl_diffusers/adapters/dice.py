@@ -279,7 +279,7 @@ def build_callback(cfg: DiceTrainingConfig, metric, decoder=None, decode_fn=None
         metric=metric, scheduler=make_svd_scheduler(), decoder=decoder, decode_fn=decode_fn,
         gate_timestep=cfg.gate_timestep, weight=cfg.stccl_weight, num_frames=cfg.num_frames,
         frame_subset=[int(i) for i in cfg.frame_subset] if cfg.frame_subset else None,
-        decode_chunk_size=cfg.decode_chunk_size,
+        decode_chunk_size=cfg.decode_chunk_size, placebo=bool(getattr(cfg, "stccl_placebo", False)),
     )
 
 

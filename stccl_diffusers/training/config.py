@@ -126,6 +126,8 @@ class TalkingClipsConfig(TrainingConfig):
     metric_input_size: int = 64
     metric_pretrain_steps: int = 12
     stccl_weight: float = 0.1
+    stccl_placebo: bool = False
+    """Placebo arm (issue 22): the anchor's frames shuffled in time before scoring, same weight."""
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
