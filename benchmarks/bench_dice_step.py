@@ -16,7 +16,7 @@ steps whose sigma is under the t < 500 gate, forced through p_mean). Ratios are 
 ``--reference`` times the demo's ReferenceDICE (configs/dice_stccl_demo.yaml: 32 px, 8 frames,
 LoRA rank 8, 10 sampler steps, guidance 3.0, frame subset of 4) per training step: no STCCL, the
 ``single_step`` reward with every sample gated (its most expensive case), and the ``rollout`` reward
-(every step, K = 1 and K = 2 grad steps; a rollout every k-th step costs about 1/k of the extra).
+(every step, K = 1 and K = 5 grad steps; a rollout every k-th step costs about 1/k of the extra).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def reference_modes(steps: int) -> dict:
              "emotion": torch.tensor([DICE_EMOTIONS.index("happy")] * B)}
     modes = {"no STCCL": dict(stccl_weight=0.0), "single_step (all gated)": dict(p_mean=-3.0, p_std=0.0),
              "rollout K=1": dict(reward_mode="rollout", rollout_grad_steps=1),
-             "rollout K=2": dict(reward_mode="rollout", rollout_grad_steps=2)}
+             "rollout K=5": dict(reward_mode="rollout", rollout_grad_steps=5)}
     results = {}
     for name, over in modes.items():
         cfg = replace(base, **over)

@@ -11,7 +11,10 @@ Every ``rollout_every``-th training step (the other steps train the diffusion lo
    the target with the clip's emotion, the anchor with the neutral prior;
 2. the first ``num_inference_steps - K`` steps of the target, and every step of the anchor, run
    without gradient; only the last ``K = rollout_grad_steps`` denoising steps of the target keep
-   their graph (DRaFT-K's truncated backpropagation: gradient through the last K steps only);
+   their graph (DRaFT-K's truncated backpropagation: gradient through the last K steps only). Under
+   EDM preconditioning the step at sigma changes x0-hat by c_out(sigma) ~ sigma when sigma is small,
+   so K must reach the steps near sigma ~ 1 (K = 5 of 10 Karras steps: sigma 1.5 and below); K = 1
+   (sigma 0.002) passes ~0.2 % of the gradient;
 3. both final latents are decoded and scored by the STCCL callback (its frame subset, face crop,
    weight, placebo), exactly as the single-step reward scores x0-hat.
 
@@ -124,7 +127,7 @@ class RolloutDiceAdapter(ReferenceDiceAdapter):
     Every step trains the EDM loss; steps with ``step % rollout_every == 0`` add the rollout
     reward (the single-step reward is not computed in this mode)."""
 
-    def __init__(self, *args, rollout_every: int = 1, rollout_grad_steps: int = 1, rollout_audio: str = "neutral",
+    def __init__(self, *args, rollout_every: int = 1, rollout_grad_steps: int = 5, rollout_audio: str = "neutral",
                  **kwargs):
         super().__init__(*args, **kwargs)
         if rollout_every < 1:
