@@ -57,3 +57,14 @@ def test_quick_kappa_benchmark_writes_table_json_and_figure(tmp_path):
                 assert all(r["gt_mae"] is not None and math.isfinite(r["gt_mae"]) for r in runs)
         assert "dose_present" in res["dose"] and f"- {backend}: κ=0:" in table
     assert any((tmp_path / "cache" / "quick" / "dice").glob("reference_dice_k1_*/config.json"))
+
+
+def test_the_reward_hacking_watch_warns_when_the_reward_improves_and_the_instrument_worsens():
+    from stccl_diffusers.training.validation import RewardHackingWatch
+
+    watch = RewardHackingWatch()
+    assert watch({"stccl": 3.0, "effect_neu_mae": 0.05}, 0)["reward_hacking"] == 0.0
+    assert watch({"stccl": 2.5, "effect_neu_mae": 0.04}, 10)["reward_hacking"] == 0.0  # both improve
+    with pytest.warns(RuntimeWarning, match="reward hacking"):
+        assert watch({"stccl": 2.5, "effect_neu_mae": 0.09}, 20)["reward_hacking"] == 1.0
+    assert "reward_hacking" not in watch({"stccl": 2.0}, 30)  # no instrument: no verdict
