@@ -55,12 +55,14 @@ world does not contain the failure yet.
 Goal (reported, not a condition): at κ = 1, an arm removes ≥ half of the ``without`` arm's extra
 gt_mae over κ = 0, beyond the seed spread, ahead of the placebo, with emotion_acc within 0.05 of
 ``without``. Reward hacking flag: an arm whose stccl is lower than ``without`` while its neu_mae is
-higher (the reward improved, the independent instrument worsened).
+higher, each by more than the larger seed std (and 1e-3): the reward improved, the independent
+instrument worsened.
 
     python benchmarks/bench_kappa.py [--quick] [--backends dice eat] [--kappas 0 0.5 1] [--seeds 0 1 2]
         [--threads 2] [--out outputs/bench_kappa]
 
-``--quick`` (smoke run, minutes): κ {0, 1}, seed 0, tiny base models and fine-tuning, 1 sentence.
+``--quick`` (smoke run, minutes): κ {0, 1}, seed 0, tiny base models and fine-tuning, 1 sentence,
+DICE sampler 4 steps (rollout K = 2).
 Each run writes ``<out>/run-<time>/`` (results.json, results.md, kappa.png) and never touches an older
 run; data, base models, the probe and the metric are cached in ``<out>/cache/{quick,full}``.
 """
@@ -82,7 +84,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_effect import _cfg, metric_quality, new_run_dir  # noqa: E402
-from benchmarks.dose_check import _clean, verdict  # noqa: E402
+from benchmarks.dose_check import _clean, verdict, verdict_line  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric  # noqa: E402
 from stccl_diffusers.training.effect import SYNC_CHECKS, deployment_clips, ensure_probe, metric_sync_check  # noqa: E402
 from stccl_diffusers.training.loop import train  # noqa: E402
@@ -120,7 +122,7 @@ def setup(backend, args, kappa, cache, metric, log):
                      "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
         data, data_dir = world_data(base, kappa, cache, DICE_EMOTIONS)
         base_dir, build_s = dice_base(base, data, cache, kappa, log)
-        base = replace(base, learning_rate=args.dice_lr, rank=8)
+        base = replace(base, learning_rate=args.dice_lr, rank=8, num_inference_steps=args.dice_sampler_steps)
 
         def make(cfg):
             model = ReferenceDICE.from_pretrained(str(base_dir))
@@ -203,8 +205,10 @@ def goal(per_kappa: dict, backend: str) -> dict:
             continue
         a = _ms(hi[arm], "gt_mae")
         removed = (w_hi[0] - a[0]) / extra if extra > 0 else float("nan")
-        hack = (_ms(hi[arm], "stccl")[0] < _ms(hi["without"], "stccl")[0]
-                and _ms(hi[arm], "neu_mae")[0] > _ms(hi["without"], "neu_mae")[0])
+        # beyond the seed spread of both arms (and 1e-3, so float noise between equal arms is no flag)
+        s_a, s_w = _ms(hi[arm], "stccl"), _ms(hi["without"], "stccl")
+        n_a, n_w = _ms(hi[arm], "neu_mae"), _ms(hi["without"], "neu_mae")
+        hack = (s_a[0] < s_w[0] - max(s_a[1], s_w[1], 1e-3)) and (n_a[0] > n_w[0] + max(n_a[1], n_w[1], 1e-3))
         res[arm] = {"removed_fraction": removed, "beyond_spread": bool(w_hi[0] - a[0] > max(a[1], w_hi[1])),
                     "ahead_of_placebo": bool(a[0] < placebo[0] - max(a[1], placebo[1])),
                     "emotion_acc_delta": _ms(hi[arm], "emotion_acc")[0] - acc_w,
@@ -230,7 +234,7 @@ def markdown(results: dict) -> str:
         lines.append(f"- {backend}: " + ", ".join(f"κ={k:g}: {m:.3f} ± {s:.3f}" for k, m, s in
                                                    zip(d["kappas"], d["gt_mae_mean"], d["gt_mae_std"]))
                      + f"; growth {d['growth']:+.3f} vs spread {d['spread']:.3f}: "
-                     + ("dose PRESENT" if d["dose_present"] else "dose ABSENT: the world does not contain the failure yet"))
+                     + verdict_line(d))
         for arm, g in res["goal"].items():
             if isinstance(g, dict):
                 lines.append(f"  - {arm}: removes {g['removed_fraction']:.2f} of the extra error "
@@ -299,6 +303,9 @@ def parse_args(argv=None):
     args.kappas = sorted(args.kappas)
     args.seeds = args.seeds or ([0] if q else [0, 1, 2])
     args.rollout_every = args.rollout_every or (2 if q else 10)
+    args.dice_sampler_steps = 4 if q else 10  # the demo config's 10; quick: fewer (render + rollout cost)
+    if q and args.rollout_k > args.dice_sampler_steps:
+        args.rollout_k = 2
     args.dice_steps, args.eat_steps = (4, 6) if q else (120, 60)
     args.dice_lr, args.eat_lr = 1e-2, 2e-3
     args.dice_vae_steps, args.dice_base_steps, args.eat_base_steps = (30, 30, 30) if q else (300, 1500, 3000)

@@ -19,6 +19,8 @@ def test_the_dose_verdict_needs_a_monotone_rise_beyond_the_seed_spread():
     assert not dose.verdict({"0": runs(0.10, 0.11), "0.5": runs(0.09, 0.10), "1": runs(0.20, 0.21)})["dose_present"]
     # a rise smaller than the seed spread is no dose
     assert not dose.verdict({"0": runs(0.05, 0.15), "1": runs(0.11, 0.12)})["dose_present"]
+    one = dose.verdict({"0": runs(0.10), "1": runs(0.12)})  # one seed: no spread, not a verdict
+    assert one["dose_present"] and not one["spread_known"] and "not a verdict" in dose.verdict_line(one)
     with pytest.raises(SystemExit):
         dose.parse_args(["--kappas", "1"])
 
