@@ -17,7 +17,7 @@ measured here (no STCCL term is trained; ``stccl`` is null).
 
     python benchmarks/dose_check.py [--kappas 0 0.5 1] [--backends dice eat] [--seeds 0]
         [--dice-vae-steps 300] [--dice-base-steps 1500] [--eat-base-steps 3000] [--ft-steps 0]
-        [--sentences 3] [--frames 16] [--threads 1] [--out outputs/dose_check]
+        [--sentences 3] [--frames 16] [--base-seed 0] [--threads 1] [--out outputs/dose_check]
 
 Each run writes ``<out>/run-<time>/`` (dose.json, dose.md) and never touches an older run; the
 data and base models are cached in ``<out>/cache``. Every setting is written to the JSON.
@@ -75,7 +75,7 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
                     {"output_dir": str(cache / "dice"), "data_dir": str(cache / "dice_data"), "report_to": "none",
                      "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
         data, data_dir = world_data(base, kappa, cache, DICE_EMOTIONS)
-        base_dir, build_s = dice_base(base, data, cache, kappa, log)
+        base_dir, build_s = dice_base(base, data, cache, kappa, log, model_seed=args.base_seed)
         names, collate = list(DICE_EMOTIONS), torch.utils.data.default_collate
 
         def make(cfg):
@@ -96,7 +96,8 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
             return EATAdapter(gen, metric, weight=cfg.stccl_weight, warmup_steps=0, ramp_steps=0,
                               crop_size=cfg.crop_size, image_size=size, num_frames=cfg.num_frames), gen
 
-        base_dir, build_s = eat_base(base, data, cache, kappa, args.eat_base_steps, adapter_for, log)
+        base_dir, build_s = eat_base(base, data, cache, kappa, args.eat_base_steps, adapter_for, log,
+                                     model_seed=args.base_seed)
         base = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0)
         names, collate = list(EAT_EMOTION_NAMES), eat_collate
         make = lambda cfg: adapter_for(cfg)[0]  # noqa: E731
@@ -170,6 +171,8 @@ def parse_args(argv=None):
     ap.add_argument("--dice-vae-steps", type=int, default=300)
     ap.add_argument("--dice-base-steps", type=int, default=1500)
     ap.add_argument("--eat-base-steps", type=int, default=3000)
+    ap.add_argument("--base-seed", type=int, default=0,
+                    help="training seed of the base models (the data stay seed 0's); another seed = another base")
     ap.add_argument("--ft-steps", type=int, default=0, help="fine-tuning steps of the without arm (STCCL weight 0)")
     ap.add_argument("--sentences", type=int, default=3, help="held-out sentences (each asked for 4 emotions)")
     ap.add_argument("--frames", type=int, default=16)

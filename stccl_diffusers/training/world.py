@@ -48,14 +48,19 @@ def world_data(base, kappa: float, cache: Path, emotions, synth_size: int = 64):
     return data, data_dir
 
 
-def dice_base(base, data, cache: Path, kappa: float, log: Callable[[str], None] = print) -> tuple[Path, float]:
+def dice_base(base, data, cache: Path, kappa: float, log: Callable[[str], None] = print,
+              model_seed: int | None = None) -> tuple[Path, float]:
     """The ReferenceDICE base model trained on the κ world's data: ``(folder, build seconds)`` (0 when
-    cached). `base` carries ``vae_fit_steps`` and ``base_train_steps``."""
+    cached). `base` carries ``vae_fit_steps`` and ``base_train_steps``. ``model_seed``: the base's
+    own training seed (None: ``base.seed``; the data stay those of ``base.seed``); a seed other than
+    0 is part of the cache name."""
     from ..adapters.dice import pretrain_reference_dice
 
+    seed = base.seed if model_seed is None else int(model_seed)
+    base = replace(base, seed=seed)
     base_dir = Path(cache) / "dice" / (f"reference_dice_{kappa_tag(kappa)}_v{base.vae_fit_steps}_b{base.base_train_steps}_"
                                        f"{base.reference}_mw{base.motion_weight:g}_bs{base.train_batch_size}"
-                                       + ("_film" if base.emotion_time_embedding else ""))
+                                       + ("_film" if base.emotion_time_embedding else "") + (f"_s{seed}" if seed else ""))
     if (base_dir / "config.json").is_file():
         return base_dir, 0.0
     t0 = time.perf_counter()
@@ -66,20 +71,22 @@ def dice_base(base, data, cache: Path, kappa: float, log: Callable[[str], None] 
 
 
 def eat_base(base, data, cache: Path, kappa: float, base_steps: int, adapter_for,
-             log: Callable[[str], None] = print) -> tuple[Path, float]:
+             log: Callable[[str], None] = print, model_seed: int | None = None) -> tuple[Path, float]:
     """The reference EAT base model trained (reconstruction only, `base_steps`) on the κ world's
     data: ``(folder, build seconds)``. ``adapter_for(cfg) -> (adapter, generator)`` builds the
-    training adapter as `train_eat_stccl.py` does."""
+    training adapter as `train_eat_stccl.py` does. ``model_seed``: as in :func:`dice_base`."""
     from ..adapters.eat import eat_collate
     from .loop import train
 
+    seed = base.seed if model_seed is None else int(model_seed)
+    base = replace(base, seed=seed)
     base_dir = Path(cache) / "eat" / (f"reference_eat_{kappa_tag(kappa)}_b{base_steps}_{base.reference}_"
-                                      f"mw{base.motion_weight:g}_bs{base.train_batch_size}")
+                                      f"mw{base.motion_weight:g}_bs{base.train_batch_size}" + (f"_s{seed}" if seed else ""))
     if (base_dir / "config.json").is_file():
         return base_dir, 0.0
     t0 = time.perf_counter()
     log(f"eat κ={kappa:g}: pre-training the base model ({base_steps} steps, reconstruction only; cached in {base_dir})")
-    bcfg = replace(base, output_dir=str(base_dir.parent / f"base_run_{kappa_tag(kappa)}"), stccl_weight=0.0,
+    bcfg = replace(base, output_dir=str(base_dir.parent / f"base_run_{kappa_tag(kappa)}_s{seed}"), stccl_weight=0.0,
                    stccl_warmup_steps=0, stccl_ramp_steps=0, max_train_steps=base_steps, checkpointing_steps=0,
                    validation_steps=0, validate_at_start=False, resume_from_checkpoint=None)
     torch.manual_seed(base.seed)
