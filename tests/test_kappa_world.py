@@ -66,8 +66,9 @@ def test_the_mouth_gain_scales_the_opening_only():
     with pytest.raises(ValueError, match="mouth_gain"):
         syn.render_clip(idn, "angry", utt, 1.0, size=32, mouth_gain=0.0)
     with pytest.raises(ValueError, match="coupling"):
-        syn.SyntheticFaceConfig  # noqa: B018 (the config takes any float; make_pair checks it)
-        syn.make_pair(0, config=syn.SyntheticFaceConfig(size=16, coupling=-1.0))
+        syn.SyntheticFaceConfig(size=16, coupling=-1.0)
+    with pytest.raises(ValueError, match="coupling"):
+        syn.mouth_gain("angry", float("nan"))
 
 
 def test_the_deployment_ground_truth_has_the_emotional_face_and_the_neutral_audio_mouth():

@@ -250,6 +250,9 @@ class SyntheticFaceConfig:
     # (prosody_tempo) and their mouth opens with their loudness (mouth_gain). 0 = today's world.
     coupling: float = 0.0
 
+    def __post_init__(self):
+        _check_coupling(self.coupling)
+
 
 # --------------------------------------------------------------------------------------
 # Sampling
