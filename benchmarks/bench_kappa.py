@@ -61,6 +61,14 @@ instrument worsened.
     python benchmarks/bench_kappa.py [--quick] [--backends dice eat] [--kappas 0 0.5 1] [--seeds 0 1 2]
         [--threads 2] [--out outputs/bench_kappa]
 
+Budget (an estimate, not a measurement of this grid: it never ran in full). On the loaded 2-core
+machine of its author, a dose-check base of 150 VAE + 600 EDM steps took 324-704 s (DICE) and a
+1000-step EAT base 178-242 s; the grid's bases are 2.5-3x longer, so a cold build of the 6 bases is
+about 1.5-2 h there. A DICE arm run (120 steps + 12 clips x 16 frames rendered with 10 guided
+steps) is a few minutes, x 36 runs: the full grid likely exceeds the issue's 60 minutes even with
+the bases cached. Whoever runs it measures and reports the time, and cuts the grid (written here
+first) if it must fit.
+
 ``--quick`` (smoke run, minutes): κ {0, 1}, seed 0, tiny base models and fine-tuning, 1 sentence,
 DICE sampler 4 steps (rollout K = 2).
 Each run writes ``<out>/run-<time>/`` (results.json, results.md, kappa.png) and never touches an older
