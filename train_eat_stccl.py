@@ -221,6 +221,10 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
         ramp_steps=cfg.stccl_ramp_steps, crop_size=cfg.crop_size, image_size=image_size,
         num_frames=cfg.num_frames, trainable_modules=cfg.trainable_modules, anchor=cfg.anchor,
     )
+    if cfg.stccl_placebo:  # the benchmark's placebo arm: anchor frames shuffled in time
+        from stccl_diffusers.placebo import enable_placebo
+
+        enable_placebo(adapter.stccl, cfg.seed)
 
     # 3. Fixed validation clips, rendered in their emotion and in neutral (the adapter renders both).
     validation_fn = make_validation_fn(val_batch, metric, out, fps=float(val_batch.get("fps", 25.0)),

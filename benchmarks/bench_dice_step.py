@@ -9,6 +9,14 @@ DICE-Talk's modules are imported from --dice_talk_root (default ../shared/third_
 random weights in its file layout are written to a temporary folder. Modes, measured side by side
 in one run: "no STCCL" (stccl_weight 0) and STCCL with gated fraction 0, 0.5 and 1 (the share of
 steps whose sigma is under the t < 500 gate, forced through p_mean). Ratios are against "no STCCL".
+
+    python benchmarks/bench_dice_step.py --reference           # the built-in ReferenceDICE (demo size, CPU):
+                                                               # reward modes side by side (issue 22)
+
+``--reference`` times the demo's ReferenceDICE (configs/dice_stccl_demo.yaml: 32 px, 8 frames,
+LoRA rank 8, 10 sampler steps, guidance 3.0, frame subset of 4) per training step: no STCCL, the
+``single_step`` reward with every sample gated (its most expensive case), and the ``rollout`` reward
+(every step, K = 1 and K = 5 grad steps; a rollout every k-th step costs about 1/k of the extra).
 """
 
 from __future__ import annotations
@@ -30,7 +38,10 @@ def main(argv=None):
     p.add_argument("--dice_talk_root", default=str(REPO.parent / "shared/third_party/DICE-Talk"))
     p.add_argument("--full", action="store_true", help="DICE-Talk's real size on CUDA (fp16, 512 px, 25 frames, rank 64)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 3 tiny, 4 full)")
+    p.add_argument("--reference", action="store_true", help="time the reward modes on the built-in ReferenceDICE")
     args = p.parse_args(argv)
+    if args.reference:
+        return reference_modes(args.steps or 3)
     from stccl_diffusers import STCCLMetric
     from stccl_diffusers.adapters.dice import DiceTrainingConfig
     from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter, write_random_dice_talk_weights
@@ -104,6 +115,55 @@ def main(argv=None):
     print(f"{'mode':<18}{'s/step':>10}{'ratio':>8}{mem:>42}")
     for mode, (t, m) in results.items():
         print(f"{mode:<18}{t:>10.3f}{t / base_t:>8.2f}{m:>42.2f}")
+    return results
+
+
+def reference_modes(steps: int) -> dict:
+    """Seconds per training step of the demo-size ReferenceDICE (random weights; the cost does not
+    depend on them) in each reward mode, CPU, one thread per the caller's torch setting."""
+    from stccl_diffusers import STCCLMetric
+    from stccl_diffusers.adapters.dice import DiceTrainingConfig, build_callback, build_reference_adapter
+    from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
+    from stccl_diffusers.training import configure_trainable
+    from stccl_diffusers.training.config import parse_config
+
+    base = parse_config(DiceTrainingConfig, ["--output_dir", tempfile.mkdtemp(prefix="bench_ref_")],
+                        default_config=REPO / "configs" / "dice_stccl_demo.yaml")
+    torch.manual_seed(0)
+    metric = STCCLMetric(backbone=(1, 1, 1, 1), input_size=base.metric_input_size, embedding_head=False)
+    g = torch.Generator().manual_seed(0)
+    B, T, R = base.train_batch_size, base.num_frames, base.resolution
+    batch = {"frames": torch.rand(B, T, 3, R, R, generator=g) * 2 - 1, "reference": torch.rand(B, 3, R, R, generator=g) * 2 - 1,
+             "audio": torch.randn(B, T * 640, generator=g) * 0.1, "neutral_audio": torch.randn(B, T * 640, generator=g) * 0.1,
+             "emotion": torch.tensor([DICE_EMOTIONS.index("happy")] * B)}
+    modes = {"no STCCL": dict(stccl_weight=0.0), "single_step (all gated)": dict(p_mean=-3.0, p_std=0.0),
+             "rollout K=1": dict(reward_mode="rollout", rollout_grad_steps=1),
+             "rollout K=5": dict(reward_mode="rollout", rollout_grad_steps=5)}
+    results = {}
+    for name, over in modes.items():
+        cfg = replace(base, **over)
+        torch.manual_seed(0)
+        model = ReferenceDICE(resolution=R, num_frames=T, emotion_time_embedding=cfg.emotion_time_embedding)
+        adapter = build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
+        configure_trainable(adapter, cfg)
+        opt = torch.optim.AdamW(adapter.trainable_parameters(), lr=1e-4)
+        times = []
+        for i in range(steps + 1):  # the first step warms up
+            start = time.perf_counter()
+            out = adapter.training_step(batch, i, torch.Generator().manual_seed(i))
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i:
+                times.append(time.perf_counter() - start)
+        results[name] = sum(times) / len(times)
+    base_t = results["no STCCL"]
+    print(f"\nReferenceDICE (demo config: {R}px, {T} frames, batch {B}, LoRA rank {base.rank}, "
+          f"{base.num_inference_steps} sampler steps, guidance {base.guidance_scale}), CPU, "
+          f"{torch.get_num_threads()} thread(s), {steps} timed steps/mode")
+    print(f"{'mode':<26}{'s/step':>10}{'ratio':>8}")
+    for name, t in results.items():
+        print(f"{name:<26}{t:>10.3f}{t / base_t:>8.2f}")
     return results
 
 

@@ -269,7 +269,7 @@ def markdown_table(results: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
-UNIT_MEASURES = tuple(m for m in MEASURES if m not in ("gt_lag", "stccl"))  # all in [0, 1]
+UNIT_MEASURES = tuple(m for m in MEASURES if m not in ("gt_lag", "neu_lag", "gt_amp", "neu_amp", "stccl"))  # all in [0, 1]
 
 
 def _bars(ax, res, summary_b, measures, title):

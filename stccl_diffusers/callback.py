@@ -331,6 +331,9 @@ class STCCLRewardCallback(ConfigMixin):
             made at the first ``reward`` call, for full fine-tunes); an ``anchor_fn`` callable wins.
         seed: seed of the callback's own generator for the metric's region sampling (the global RNG
             is never touched, so switching STCCL on leaves the script's noise stream as it was).
+        placebo: the placebo arm of the benchmark (issue 22): the decoded anchor's frames are shuffled in
+            time (a random derangement per clip, :func:`~stccl_diffusers.placebo.shuffle_time`) before
+            scoring, at the same weight. Needs >= 2 scored frames per clip.
 
     Runtime objects (not in the config; pass to ``__init__`` or ``from_config``): ``metric``
     (frozen ``STCCLMetric`` or a callable with its signature), ``scheduler``, ``decoder``, ``decode_fn``,
@@ -358,6 +361,7 @@ class STCCLRewardCallback(ConfigMixin):
         layout: Optional[str] = None,
         anchor: str = "base_model",
         seed: int = 0,
+        placebo: bool = False,
         metric=None,
         scheduler=None,
         decoder=None,
@@ -647,6 +651,14 @@ class STCCLRewardCallback(ConfigMixin):
         if not keep:
             self._set_stats(len(gated), b, 0, len(skipped), None, zero)
             return zero
+        if self.config.get("placebo", False):
+            # Placebo arm (issue 22): the anchor's frames in a random order, same weight; its own CPU
+            # generator (seeded from `seed`), so the metric's sampling stream is the real arm's.
+            from .placebo import shuffle_time
+
+            if getattr(self, "_placebo_generator", None) is None:
+                self._placebo_generator = torch.Generator().manual_seed(int(self.config.seed) + 7919)
+            anc_px = shuffle_time(anc_px, self._placebo_generator)
         out = self.metric(anc_px, gen_px, generator=generator if generator is not None else self.generator(gen_px.device))
         loss = float(self.config.weight) * out.loss.float()
         loss = torch.where(torch.isfinite(loss), loss, zero)  # a NaN never reaches the optimizer

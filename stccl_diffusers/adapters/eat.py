@@ -174,8 +174,12 @@ def stccl_on_frames(
     bboxs: Optional[torch.Tensor],
     crop_size: Optional[int],
     generator: Optional[torch.Generator] = None,
+    placebo_generator: Optional[torch.Generator] = None,
 ):
     """STCCL between the target and the neutral-anchor stream, faces cropped.
+
+    ``placebo_generator``: when given, the placebo arm (issue 22): the cropped anchor's frames are
+    shuffled in time with it (:func:`~stccl_diffusers.placebo.shuffle_time`) before scoring.
 
     target, anchor: ``(B, T, 3, H, W)`` in ``[0, 1]`` (EAT's range; gradient through ``target``);
     bboxs: ``(B, T, 4)`` pixel boxes or None (whole frame). The metric takes ``[-1, 1]``:
@@ -186,6 +190,10 @@ def stccl_on_frames(
         boxes = torch.as_tensor(bboxs, device=target.device).reshape(b * t, 4)
         target = crop_faces(target.flatten(0, 1), boxes, crop_size).view(b, t, 3, crop_size, crop_size)
         anchor = crop_faces(anchor.flatten(0, 1), boxes, crop_size).view(b, t, 3, crop_size, crop_size)
+    if placebo_generator is not None:
+        from ..placebo import shuffle_time
+
+        anchor = shuffle_time(anchor, placebo_generator)
     # The metric casts to its own dtype; keep the loss in fp32 under mixed precision (no fp16 NaNs).
     return metric(anchor.float() * 2 - 1, target.float() * 2 - 1, generator=generator)
 
@@ -327,6 +335,8 @@ class EATWithSTCCL(nn.Module):
         self.num_updates = 0  # training calls seen, the step when none is passed
         self.last: Dict[str, float] = {}
         self.last_active = False  # whether the last training call added a live STCCL term
+        #: The placebo arm's generator (anchor frames shuffled in time); None scores the real anchor.
+        self.placebo_generator: Optional[torch.Generator] = None
         # Plain tensors, not buffers: kept out of state_dict and of DDP's per-step buffer broadcast;
         # moved to the live parameters' device at first use.
         self.frozen_params: Dict[str, torch.Tensor] = {}
@@ -428,7 +438,8 @@ class EATWithSTCCL(nn.Module):
         if keep.numel() < b:
             target, anchor = target.index_select(0, keep), anchor.index_select(0, keep)
             boxes = None if boxes is None else torch.as_tensor(boxes, device=target.device).index_select(0, keep)
-        out = stccl_on_frames(self.metric, target, anchor, boxes, self.crop_size, generator)
+        out = stccl_on_frames(self.metric, target, anchor, boxes, self.crop_size, generator,
+                              placebo_generator=self.placebo_generator)
         loss_values["stccl"] = w * out.loss
         self.last_active = True
         self.last.update(stccl_raw=float(out.loss.detach()), pos_sim=float(out.pos_sim), neg_sim=float(out.neg_sim))

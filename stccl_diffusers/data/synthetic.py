@@ -40,6 +40,10 @@ __all__ = [
     "SyntheticFaceConfig",
     "SyntheticClip",
     "SyntheticPair",
+    "EMOTION_TEMPO",
+    "prosody_tempo",
+    "mouth_gain",
+    "deployment_clip",
     "sample_identity",
     "speaker_identity",
     "speaker_identities",
@@ -149,6 +153,45 @@ EMOTION_PARAMS: Dict[str, EmotionParams] = {
 }
 
 
+#: The κ world's speaking rate per emotion (x neutral): aroused emotions speak faster, sadness
+#: slower. Loudness per emotion is :attr:`EmotionParams.loudness`. Used only when the coupling
+#: κ > 0 (:func:`prosody_tempo`); at κ = 0 the tempo is today's emotion-independent draw.
+EMOTION_TEMPO: Dict[str, float] = {"neutral": 1.0, "happy": 1.15, "angry": 1.25, "sad": 0.78, "surprised": 1.10}
+
+
+def _check_coupling(coupling: float) -> float:
+    coupling = float(coupling)
+    if not (math.isfinite(coupling) and coupling >= 0):
+        raise ValueError(f"expected a finite coupling kappa >= 0, got {coupling}")
+    return coupling
+
+
+def prosody_tempo(drawn: float, emotion: str, coupling: float) -> float:
+    """Base speaking rate of an emotional training clip in the κ world.
+
+    ``drawn``: today's emotion-independent draw from ``tempo_range``; the result moves it
+    geometrically towards the emotion's rate :data:`EMOTION_TEMPO` with weight ``coupling`` in
+    [0, 1] (values > 1 extrapolate): ``drawn ** (1 - κ) * EMOTION_TEMPO[emotion] ** κ``. κ = 0 gives
+    ``drawn`` unchanged (today's world, bit for bit: the early return avoids any float rounding).
+    """
+    coupling = _check_coupling(coupling)
+    if coupling == 0.0:
+        return drawn
+    if emotion not in EMOTION_TEMPO:
+        raise ValueError(f"expected an emotion in {list(EMOTION_TEMPO)}, got {emotion!r}")
+    return float(drawn ** (1.0 - coupling) * EMOTION_TEMPO[emotion] ** coupling)
+
+
+def mouth_gain(emotion: Union[str, EmotionParams], coupling: float, intensity: float = 1.0) -> float:
+    """How much wider the mouth opens than the viseme says, in the κ world: the voice's loudness
+    factor (:attr:`EmotionParams.loudness`, 1 for neutral) to the power κ. So at κ = 1 an angry clip
+    (loudness 1.35) opens 1.35x, a sad one (0.70) 0.70x; at κ = 0 the gain is exactly 1 (today)."""
+    coupling = _check_coupling(coupling)
+    if coupling == 0.0:
+        return 1.0
+    return float(emotion_params(emotion, intensity).loudness ** coupling)
+
+
 def emotion_params(emotion: Union[str, EmotionParams], intensity: float = 1.0) -> EmotionParams:
     """Parameters of ``emotion`` scaled towards neutral by ``intensity`` in [0, 1] (1 = full)."""
     if isinstance(emotion, EmotionParams):
@@ -203,6 +246,12 @@ class SyntheticFaceConfig:
     tempo_jitter: float = 0.15  # per-viseme speed jitter (makes the warp non-linear)
     emotions: Tuple[str, ...] = EMOTIONS[1:]
     supersample: int = 2  # draw at this factor, then area-downsample (anti-aliasing)
+    # κ, the coupling of the issue-22 world: emotional clips speak at their emotion's rate
+    # (prosody_tempo) and their mouth opens with their loudness (mouth_gain). 0 = today's world.
+    coupling: float = 0.0
+
+    def __post_init__(self):
+        _check_coupling(self.coupling)
 
 
 # --------------------------------------------------------------------------------------
@@ -554,12 +603,17 @@ def render_clip(
     intensity: float = 1.0,
     frame_indices: Optional[Sequence[int]] = None,
     with_audio: bool = True,
+    mouth_gain: float = 1.0,
 ) -> SyntheticClip:
     """Render ``utterance`` said by ``identity`` with ``emotion`` at speed ``tempo``.
 
     tempo: scalar or one speed per viseme (>1 faster). frame_indices: render only these
     frames (the ground-truth arrays still cover all frames). Deterministic for ``seed``.
+    mouth_gain: factor (> 0) on the viseme opening drawn and returned as ``mouth_open`` (the κ
+    world's loudness coupling, :func:`mouth_gain`); the audio is not changed by it. 1 = today.
     """
+    if not (math.isfinite(mouth_gain) and mouth_gain > 0):
+        raise ValueError(f"expected a finite mouth_gain > 0, got {mouth_gain}")
     if fps <= 0 or sample_rate <= 0:
         raise ValueError(f"expected positive fps and sample_rate, got fps={fps}, sample_rate={sample_rate}")
     knots_t = clip_knots(utterance, tempo)
@@ -567,6 +621,8 @@ def render_clip(
     t = np.arange(T) / fps
     u = np.interp(t, knots_t, utterance.knots)
     art = _articulation(utterance, u)
+    if mouth_gain != 1.0:  # skipped at 1 so today's world stays bit-identical
+        art["open"] = art["open"] * float(mouth_gain)
     name = emotion if isinstance(emotion, str) else "custom"
     idx = range(T) if frame_indices is None else [int(i) for i in frame_indices]
     for i in idx:
@@ -582,6 +638,33 @@ def render_clip(
         else np.zeros(0, np.float32)
     )
     return SyntheticClip(frames, audio, float(fps), int(sample_rate), name, art["open"], art["width"], u, knots_t)
+
+
+def deployment_clip(
+    identity: Identity,
+    utterance: Utterance,
+    emotion: str,
+    fps: float = 25.0,
+    size: int = 96,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    supersample: int = 2,
+    frame_indices: Optional[Sequence[int]] = None,
+) -> Tuple[SyntheticClip, SyntheticClip]:
+    """The deployment case of the κ world and its exact ground truth: ``(neutral, truth)``.
+
+    ``neutral``: ``utterance`` said by ``identity`` with neutral prosody (tempo 1, loudness 1); its
+    audio is what the generator is given, and its frames are the perfect neutral anchor.
+    ``truth``: the same frames' timing in ``emotion``'s face (brows, eyes, corners, colour, the
+    emotion's static mouth shape) with the mouth driven by that neutral audio: no tempo change, no
+    loudness gain (``mouth_gain`` 1), whatever κ the training data had. ``truth.audio`` is the
+    neutral audio (the same array), ``truth.mouth_open`` the neutral viseme opening (T,).
+    """
+    kw = dict(fps=fps, size=size, sample_rate=sample_rate, supersample=supersample, frame_indices=frame_indices)
+    neutral = render_clip(identity, "neutral", utterance, 1.0, seed=seed, **kw)
+    truth = render_clip(identity, emotion, utterance, 1.0, seed=seed, with_audio=False, **kw)
+    truth.audio = neutral.audio
+    return neutral, truth
 
 
 def true_alignment(utterance: Utterance, knots_neutral: np.ndarray, knots_emotional: np.ndarray, fps: float) -> np.ndarray:
@@ -620,7 +703,7 @@ def _pair_plan(rng: np.random.Generator, emotion: Optional[str], config: Synthet
     emo = str(rng.choice(list(config.emotions))) if emotion is None else emotion
     if emo not in EMOTION_PARAMS:
         raise ValueError(f"expected an emotion in {list(EMOTION_PARAMS)}, got {emo!r}")
-    base = rng.uniform(*config.tempo_range)
+    base = prosody_tempo(rng.uniform(*config.tempo_range), emo, config.coupling)
     tempo = base * rng.uniform(1 - config.tempo_jitter, 1 + config.tempo_jitter, len(utterance.visemes))
     return identity, utterance, emo, tempo
 
@@ -646,7 +729,8 @@ def make_pair(
     identity = drawn if identity is None else identity
     kw = dict(fps=config.fps, size=config.size, sample_rate=config.sample_rate, supersample=config.supersample, with_audio=with_audio)
     neutral = render_clip(identity, "neutral", utterance, 1.0, seed=seed * 2 + 1, **kw)
-    emotional = render_clip(identity, emo, utterance, tempo, seed=seed * 2 + 2, **kw)
+    emotional = render_clip(identity, emo, utterance, tempo, seed=seed * 2 + 2,
+                            mouth_gain=mouth_gain(emo, config.coupling), **kw)
     align = true_alignment(utterance, neutral.knots, emotional.knots, config.fps)
     return SyntheticPair(neutral, emotional, identity, utterance, emo, tempo, align)
 
@@ -677,7 +761,8 @@ def pair_clip_tensors(seed: int, num_frames: int = 4, size: int = 64, emotion: O
     j = np.clip(np.arange(start, start + num_frames), 0, T_e - 1)
     i = np.rint(align[j]).astype(int)
     kw = dict(fps=fps, size=size, supersample=config.supersample, with_audio=False)
-    emotional = render_clip(identity, emo, utterance, tempo, frame_indices=j, **kw)
+    emotional = render_clip(identity, emo, utterance, tempo, frame_indices=j,
+                            mouth_gain=mouth_gain(emo, config.coupling), **kw)
     neutral = render_clip(identity, "neutral", utterance, 1.0, frame_indices=i, **kw)
     return _to_tensor(neutral.frames), _to_tensor(emotional.frames)
 
@@ -721,11 +806,16 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["mp4", "frames"], default="mp4")
+    p.add_argument("--coupling", type=float, default=0.0,
+                   help="kappa >= 0: emotional clips speak at their emotion's rate and open the mouth with their "
+                        "loudness (issue-22 world); 0 = the original world")
     args = p.parse_args(argv)
+    if not (math.isfinite(args.coupling) and args.coupling >= 0):
+        raise SystemExit(f"stccl-synth: expected --coupling >= 0 (kappa), got {args.coupling}")
     for emo in args.emotions:
         if emo not in EMOTION_PARAMS or emo == "neutral":
             raise SystemExit(f"stccl-synth: expected non-neutral emotions from {list(EMOTIONS[1:])}, got {emo!r}")
-    cfg = SyntheticFaceConfig(size=args.size, fps=args.fps)
+    cfg = SyntheticFaceConfig(size=args.size, fps=args.fps, coupling=args.coupling)
     os.makedirs(args.out, exist_ok=True)
     truth: Dict[str, Dict] = {}
     jobs = [(s, c) for s in range(args.speakers) for c in range(args.clips)]
@@ -737,8 +827,10 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
         utterance = sample_utterance(urng, cfg.num_visemes)
         clips = {"neutral": render_clip(identity, "neutral", utterance, 1.0, cfg.fps, cfg.size, seed=int(urng.integers(1 << 31)))}
         for emo in args.emotions:
-            tempo = urng.uniform(*cfg.tempo_range) * urng.uniform(1 - cfg.tempo_jitter, 1 + cfg.tempo_jitter, len(utterance.visemes))
-            clips[emo] = render_clip(identity, emo, utterance, tempo, cfg.fps, cfg.size, seed=int(urng.integers(1 << 31)))
+            tempo = prosody_tempo(urng.uniform(*cfg.tempo_range), emo, cfg.coupling) * urng.uniform(
+                1 - cfg.tempo_jitter, 1 + cfg.tempo_jitter, len(utterance.visemes))
+            clips[emo] = render_clip(identity, emo, utterance, tempo, cfg.fps, cfg.size, seed=int(urng.integers(1 << 31)),
+                                     mouth_gain=mouth_gain(emo, cfg.coupling))
         for emo, cl in clips.items():
             d = os.path.join(args.out, speaker, "video", "front", emo, "level_1")
             if args.format == "mp4":
@@ -749,7 +841,7 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
                 al = true_alignment(utterance, clips["neutral"].knots, cl.knots, cfg.fps)
                 truth.setdefault(speaker, {}).setdefault(emo, {})[f"{clip}_{clip}"] = al.round(3).tolist()
     with open(os.path.join(args.out, "ground_truth.json"), "w") as f:
-        json.dump({"fps": cfg.fps, "size": cfg.size, "seed": args.seed, "alignment": truth}, f)
+        json.dump({"fps": cfg.fps, "size": cfg.size, "seed": args.seed, "coupling": cfg.coupling, "alignment": truth}, f)
     print(f"stccl-synth: wrote {len(jobs) * (1 + len(args.emotions))} clips to {args.out}")
     return 0
 

@@ -31,6 +31,7 @@ class _Clip:
     emotion: int
     face_boxes: np.ndarray | None = None  # (T, 4) x1, y1, x2, y2 at the training resolution (face_boxes="track")
     reference: np.ndarray | None = None  # (H, W, 3) uint8 identity image; None: frames[0]
+    neutral_audio: np.ndarray | None = None  # (N,) the same sentence's neutral recording (reference="neutral")
 
 
 #: Reference images a dataset can give (see TalkingClipDataset's `reference`).
@@ -255,6 +256,7 @@ class TalkingClipDataset(Dataset):
                     self.reference_fallbacks += 1
                 else:
                     c.reference = sib.frames[0]
+                    c.neutral_audio = sib.audio  # the rollout reward's deployment-case audio (issue 22)
         if self.skipped:
             shown = min(5, len(self.skipped))
             warnings.warn(
@@ -304,6 +306,17 @@ class TalkingClipDataset(Dataset):
                      "start_frame": torch.tensor(start)}
         if clip.face_boxes is not None:
             extra["face_boxes"] = torch.from_numpy(clip.face_boxes[start:start + T])
+        if self.reference == "neutral":
+            # The neutral recording of the same sentence, a window as long as `audio` from the same
+            # start (its own timing: a neutral voice saying those words, not an aligned copy); zero-
+            # padded past its end. A clip without a neutral sibling (counted in reference_fallbacks)
+            # gives its own audio window and neutral_audio_own = True, so a batch can tell.
+            src = clip.neutral_audio if clip.neutral_audio is not None else clip.audio
+            na = np.zeros(n, np.float32)
+            seg = src[a0:a0 + n]
+            na[: len(seg)] = seg
+            extra["neutral_audio"] = torch.from_numpy(na)
+            extra["neutral_audio_own"] = torch.tensor(clip.neutral_audio is None)
         return {
             **extra,
             "frames": frames,

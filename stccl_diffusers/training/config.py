@@ -135,6 +135,8 @@ class TalkingClipsConfig(TrainingConfig):
     """What renders the neutral anchor: `frozen` (the model as it started: LoRA disabled for DICE,
     a frozen copy of the trainable modules as loaded at step 0 for EAT) or `current` (the model
     being trained, under no_grad: the paper's online pseudo-pairing, which lets the anchor drift)."""
+    stccl_placebo: bool = False
+    """Placebo arm (issue 22): the anchor's frames shuffled in time before scoring, same weight."""
 
     def __post_init__(self) -> None:
         if self.anchor not in ANCHORS:

@@ -18,16 +18,30 @@ from ..utils.safety import save_pretrained_atomic
 
 def ensure_synthetic_clips(
     data_dir: str | Path, speakers: int = 4, clips: int = 2, size: int = 64, seed: int = 0,
-    emotions: Sequence[str] | None = None,
+    emotions: Sequence[str] | None = None, coupling: float | None = None,
 ) -> Path:
-    """Write a MEAD-like synthetic set with `stccl-synth` unless `data_dir` already holds .mp4 clips."""
+    """Write a MEAD-like synthetic set with `stccl-synth` unless `data_dir` already holds .mp4 clips.
+
+    ``coupling``: the κ of the issue-22 world (`stccl-synth --coupling`); None writes the original
+    world and reuses any set. A number refuses to reuse a set written with another κ (its
+    ``ground_truth.json`` says which; a set without the key is the original world, κ = 0)."""
+    import json
+
     from ..data.synthetic import synth_main
 
     data_dir = Path(data_dir)
     if data_dir.is_dir() and any(data_dir.rglob("*.mp4")):
+        truth = data_dir / "ground_truth.json"
+        if coupling is not None:
+            have = float(json.loads(truth.read_text()).get("coupling", 0.0)) if truth.is_file() else None
+            if have is None or have != float(coupling):
+                raise ValueError(f"expected the synthetic set in {data_dir} to have coupling kappa={coupling:g}, found "
+                                 f"{'no ground_truth.json' if have is None else f'kappa={have:g}'}: use another folder")
         return data_dir
     argv = ["--out", str(data_dir), "--speakers", str(speakers), "--clips", str(clips), "--size", str(size),
             "--seed", str(seed)]
+    if coupling is not None:
+        argv += ["--coupling", str(float(coupling))]
     if emotions:
         argv += ["--emotions", *emotions]
     synth_main(argv)

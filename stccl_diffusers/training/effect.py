@@ -21,13 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data.datasets import frames_to_tensor
-from ..data.synthetic import EMOTIONS, VISEMES, make_pair, render_clip, render_face, sample_identity
+from ..data.synthetic import (EMOTIONS, VISEMES, deployment_clip, make_pair, render_clip, render_face, sample_identity,
+                              sample_utterance)
 from ..eval.mouth import mouth_opening_curve, mouth_preservation
 from .clips import _resize
 from .validation import stccl_scores, to_uint8
 
 EVAL_EMOTIONS = EMOTIONS[1:]  # targets: every non-neutral emotion
-MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "neu_corr", "neu_mae", "px_gt_corr", "stccl")
+MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "gt_amp", "neu_corr", "neu_mae", "neu_lag",
+            "neu_amp", "px_gt_corr", "stccl")
 
 
 class Probe(torch.nn.Module):
@@ -47,8 +49,11 @@ class Probe(torch.nn.Module):
         return self.emotion(h), self.mouth(h)[:, 0]
 
 
-def probe_frames(n: int, resolution: int, seed: int):
-    """n rendered frames (random identity, emotion, viseme opening/width) and their labels."""
+def probe_frames(n: int, resolution: int, seed: int, open_max: float = 1.1):
+    """n rendered frames (random identity, emotion, viseme opening/width) and their labels.
+
+    The opening is the viseme's times a uniform factor in [0.3, ``open_max``]: 1.1 (the default,
+    the original probe) or wider for the κ world, whose loud emotions open up to 1.35x."""
     rng = np.random.default_rng(seed)
     names = [v for v in VISEMES]
     frames, emo, opening = [], [], []
@@ -56,7 +61,7 @@ def probe_frames(n: int, resolution: int, seed: int):
         ident = sample_identity(rng)
         e = int(rng.integers(len(EMOTIONS)))
         vis = VISEMES[names[int(rng.integers(len(names)))]]
-        o = float(np.clip(vis.open * rng.uniform(0.3, 1.1), 0, 1))
+        o = float(np.clip(vis.open * rng.uniform(0.3, open_max), 0, 1 if open_max == 1.1 else open_max))
         frames.append(render_face(ident, EMOTIONS[e], o, vis.width, size=64))
         emo.append(e)
         opening.append(o)
@@ -64,9 +69,11 @@ def probe_frames(n: int, resolution: int, seed: int):
     return x, torch.tensor(emo), torch.tensor(opening, dtype=torch.float32)
 
 
-def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple[Probe, dict]:
+def ensure_probe(cache: Path, resolution: int, frames: int, steps: int, open_max: float = 1.1) -> tuple[Probe, dict]:
+    """The frozen probe (trained once, cached under `cache`). ``open_max``: see :func:`probe_frames`
+    (1.1 keeps the original probe and its cache name)."""
     cache = Path(cache)
-    path = cache / f"probe_{resolution}px_{frames}x{steps}_s0.pt"
+    path = cache / (f"probe_{resolution}px_{frames}x{steps}_s0" + ("" if open_max == 1.1 else f"_open{open_max:g}") + ".pt")
     with torch.random.fork_rng(devices=[]):  # its own initial weights, whatever ran before in the process
         torch.manual_seed(0)
         probe = Probe()
@@ -74,8 +81,8 @@ def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple
         probe.load_state_dict(torch.load(path, weights_only=True))
         info = json.loads(path.with_suffix(".json").read_text())
         return probe.eval().requires_grad_(False), info
-    x, y, o = probe_frames(frames, resolution, seed=1234)
-    xv, yv, ov = probe_frames(300, resolution, seed=4321)  # held-out identities
+    x, y, o = probe_frames(frames, resolution, seed=1234, open_max=open_max)
+    xv, yv, ov = probe_frames(300, resolution, seed=4321, open_max=open_max)  # held-out identities
     opt = torch.optim.Adam(probe.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -90,7 +97,7 @@ def ensure_probe(cache: Path, resolution: int, frames: int, steps: int) -> tuple
         logits, m = probe(xv)
     info = {"probe_val_emotion_acc": float((logits.argmax(1) == yv).float().mean()),
             "probe_val_mouth_corr": float(np.corrcoef(m.numpy(), ov.numpy())[0, 1]),
-            "probe_frames": frames, "probe_steps": steps}
+            "probe_frames": frames, "probe_steps": steps, "probe_open_max": open_max}
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(probe.state_dict(), path)
     path.with_suffix(".json").write_text(json.dumps(info))
@@ -126,6 +133,55 @@ def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000,
     return clips
 
 
+def deployment_clips(n: int, num_frames: int, resolution: int, seed: int = 60_000,
+                     emotions: tuple[str, ...] = EVAL_EMOTIONS, identities=None) -> list[dict]:
+    """The κ world's test set (issue 22): ``n`` held-out (face, sentence) pairs, each said with
+    neutral prosody and asked for every emotion in ``emotions`` (``n * len(emotions)`` clips; clip
+    ``i * len(emotions) + e`` is sentence i asked for emotion e, all sharing sentence i's audio).
+
+    Every clip has the keys of :func:`eval_clips`: ``audio`` is the neutral recording (what a user
+    brings), ``gt_frames`` the exact ground truth (the emotion's face with the mouth of that neutral
+    audio, :func:`~stccl_diffusers.data.synthetic.deployment_clip`), ``gt_open`` (T,) its mouth
+    opening (= the neutral one), ``gt_neutral_frames`` the neutral rendering (the perfect anchor),
+    ``reference`` the neutral first frame; plus ``sentence`` (i). Frames (T, R, R, 3) uint8, T =
+    min(num_frames, clip length). ``identities`` as in :func:`eval_clips` (None: new faces).
+    Training never sees these sentences (seeds 60000+ are not used by any training set)."""
+    if n < 1 or num_frames < 3:
+        raise ValueError(f"expected n >= 1 sentences and num_frames >= 3, got n={n}, num_frames={num_frames}")
+    clips = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        face = identities[i % len(identities)] if identities else sample_identity(rng)
+        utterance = sample_utterance(rng)
+        neutral = None
+        for emo in emotions:
+            if emo not in EMOTIONS:
+                raise ValueError(f"expected emotions from {list(EMOTIONS)}, got {emo!r}")
+            neutral, truth = deployment_clip(face, utterance, emo, size=64, seed=seed + i)
+            T = min(num_frames, truth.num_frames)
+            spf = truth.sample_rate / truth.fps
+            clips.append({
+                "emotion": emo, "sentence": i, "gt_frames": _resize(truth.frames[:T], resolution),
+                "gt_open": np.asarray(truth.mouth_open[:T], np.float64),
+                "gt_neutral_frames": _resize(neutral.frames[:T], resolution),
+                "reference": _resize(neutral.frames[:1], resolution)[0],
+                "audio": np.asarray(neutral.audio[: int(round(T * spf))], np.float32), "fps": truth.fps,
+            })
+    return clips
+
+
+def _amp_ratio(reference: np.ndarray, generated: np.ndarray) -> float:
+    """std(generated) / std(reference) over frames where both are finite: 1 = the same swing, > 1 an
+    over-articulating mouth, < 1 an under-articulating one. NaN (with no division) where the
+    reference does not move (std < 1e-6): no amplitude to compare against."""
+    a, g = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
+    n = min(len(a), len(g))
+    a, g = a[:n], g[:n]
+    ok = np.isfinite(a) & np.isfinite(g)
+    sa = float(np.std(a[ok])) if ok.sum() >= 2 else 0.0
+    return float(np.std(g[ok]) / sa) if sa > 1e-6 else float("nan")
+
+
 def clip_item(c: dict, emotion_index: int, resolution: int) -> dict:
     return {
         "frames": torch.from_numpy(c["gt_frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1,  # shape only
@@ -154,8 +210,10 @@ def score_clip(clip: dict, target: torch.Tensor, anchor: torch.Tensor, probe: Pr
     return {"emotion_acc": float((logits.argmax(1) == label).float().mean()),
             "anchor_emotion_acc": float((logits_a.argmax(1) == label).float().mean()),
             "gt_corr": gt["mouth_corr"], "gt_mae": gt["mouth_mae"], "gt_lag": abs(gt["mouth_lag"]),
-            "neu_corr": neu["mouth_corr"], "neu_mae": neu["mouth_mae"], "px_gt_corr": px, "stccl": sc,
-            "curve_target": m_t.tolist(), "curve_gt": clip["gt_open"].tolist()}
+            "gt_amp": _amp_ratio(clip["gt_open"], m_t.numpy()),
+            "neu_corr": neu["mouth_corr"], "neu_mae": neu["mouth_mae"], "neu_lag": abs(neu["mouth_lag"]),
+            "neu_amp": _amp_ratio(m_a.numpy(), m_t.numpy()), "px_gt_corr": px, "stccl": sc,
+            "curve_target": m_t.tolist(), "curve_gt": clip["gt_open"].tolist(), "curve_anchor": m_a.tolist()}
 
 
 def mean_scores(rows: list[dict]) -> dict:
@@ -173,7 +231,7 @@ def measure(render, clips, probe, metric, emotions: list[str], resolution: int, 
         out = render(batch, torch.Generator().manual_seed(k))
         rows.append(score_clip(c, out["target"][0], out["anchor"][0], probe, metric, seed=k))
     agg = mean_scores(rows)
-    agg["curves"] = {"gt": rows[0]["curve_gt"], "target": rows[0]["curve_target"]}
+    agg["curves"] = {"gt": rows[0]["curve_gt"], "target": rows[0]["curve_target"], "anchor": rows[0]["curve_anchor"]}
     return agg
 
 

@@ -187,6 +187,41 @@ def _to_device(value, device):
     return value
 
 
+class RewardHackingWatch:
+    """Warns when the training reward improves while an independent instrument worsens (issue 22).
+
+    The reward is the validation ``stccl`` score (lower = target closer to its anchor, as the
+    metric sees it). The instrument is ``effect_neu_mae``: the frozen probe's mouth-opening
+    distance between target and anchor (lower = the mouths agree); the probe is not the metric, so
+    a generator cannot lower both by fooling one. Against the first validation: reward lower by
+    more than ``tol_reward`` while the instrument is higher by more than ``tol_instrument`` ->
+    ``RuntimeWarning`` (each time it holds) and ``reward_hacking = 1.0`` in the scores (else 0.0).
+    Scores without both keys are left alone (no flag)."""
+
+    def __init__(self, reward: str = "stccl", instrument: str = "effect_neu_mae", tol_reward: float = 0.0,
+                 tol_instrument: float = 0.0):
+        self.reward, self.instrument = reward, instrument
+        self.tol_reward, self.tol_instrument = tol_reward, tol_instrument
+        self.first: dict[str, float] | None = None
+
+    def __call__(self, scores: dict[str, float], step: int) -> dict[str, float]:
+        r, i = scores.get(self.reward), scores.get(self.instrument)
+        if r is None or i is None or not (np.isfinite(r) and np.isfinite(i)):
+            return scores
+        if self.first is None:
+            self.first = {"reward": float(r), "instrument": float(i), "step": step}
+        hacked = r < self.first["reward"] - self.tol_reward and i > self.first["instrument"] + self.tol_instrument
+        if hacked:
+            import warnings
+
+            warnings.warn(f"step {step}: the reward ({self.reward}) improved from {self.first['reward']:.4f} to {r:.4f} "
+                          f"since step {self.first['step']} while the independent instrument ({self.instrument}) "
+                          f"worsened from {self.first['instrument']:.4f} to {i:.4f}: possible reward hacking",
+                          RuntimeWarning, stacklevel=2)
+        scores["reward_hacking"] = float(hacked)
+        return scores
+
+
 def make_validation_fn(
     batch: dict[str, Any],
     metric,
@@ -211,6 +246,7 @@ def make_validation_fn(
     mouth measures as `effect_*`, and `no_stccl_*` for the third row's target-only measures.
     """
     out_dir = Path(out_dir)
+    watch = RewardHackingWatch()  # needs `stccl` (metric) and `effect_neu_mae` (effect_fn); inert otherwise
 
     def validation_fn(adapter, step: int) -> dict[str, float]:
         device = next(adapter.parameters()).device
@@ -237,7 +273,7 @@ def make_validation_fn(
             if extra:
                 row = effect_fn(extra[0][1], anchor)
                 scores.update({f"no_stccl_{k}": row[k] for k in ("emotion_acc", "gt_corr", "gt_mae", "gt_lag")})
-        return scores
+        return watch(scores, step)
 
     return validation_fn
 
