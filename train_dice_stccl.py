@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
                                      target_fps=cfg.dice_fps if cfg.backend == "dice_talk" else None,
                                      crop=cfg.crop, reference=cfg.reference)
         metric, metric_info = ensure_metric(
-            cfg.metric_path, out / "metric", backbone=[int(x) for x in cfg.metric_backbone],
+            cfg.metric_path, out / "metric", generator_loss=cfg.generator_loss,
+            backbone=[int(x) for x in cfg.metric_backbone],
             input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
             progress=accelerator.is_local_main_process)
     info.update(metric_info, num_clips=len(dataset.clips), skipped_clips=dataset.skipped)

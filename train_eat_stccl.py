@@ -206,7 +206,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
         if accelerator.is_main_process:
             write_skipped_report(getattr(train_set, "skipped", []), str(out))
         metric, metric_info = ensure_metric(
-            cfg.metric_path, out / "metric", backbone=_backbone(cfg.metric_backbone), input_size=cfg.metric_input_size,
+            cfg.metric_path, out / "metric", generator_loss=cfg.generator_loss,
+            backbone=_backbone(cfg.metric_backbone), input_size=cfg.metric_input_size,
             steps=cfg.metric_pretrain_steps, seed=cfg.seed, progress=accelerator.is_local_main_process)
 
     if getattr(metric.config, "use_tcc", False) and cfg.num_frames < 2:

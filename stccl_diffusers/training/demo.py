@@ -95,16 +95,24 @@ def pretrain_metric_quick(
     return metric, {"metric_loss_first": first, "metric_loss_last": last}
 
 
-def ensure_metric(path: str | Path | None, fallback_dir: str | Path, **pretrain_kwargs):
-    """`STCCLMetric.from_pretrained(path)` when given; else the one in `fallback_dir`, pretrained now if absent."""
+def ensure_metric(path: str | Path | None, fallback_dir: str | Path, generator_loss: str | None = None,
+                  **pretrain_kwargs):
+    """`STCCLMetric.from_pretrained(path)` when given; else the one in `fallback_dir`, pretrained now if absent.
+
+    `generator_loss`: the form of the generator loss to train with (a training config's
+    `generator_loss` field); None keeps the metric's own configured form. The info dict names the
+    form in use either way (`generator_loss`)."""
     from ..metric import STCCLMetric
 
     if path:
-        return STCCLMetric.from_pretrained(str(path)), {"metric": str(path)}
-    fallback_dir = Path(fallback_dir)
-    if (fallback_dir / "config.json").is_file():
-        return STCCLMetric.from_pretrained(str(fallback_dir)), {"metric": str(fallback_dir)}
-    t0 = time.perf_counter()
-    metric, info = pretrain_metric_quick(fallback_dir, **pretrain_kwargs)
-    info.update(metric=str(fallback_dir), metric_pretrain_s=time.perf_counter() - t0)
+        metric, info = STCCLMetric.from_pretrained(str(path)), {"metric": str(path)}
+    elif (Path(fallback_dir) / "config.json").is_file():
+        metric, info = STCCLMetric.from_pretrained(str(fallback_dir)), {"metric": str(fallback_dir)}
+    else:
+        t0 = time.perf_counter()
+        metric, info = pretrain_metric_quick(Path(fallback_dir), **pretrain_kwargs)
+        info.update(metric=str(fallback_dir), metric_pretrain_s=time.perf_counter() - t0)
+    if generator_loss is not None:
+        metric.set_generator_loss(generator_loss)
+    info["generator_loss"] = metric.config.generator_loss
     return metric, info
