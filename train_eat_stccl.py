@@ -15,7 +15,6 @@ same that ``train_dice_stccl.py`` runs.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from stccl_diffusers.training.demo import ensure_metric
 from stccl_diffusers.training.effect import synthetic_validation
 from stccl_diffusers.training.validation import BeforeSTCCLRow, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
+from stccl_diffusers.utils.jsonio import dumps_strict
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local, save_pretrained_atomic
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
@@ -254,8 +254,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
                 "last_validation": result.validations[-1] if result.validations else None,
                 "wall_time_s": time.perf_counter() - started}
         write_metrics_json(out / "metrics.json", info)
-        accelerator.print(json.dumps({k: info[k] for k in ("wall_time_s", "first_validation", "last_validation")},
-                                     indent=1))
+        accelerator.print(dumps_strict({k: info[k] for k in ("wall_time_s", "first_validation", "last_validation")},
+                                    indent=1))
     return result
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import json
 import statistics
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from stccl_diffusers.utils.jsonio import write_json  # noqa: E402
 
 
 def _load_script(name: str):
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
         res["weight_for_target"] = res["weight"] * args.target_ratio / med if med and med > 0 else None
         results[backend] = res
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "summary.json").write_text(json.dumps(results, indent=1))
+    write_json(out_root / "summary.json", results, indent=1)
     for backend, r in results.items():
         gr, gc = r["grad_ratio"], r["grad_cos"]
         print(f"{backend}: stccl_weight {r['weight']:g}, {r['measured_steps']} of {r['steps']} full-weight steps "

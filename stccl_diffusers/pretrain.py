@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from .data.datasets import write_skipped_report
+from .utils.jsonio import dumps_strict
 from .utils.safety import RunLock, save_pretrained_atomic, verify_manifest, write_manifest
 
 logger = logging.getLogger("stccl_diffusers.pretrain")
@@ -352,7 +353,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, sampler: EpochSampl
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump({"global_step": step, "sampler": sampler.state_dict()}, f)
+            f.write(dumps_strict({"global_step": step, "sampler": sampler.state_dict()}))
         write_manifest(tmp)
         if os.path.isdir(final):
             shutil.rmtree(final)
@@ -521,7 +522,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         after = evaluate_gap(final, val_batches, seed=int(cfg["val_seed"])) if val_batches else None
         summary.update({"held_out_before": before, "held_out_after": after, "wall_time_s": time.time() - t0})
         with open(os.path.join(out_dir, "pretrain_summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+            f.write(dumps_strict(summary, indent=2, explain_nulls=True))
         if before and after:
             logger.info("held-out synthetic pos-neg gap: %.4f before -> %.4f after", before["gap"], after["gap"])
             if report_to:

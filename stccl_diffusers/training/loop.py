@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .adapter import TalkingHeadAdapter
+from ..utils.jsonio import dumps_strict
 from ..utils.safety import RunLock, verify_manifest, write_into, write_manifest
 from .config import TrainingConfig, compare_resume_config, config_to_dict
 
@@ -314,9 +315,9 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state))
+        (tmp / STATE_FILE).write_text(dumps_strict(state))
         if run_config is not None:
-            (tmp / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=1, default=str))
+            (tmp / RUN_CONFIG_FILE).write_text(dumps_strict(run_config, indent=1))
         write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -544,7 +545,7 @@ def _train(
             record = {"step": step, **{k: v for k, v in result.items() if _scalar(v) is not None}}
             record = {k: (_scalar(v) if k != "step" else v) for k, v in record.items()}
             with open(out / VALIDATION_LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps_strict(record) + "\n")
             accelerator.log({f"validation/{k}": v for k, v in record.items() if k != "step"}, step=step)
             accelerator.print(f"validation @ step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
         accelerator.wait_for_everyone()
@@ -651,7 +652,7 @@ def _train(
                 accelerator.log(logs, step=global_step)
                 if accelerator.is_main_process:
                     with open(out / STEP_LOG, "a") as f:
-                        f.write(json.dumps({"step": global_step, **logs}) + "\n")
+                        f.write(dumps_strict({"step": global_step, **logs}) + "\n")
                 if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0:
                     save_checkpoint(
                         accelerator,

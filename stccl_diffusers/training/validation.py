@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from ..metric import STCCLMetric
+from ..utils.jsonio import write_json
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -348,6 +348,9 @@ def plot_loss_curves(step_log: list[dict], path: str | Path, keys: tuple[str, ..
 
 
 def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> str:
+    """Write ``payload`` as strict JSON: NaN or inf become ``null``, listed with the reason under
+    ``"null_values"`` (see :mod:`stccl_diffusers.utils.jsonio`)."""
+    from .effect import NULL_REASONS  # effect imports this module
     def clean(v):
         if isinstance(v, torch.Tensor):
             return v.item() if v.numel() == 1 else v.tolist()
@@ -359,5 +362,4 @@ def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> str:
             return [clean(x) for x in v]
         return v
 
-    Path(path).write_text(json.dumps(clean(payload), indent=2))
-    return str(path)
+    return write_json(path, clean(payload), why=NULL_REASONS)
