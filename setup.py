@@ -13,6 +13,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["stccl_diffusers", "stccl_diffusers.*"]),
+    # The demo's shipped tiny models (demo.py; rebuilt by `python demo.py --build_assets`).
+    package_data={"stccl_diffusers": ["assets/demo/*.json", "assets/demo/*.safetensors", "assets/demo/*/*.json",
+                                      "assets/demo/*/*.safetensors"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
