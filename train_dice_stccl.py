@@ -27,7 +27,7 @@ from stccl_diffusers.adapters.dice import (
 from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
-from stccl_diffusers.training.demo import ensure_metric
+from stccl_diffusers.training.demo import ensure_config_metric
 from stccl_diffusers.training.effect import synthetic_validation
 from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
@@ -73,10 +73,7 @@ def main(argv=None) -> dict:
                                      progress=accelerator.is_local_main_process,
                                      target_fps=cfg.dice_fps if cfg.backend == "dice_talk" else None,
                                      crop=cfg.crop, reference=cfg.reference)
-        metric, metric_info = ensure_metric(
-            cfg.metric_path, out / "metric", backbone=[int(x) for x in cfg.metric_backbone],
-            input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
-            progress=accelerator.is_local_main_process)
+        metric, metric_info = ensure_config_metric(cfg, out, progress=accelerator.is_local_main_process)
     info.update(metric_info, num_clips=len(dataset.clips), skipped_clips=dataset.skipped)
     if accelerator.is_main_process:
         write_skipped_report(dataset.skipped, str(out))

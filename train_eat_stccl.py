@@ -36,7 +36,7 @@ from stccl_diffusers.adapters.eat import (
 from stccl_diffusers.models.reference_eat import ReferenceEATModel
 from stccl_diffusers.training import TalkingClipsConfig, build_accelerator, parse_config, train
 from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
-from stccl_diffusers.training.demo import ensure_metric
+from stccl_diffusers.training.demo import ensure_config_metric
 from stccl_diffusers.training.effect import synthetic_validation
 from stccl_diffusers.training.validation import BeforeSTCCLRow, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
@@ -96,11 +96,6 @@ class EATSTCCLConfig(TalkingClipsConfig):
     num_validation_clips: int = 2
     validation_frames: int = 25
     """Frames per validation clip (rendered num_frames at a time, one z_trg per clip)."""
-
-
-def _backbone(value: list):
-    """`["r50"]` -> "r50"; `["1", "1", "1", "1"]` -> [1, 1, 1, 1]."""
-    return value[0] if len(value) == 1 else [int(x) for x in value]
 
 
 def _eat_config_path(cfg: EATSTCCLConfig) -> Optional[Path]:
@@ -205,9 +200,7 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
         train_set, collate, val_batch, audio_dim, effect_fn = build_data(cfg, progress=accelerator.is_local_main_process)
         if accelerator.is_main_process:
             write_skipped_report(getattr(train_set, "skipped", []), str(out))
-        metric, metric_info = ensure_metric(
-            cfg.metric_path, out / "metric", backbone=_backbone(cfg.metric_backbone), input_size=cfg.metric_input_size,
-            steps=cfg.metric_pretrain_steps, seed=cfg.seed, progress=accelerator.is_local_main_process)
+        metric, metric_info = ensure_config_metric(cfg, out, progress=accelerator.is_local_main_process)
 
     if getattr(metric.config, "use_tcc", False) and cfg.num_frames < 2:
         raise ValueError(f"the metric's temporal term (use_tcc) needs windows of num_frames >= 2, got "

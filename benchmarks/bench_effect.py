@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from stccl_diffusers.training.clips import TalkingClipDataset  # noqa: E402
 from stccl_diffusers.training.config import parse_config  # noqa: E402
-from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips  # noqa: E402
+from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips, metric_backbone_arg  # noqa: E402
 from stccl_diffusers.training.effect import (  # noqa: E402
     MEASURES, SYNC_CHECKS, ensure_probe, eval_clips, measure, metric_sync_check, truth_scores)
 from stccl_diffusers.training.loop import train  # noqa: E402
@@ -105,7 +105,7 @@ def data_and_metric(base, emotions, cache: Path, metric_steps: int):
     ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
     data = TalkingClipDataset(base.data_dir, emotions, base.num_frames, base.resolution,
                               windows_per_clip=base.windows_per_clip, progress=False, reference=base.reference)
-    metric, _ = ensure_metric(None, cache / f"metric_{metric_steps}steps", backbone=[int(x) for x in base.metric_backbone],
+    metric, _ = ensure_metric(None, cache / f"metric_{metric_steps}steps", backbone=metric_backbone_arg(base.metric_backbone),
                               input_size=base.metric_input_size, steps=metric_steps, seed=0, progress=False)
     return data, metric
 

@@ -95,6 +95,23 @@ def pretrain_metric_quick(
     return metric, {"metric_loss_first": first, "metric_loss_last": last}
 
 
+def metric_backbone_arg(value: Sequence[str] | str) -> str | list[int]:
+    """A config's `metric_backbone` as `STCCLMetric` takes it: `["r50"]` -> "r50";
+    `["1", "1", "1", "1"]` -> [1, 1, 1, 1]."""
+    if isinstance(value, str):
+        return value
+    return value[0] if len(value) == 1 else [int(x) for x in value]
+
+
+def ensure_config_metric(cfg, out_dir: str | Path, progress: bool = True):
+    """The frozen STCCL metric a training config names (`metric_path`), else the one pretrained
+    into `out_dir/metric` from `metric_backbone`, `metric_input_size`, `metric_pretrain_steps` and
+    `seed` (both training scripts)."""
+    return ensure_metric(cfg.metric_path, Path(out_dir) / "metric", backbone=metric_backbone_arg(cfg.metric_backbone),
+                         input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
+                         progress=progress)
+
+
 def ensure_metric(path: str | Path | None, fallback_dir: str | Path, **pretrain_kwargs):
     """`STCCLMetric.from_pretrained(path)` when given; else the one in `fallback_dir`, pretrained now if absent."""
     from ..metric import STCCLMetric
