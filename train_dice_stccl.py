@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     accelerator = build_accelerator(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
-    info: dict = {"config": cfg._config_path, "anchor": cfg.anchor}
+    info: dict = {"config": cfg.config, "anchor": cfg.anchor}
 
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     with accelerator.main_process_first():
@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
         callback = build_callback(cfg, metric, decoder=model.vae)
         adapter = build_reference_adapter(cfg, model, callback)
     elif cfg.backend == "dice_talk":
-        from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter
+        from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter
 
         adapter = build_dice_talk_adapter(cfg, metric)
     else:

@@ -184,12 +184,12 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
 
 
 def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig, build_backend
+    from stccl_diffusers.adapters.eat.build import build_backend
+    from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
 
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, EATAdapter, eat_collate
 
-    base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
+    base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                               "report_to": "none"})
     data, metric = data_and_metric(base, EAT_EMOTION_NAMES, cache, args.metric_steps)
     quality = metric_quality(metric)

@@ -137,12 +137,13 @@ def setup(backend, args, kappa, cache, metric, log):
             return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
 
         return base, data, make, list(DICE_EMOTIONS), torch.utils.data.default_collate, build_s, data_dir
-    from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig, build_backend
+    from stccl_diffusers.adapters.eat.build import build_backend
+    from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
 
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, EATAdapter, eat_collate
     from stccl_diffusers.placebo import enable_placebo
 
-    base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
+    base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                               "report_to": "none"})
     data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES)
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]

@@ -82,11 +82,12 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
             model = ReferenceDICE.from_pretrained(str(base_dir))
             return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
     else:
-        from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig, build_backend
+        from stccl_diffusers.adapters.eat.build import build_backend
+        from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
 
         from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, EATAdapter, eat_collate
 
-        base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
+        base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                                   "report_to": "none"})
         data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES)
         audio_dim = eat_collate([data[0]])["audio"].shape[-1]

@@ -297,7 +297,7 @@ class _TwoTermAdapter(TalkingHeadAdapter):
         torch.manual_seed(0)
         self.lin = torch.nn.Linear(dim, dim, bias=False)
         self.a, self.off_steps, self.neutral = a, set(off_steps), neutral
-        self._trainable_configured = True
+        self.mark_trainables_chosen()
 
     def training_step(self, batch, step, generator):
         out = self.lin(batch["x"])

@@ -134,7 +134,7 @@ def configure_trainable(adapter: TalkingHeadAdapter, cfg: TrainingConfig) -> lis
     else:
         raise ValueError(f"train_mode must be 'lora' or 'full', got {cfg.train_mode!r}")
     params = adapter.trainable_parameters()
-    adapter._trainable_configured = True
+    adapter.mark_trainables_chosen()
     if not params:
         raise ValueError("nothing to train: no parameter requires grad after configuring train_mode")
     return params
@@ -226,7 +226,8 @@ def check_resume_config(cfg: TrainingConfig, checkpoint: Path) -> None:
     if not saved_path.is_file():
         warnings.warn(f"{checkpoint} stores no {RUN_CONFIG_FILE}; the resumed config is not checked")
         return
-    refuse, warn = compare_resume_config(json.loads(saved_path.read_text()), json.loads(json.dumps(config_to_dict(cfg), default=str)))
+    refuse, warn = compare_resume_config(json.loads(saved_path.read_text()),
+                                        json.loads(json.dumps(config_to_dict(cfg), default=str)), type(cfg))
     if refuse:
         raise ValueError(
             f"cannot resume from {checkpoint}: the config changes the model or its shapes ({'; '.join(refuse)}); "
@@ -453,7 +454,7 @@ def _train(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
 
-    if not getattr(adapter, "_trainable_configured", False):
+    if not adapter.trainables_chosen:
         configure_trainable(adapter, cfg)
     if cfg.gradient_checkpointing:
         adapter.enable_gradient_checkpointing()
@@ -477,8 +478,7 @@ def _train(
     if cfg.scale_lr:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
     # A backend may bring its own param groups (EAT: one group per module at EAT's learning rates).
-    groups = getattr(adapter, "optimizer_param_groups", None)
-    params = (groups(lr) if groups is not None else None) or adapter.trainable_parameters()
+    params = adapter.optimizer_param_groups(lr) or adapter.trainable_parameters()
     optimizer = torch.optim.AdamW(
         params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
     )
@@ -567,7 +567,7 @@ def _train(
     stop_at = cfg.max_train_steps if stop_after_steps is None else min(cfg.max_train_steps, stop_after_steps)
     # Gradient balance: due every `grad_balance_every` steps, measured on the first micro-batch of a
     # due step whose STCCL term is on (a gated / warmed-up / non-neutral one), then due again N later.
-    balance_every = max(0, int(getattr(cfg, "grad_balance_every", 0) or 0))
+    balance_every = max(0, int(cfg.grad_balance_every or 0))
     balance_next = global_step
     balance: dict[str, float] | None = None
 
@@ -607,10 +607,9 @@ def _train(
                 micro_index += 1
                 if accelerator.sync_gradients:
                     grad_norm, clipped = None, None
-                    clip = getattr(adapter, "clip_gradients", None)  # a backend's own clipping (EAT's)
-                    if not bad_cycle and clip is not None:
-                        grad_norm = clip(accelerator, cfg.max_grad_norm)
-                        clipped = getattr(adapter, "last_clipped", None)
+                    if not bad_cycle:  # a backend's own clipping (EAT's); None: the loop clips below
+                        grad_norm = adapter.clip_gradients(accelerator, cfg.max_grad_norm)
+                        clipped = adapter.last_clipped if grad_norm is not None else None
                     if not bad_cycle and grad_norm is None and cfg.max_grad_norm and cfg.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(trainables, cfg.max_grad_norm)
                         # clip_grad_norm_ returns the norm before clipping: it clipped when that exceeds the limit.

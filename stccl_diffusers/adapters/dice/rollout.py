@@ -39,8 +39,8 @@ from typing import Any, Optional
 
 import torch
 
-from .. import edm
-from ..adapters.dice import ReferenceDiceAdapter
+from ... import edm
+from .adapter import ReferenceDiceAdapter
 
 REWARD_MODES = ("single_step", "rollout")
 ROLLOUT_AUDIO = ("clip", "neutral")
@@ -75,7 +75,7 @@ def euler_sample_latents(denoise, cond, uncond, noise: torch.Tensor, sigmas: tor
 def _rollout_conditions(adapter, batch, prior, audio_key: str, lat_hw, guidance_scale: float):
     m = adapter.model
     T = batch["frames"].shape[1] if "frames" in batch else m.config.num_frames
-    from ..models.reference_dice import audio_frame_features
+    from ...models.reference_dice import audio_frame_features
 
     feats = audio_frame_features(batch[audio_key], m.config.sample_rate, m.config.fps, T)
     cond = m.encode_conditions(batch["reference"], feats, prior, lat_hw)
