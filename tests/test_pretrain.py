@@ -54,6 +54,46 @@ def test_cli_overrides_are_typed_and_unknown_keys_are_errors(tmp_path):
         load_config(None, {"mixed_precision": "fp8"})
 
 
+def _as_the_old_pretrain_wrote_it(ckpt: Path) -> None:
+    """Turn a checkpoint into the layout `stccl-pretrain` wrote before it shared the training
+    scripts' checkpoint module: the same `accelerator.save_state` files, the same state
+    (`global_step`, `sampler`) under the name `trainer_state.json`, no `run_config.json`, and a
+    manifest over those files; its temporaries were `.tmp-checkpoint-N`."""
+    from stccl_diffusers.utils.safety import write_manifest
+
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert set(state) == {"global_step", "sampler"}
+    (ckpt / "training_state.json").unlink()
+    (ckpt / "run_config.json").unlink()
+    (ckpt / "manifest.json").unlink()
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    write_manifest(ckpt)
+
+
+def test_a_run_of_the_old_pretrain_layout_resumes_to_the_uninterrupted_weights(tmp_path, caplog):
+    full = train(_cfg(tmp_path, "full", max_train_steps=4, checkpointing_steps=0))
+    train(_cfg(tmp_path, "old", max_train_steps=2))
+    _as_the_old_pretrain_wrote_it(tmp_path / "old" / "checkpoint-2")
+    os.makedirs(tmp_path / "old" / ".tmp-checkpoint-3")  # a kill mid-write, old style
+    assert resolve_checkpoint(str(tmp_path / "old"), "latest").endswith("checkpoint-2")
+    with caplog.at_level("WARNING", logger="stccl_diffusers.pretrain"):
+        resumed = train(_cfg(tmp_path, "old", max_train_steps=4, resume_from_checkpoint="latest", checkpointing_steps=4))
+    assert "stores no run_config.json" in caplog.text
+    assert resumed["global_step"] == full["global_step"] == 4
+    a = load_file(str(tmp_path / "full" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "old" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The new checkpoint is written in the shared layout.
+    assert (tmp_path / "old" / "checkpoint-4" / "training_state.json").is_file()
+
+
+def test_overwrite_output_dir_moves_the_old_run_aside_as_the_training_scripts_do(tmp_path):
+    train(_cfg(tmp_path, "run", max_train_steps=2))
+    train(_cfg(tmp_path, "run", max_train_steps=2, seed=5, overwrite_output_dir=True))
+    assert (tmp_path / "run" / "previous-0" / "checkpoint-2" / "training_state.json").is_file()
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+
+
 def test_epoch_sampler_resumes_mid_epoch():
     a = EpochSampler(7, seed=1)
     full = [a.next_batch(3) for _ in range(5)]
@@ -84,7 +124,7 @@ def test_resume_after_kill_matches_the_uninterrupted_run(tmp_path):
     mid = {k.removeprefix("metric."): v for k, v in load_file(str(tmp_path / "resumed" / "checkpoint-2" / "model.safetensors")).items()}
     assert mid.keys() == a.keys()
     assert any(not torch.equal(a[k], mid[k]) for k in a if a[k].is_floating_point())
-    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "training_state.json").read_text())
     assert state["global_step"] == 4 and state["sampler"]["n"] == 12
 
 
@@ -107,7 +147,7 @@ def test_final_metric_loads_frozen_and_logs_go_to_tensorboard(tmp_path):
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     s = train(_cfg(tmp_path, "acc", max_train_steps=2, gradient_accumulation_steps=2, checkpointing_steps=2, resolution=16, input_size=16, layers=[1, 2]))
-    state = json.loads((tmp_path / "acc" / "checkpoint-2" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "acc" / "checkpoint-2" / "training_state.json").read_text())
     # 2 optimiser steps x 2 micro-batches x 2 clips = 8 items drawn from the 12-item epoch.
     assert s["global_step"] == 2 and (state["sampler"]["epoch"], state["sampler"]["position"]) == (0, 8)
 

@@ -45,6 +45,13 @@ def free(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclass
     return field(default=default, default_factory=default_factory, metadata={"resume": "free"})
 
 
+def converted(convert: Any, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+              resume: str = "warn") -> Any:
+    """A field read by its own `convert(name, value) -> value` (raising ValueError) instead of by
+    its type: values of more than one type (`r50` or `[1, 1, 1, 1]`) or a closed set of choices."""
+    return field(default=default, default_factory=default_factory, metadata={"convert": convert, "resume": resume})
+
+
 def resume_rules(cls: type) -> dict[str, str]:
     """{field: "shape" | "free" | "warn"} of a config class. A subclass that only changes a field's
     default keeps the rule of the class that declared it (the nearest declared rule in the MRO)."""
@@ -276,7 +283,11 @@ def config_from_dict(cls: type, values: dict[str, Any], source: str = "config") 
             close = difflib.get_close_matches(str(k), list(types_), n=3)
             hints.append(f"`{k}`" + (f" (did you mean {', '.join(close)}?)" if close else ""))
         raise ValueError(f"{source}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(sorted(types_))}")
-    kwargs = {k: _convert(k, types_[k], v, source) for k, v in values.items()}
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in values.items():
+        convert = fields_[k].metadata.get("convert")
+        kwargs[k] = convert(k, v) if convert is not None else _convert(k, types_[k], v, source)
     return cls(**kwargs)
 
 
