@@ -26,9 +26,9 @@ from stccl_diffusers.adapters.dice import (
 )
 from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import build_accelerator, parse_config, train
-from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
+from stccl_diffusers.data.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_config_metric
-from stccl_diffusers.training.effect import synthetic_validation
+from stccl_diffusers.eval.effect import synthetic_validation
 from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.data.synthetic import speaker_identities

@@ -15,7 +15,7 @@ image (``reference: neutral``), reconstruction weighted where frames differ from
 emotion (the table's ``base`` rows say how much).
 
 Measures per arm (mean ± std over seeds), on held-out identities/sentences
-(:mod:`stccl_diffusers.training.effect`, shared with the demos' metrics.json):
+(:mod:`stccl_diffusers.eval.effect`, shared with the demos' metrics.json):
 
 * ``emotion_acc``: accuracy of a small frozen probe (CNN trained here on rendered frames with
   random identity, emotion and mouth opening) on the generated target clips; chance is 1/5.
@@ -63,22 +63,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from stccl_diffusers.training.clips import TalkingClipDataset  # noqa: E402
-from stccl_diffusers.training.config import parse_config  # noqa: E402
+from stccl_diffusers.data.clips import TalkingClipDataset  # noqa: E402
+from benchmarks.common import demo_cfg as _cfg, metric_quality, new_run_dir  # noqa: E402,F401
 from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips, metric_backbone_arg  # noqa: E402
-from stccl_diffusers.training.effect import (  # noqa: E402
+from stccl_diffusers.eval.effect import (  # noqa: E402
     MEASURES, SYNC_CHECKS, ensure_probe, eval_clips, measure, metric_sync_check, truth_scores)
 from stccl_diffusers.training.loop import train  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the backends
-
-
-def _cfg(cls, demo_config: Path, overrides: dict):
-    argv = []
-    for k, v in overrides.items():
-        argv += [f"--{k}", *(str(x) for x in v)] if isinstance(v, (list, tuple)) else [f"--{k}", str(v)]
-    return parse_config(cls, argv, default_config=demo_config)
 
 
 def run_arms(backend, base_cfg, weight, steps, make_adapter, data, collate_fn, evaluate, seeds, run_dir, results, log):
@@ -119,18 +112,6 @@ def eval_identities(args, data_dir: Path):
     from stccl_diffusers.data.synthetic import speaker_identities
 
     return list(speaker_identities(str(data_dir)).values())
-
-
-def metric_quality(metric) -> dict:
-    """Held-out positive/negative similarity of the metric on synthetic pairs it never saw (as
-    `stccl-pretrain` reports it): a larger gap = a metric that tells matching correlations apart."""
-    from stccl_diffusers.data.datasets import PairedClipDataset
-    from stccl_diffusers.pretrain import evaluate_gap
-
-    ds = PairedClipDataset.from_synthetic(8, 2, 64, seed=7919)
-    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("anchor", "target")}
-    r = evaluate_gap(metric, [batch])
-    return {k: float(r[k]) for k in ("pos_sim", "neg_sim", "gap")}
 
 
 def ground_truth_rows(backend, clips, probe, metric, log) -> dict:
@@ -343,21 +324,6 @@ def replot(run_dir: Path) -> Path:
         path = run_dir / f"effect-replot-{n}.png"
     draw_figure(payload["results"], summary, path)
     return path
-
-
-def new_run_dir(out: Path) -> Path:
-    """A new `out/run-<time>[-N]/` (never an existing one: two runs started in the same second each
-    get their own)."""
-    out.mkdir(parents=True, exist_ok=True)
-    stem = time.strftime("run-%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        run_dir = out / (stem if n == 1 else f"{stem}-{n}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new run folder under {out}")
 
 
 def parse_args(argv=None):

@@ -89,7 +89,7 @@ def test_the_deployment_ground_truth_has_the_emotional_face_and_the_neutral_audi
 
 
 def test_deployment_clips_ask_each_sentence_for_every_emotion():
-    from stccl_diffusers.training.effect import EVAL_EMOTIONS, deployment_clips
+    from stccl_diffusers.eval.effect import EVAL_EMOTIONS, deployment_clips
 
     clips = deployment_clips(2, 6, 32)
     assert len(clips) == 2 * len(EVAL_EMOTIONS)

@@ -91,7 +91,7 @@ def test_steps_between_rollouts_train_the_diffusion_loss_alone_and_neutral_audio
 def test_the_clip_dataset_gives_the_neutral_recording_for_the_deployment_case_audio(tmp_path):
     import numpy as np
 
-    from stccl_diffusers.training.clips import TalkingClipDataset
+    from stccl_diffusers.data.clips import TalkingClipDataset
     from stccl_diffusers.training.demo import ensure_synthetic_clips
 
     d = ensure_synthetic_clips(tmp_path / "d", speakers=1, clips=1, size=32, seed=1, emotions=["angry"], coupling=1.0)

@@ -268,7 +268,7 @@ def test_clip_folder_reports_unreadable_and_unlabelled_clips_by_name(tmp_path):
 
     from stccl_diffusers.data.video_io import write_video
     from stccl_diffusers.models.reference_dice import DICE_EMOTIONS
-    from stccl_diffusers.training.clips import TalkingClipDataset
+    from stccl_diffusers.data.clips import TalkingClipDataset
 
     frames = np.full((10, 16, 16, 3), 128, np.uint8)
     write_video(str(tmp_path / "S1/happy/001.mp4"), frames, 25.0, np.zeros(6400, np.float32), 16000)

@@ -152,7 +152,7 @@ class TalkingClipsConfig(TrainingConfig):
     """Folder of .mp4 clips (with audio) under emotion-named folders (MEAD layout works)."""
     synthesize_if_missing: bool = True
     """Synthesize demo clips when `data_dir` is missing; only ever into the demo's own folders
-    (under `outputs/` or the cache, see `training.clips.prepare_clip_folder`), never a user's."""
+    (under `outputs/` or the cache, see `data.clips.prepare_clip_folder`), never a user's."""
     synth_speakers: int = 3
     synth_clips: int = 2
     windows_per_clip: int = 4

@@ -242,7 +242,7 @@ def make_validation_fn(
     STCCL scores of target vs anchor. `no_stccl_fn(adapter, batch, generator, step, rendered) ->
     (label, frames) | None` adds a third row: the same model without STCCL (see
     :func:`lora_off_row` and :class:`BeforeSTCCLRow`). `effect_fn(target, anchor) -> {measure:
-    value}` (:func:`stccl_diffusers.training.effect.clip_scorer`) adds the benchmark's emotion and
+    value}` (:func:`stccl_diffusers.eval.effect.clip_scorer`) adds the benchmark's emotion and
     mouth measures as `effect_*`, and `no_stccl_*` for the third row's target-only measures.
     """
     out_dir = Path(out_dir)

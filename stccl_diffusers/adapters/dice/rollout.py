@@ -21,7 +21,7 @@ Every ``rollout_every``-th training step (the other steps train the diffusion lo
 Audio of the pseudo-pair (``rollout_audio``): ``clip`` (the training clip's own audio) or ``neutral``
 (the neutral recording of the same sentence by the same speaker, the deployment case: a user brings
 neutral speech and asks for an emotion; needs ``neutral_audio`` in the batch, which
-:class:`~stccl_diffusers.training.clips.TalkingClipDataset` gives with ``reference: neutral``). The
+:class:`~stccl_diffusers.data.clips.TalkingClipDataset` gives with ``reference: neutral``). The
 default is ``neutral``: with the clip's audio the anchor is asked to say emotional (loud or fast)
 speech with a neutral face, a pairing training never shows it, so the reward would pull the target
 towards an out-of-distribution anchor; with neutral audio both sides of the pair are the question the

@@ -10,8 +10,8 @@ from typing import Optional
 import yaml
 
 from ...models.reference_eat import ReferenceEATModel
-from ...training.clips import TalkingClipDataset, prepare_clip_folder
-from ...training.effect import synthetic_validation
+from ...data.clips import TalkingClipDataset, prepare_clip_folder
+from ...eval.effect import synthetic_validation
 from ...utils.safety import from_pretrained_local
 from .adapter import EATAdapter, ReferenceEATGeneratorFull
 from .checkout import check_eat_checkout, eat_validation_batch, load_eat_dataset, load_eat_generator_full

@@ -144,7 +144,7 @@ EAT_EMOTION_NAMES = tuple(EMOTION_TO_EAT)
 
 
 def eat_collate(items: Sequence[Dict[str, Any]], n_mels: int = 20, context: int = 1) -> Dict[str, Any]:
-    """Talking-clip items (:class:`~stccl_diffusers.training.clips.TalkingClipDataset` built with
+    """Talking-clip items (:class:`~stccl_diffusers.data.clips.TalkingClipDataset` built with
     :data:`EAT_EMOTION_NAMES`) -> an EAT-style batch: ``source`` ``(B, 3, H, W)`` and ``driving``
     ``(B, T, 3, H, W)`` in ``[0, 1]``, ``audio`` ``(B, T, n_mels * (2 * context + 1))`` per-frame
     log-mel, ``y_trg`` ``(B,)`` EAT labels, ``bboxs`` ``(B, T, 4)`` x1, y1, x2, y2 pixels (the items'

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from ..data.datasets import frames_to_tensor
 from ..data.synthetic import (EMOTIONS, VISEMES, deployment_clip, make_pair, render_clip, render_face, sample_identity,
                               sample_utterance)
-from ..eval.mouth import mouth_opening_curve, mouth_preservation
-from .clips import _resize
-from .validation import stccl_scores, to_uint8
+from .mouth import mouth_opening_curve, mouth_preservation
+from ..data.clips import _resize
+from ..training.validation import stccl_scores, to_uint8
 
 EVAL_EMOTIONS = EMOTIONS[1:]  # targets: every non-neutral emotion
 MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "gt_amp", "neu_corr", "neu_mae", "neu_lag",
