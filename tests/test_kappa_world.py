@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stccl_diffusers.data import synthetic as syn
+from stccl_diffusers.utils.safety import UsageError
 
 
 def _fingerprint(pair) -> str:
@@ -113,5 +114,5 @@ def test_stccl_synth_writes_the_coupling_and_refuses_to_reuse_another(tmp_path):
     assert ensure_synthetic_clips(d, coupling=1.0) == d
     with pytest.raises(ValueError, match="kappa=0.5"):
         ensure_synthetic_clips(d, coupling=0.5)
-    with pytest.raises(SystemExit, match="coupling"):
+    with pytest.raises(UsageError, match="coupling"):
         syn.synth_main(["--out", str(tmp_path / "bad"), "--coupling", "-1"])
