@@ -29,7 +29,8 @@ from stccl_diffusers.training import build_accelerator, parse_config, train
 from stccl_diffusers.data.clips import TalkingClipDataset, prepare_clip_folder
 from stccl_diffusers.training.demo import ensure_config_metric
 from stccl_diffusers.eval.effect import synthetic_validation
-from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.training.validation import (lora_off_row, make_validation_fn, plot_loss_curves, run_summary,
+                                                  write_metrics_json)
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.data.synthetic import speaker_identities
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
@@ -122,12 +123,8 @@ def main(argv=None) -> dict:
     if accelerator.is_main_process:
         plot_loss_curves(result.step_log, out / "loss_curves.png", validations=result.validations)
         info.update(
-            global_step=result.global_step, skipped_steps=result.skipped_steps, resumed_from=result.resumed_from,
-            validations=result.validations,
-            first_validation=result.validations[0] if result.validations else None,
-            last_validation=result.validations[-1] if result.validations else None,
             anchor_forward_fraction=sum(r.get("anchor_forward", 0) for r in result.step_log) / max(1, len(result.step_log)),
-            wall_time_s=time.perf_counter() - started,
+            **run_summary(result, started),
         )
         write_metrics_json(out / "metrics.json", info)
         accelerator.print(f"done in {info['wall_time_s']:.0f} s; outputs in {out}/")

@@ -27,7 +27,8 @@ from stccl_diffusers.adapters.eat.build import build_adapter, build_backend, bui
 from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
 from stccl_diffusers.training import build_accelerator, parse_config, train
 from stccl_diffusers.training.demo import ensure_config_metric
-from stccl_diffusers.training.validation import BeforeSTCCLRow, make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.training.validation import (BeforeSTCCLRow, make_validation_fn, plot_loss_curves, run_summary,
+                                                  write_metrics_json)
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.utils.safety import cli_errors, save_pretrained_atomic
 
@@ -79,13 +80,9 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
                          validations=result.validations)
         clips = getattr(train_set, "clips", None) or getattr(train_set, "videos", [])  # ours / EAT's data set
         info = {"config": cfg.config, **metric_info, "num_clips": len(clips),
-                "skipped_clips": getattr(train_set, "skipped", []), "global_step": result.global_step,
-                "skipped_steps": result.skipped_steps, "resumed_from": result.resumed_from,
+                "skipped_clips": getattr(train_set, "skipped", []),
                 "anchor": cfg.anchor, "anchor_copy_bytes": adapter.anchor_copy_bytes(),
-                "validations": result.validations,
-                "first_validation": result.validations[0] if result.validations else None,
-                "last_validation": result.validations[-1] if result.validations else None,
-                "wall_time_s": time.perf_counter() - started}
+                **run_summary(result, started)}
         write_metrics_json(out / "metrics.json", info)
         accelerator.print(json.dumps({k: info[k] for k in ("wall_time_s", "first_validation", "last_validation")},
                                      indent=1))

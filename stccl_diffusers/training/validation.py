@@ -347,6 +347,19 @@ def plot_loss_curves(step_log: list[dict], path: str | Path, keys: tuple[str, ..
     return str(path)
 
 
+def run_summary(result, started: float) -> dict[str, Any]:
+    """What every training script puts in its metrics JSON about the run (one place for both):
+    steps, skipped steps, the checkpoint resumed from, every validation with the first and the
+    last, and the wall time since `started` (`time.perf_counter()`)."""
+    import time
+
+    return {"global_step": result.global_step, "skipped_steps": result.skipped_steps,
+            "resumed_from": result.resumed_from, "validations": result.validations,
+            "first_validation": result.validations[0] if result.validations else None,
+            "last_validation": result.validations[-1] if result.validations else None,
+            "wall_time_s": time.perf_counter() - started}
+
+
 def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> str:
     def clean(v):
         if isinstance(v, torch.Tensor):
