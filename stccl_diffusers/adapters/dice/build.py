@@ -23,12 +23,12 @@ def build_callback(cfg: DiceTrainingConfig, metric, decoder=None, decode_fn=None
         metric=metric, scheduler=make_svd_scheduler(), decoder=decoder, decode_fn=decode_fn,
         gate_timestep=cfg.gate_timestep, weight=cfg.stccl_weight, num_frames=cfg.num_frames,
         frame_subset=[int(i) for i in cfg.frame_subset] if cfg.frame_subset else None,
-        decode_chunk_size=cfg.decode_chunk_size, placebo=bool(getattr(cfg, "stccl_placebo", False)),
+        decode_chunk_size=cfg.decode_chunk_size, placebo=bool(cfg.stccl_placebo),
     )
 
 
 def build_reference_adapter(cfg: DiceTrainingConfig, model: ReferenceDICE, callback=None) -> ReferenceDiceAdapter:
-    mode = getattr(cfg, "reward_mode", "single_step")
+    mode = cfg.reward_mode
     if mode not in ("single_step", "rollout"):
         raise ValueError(f"expected reward_mode 'single_step' or 'rollout', got {mode!r}")
     cls, extra = ReferenceDiceAdapter, {}
