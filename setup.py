@@ -47,6 +47,8 @@ setup(
         # The EAT tests run EAT's real source (../shared/third_party), which imports the `eat` extra:
         # README's `pip install -e ".[test]"` must be enough for `pytest tests`.
         "test": ["pytest>=7", "einops", *EAT_DEPS],
+        # The documentation site (mkdocs.yml): `mkdocs build --strict`, run by .ci/run.
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
     },
     entry_points={
         "console_scripts": [

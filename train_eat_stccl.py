@@ -15,7 +15,6 @@ same that ``train_dice_stccl.py`` runs.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,6 +29,7 @@ from stccl_diffusers.training.demo import ensure_config_metric
 from stccl_diffusers.training.validation import (BeforeSTCCLRow, make_validation_fn, plot_loss_curves, run_summary,
                                                   write_metrics_json)
 from stccl_diffusers.data.datasets import write_skipped_report
+from stccl_diffusers.utils.jsonio import dumps_strict
 from stccl_diffusers.utils.safety import cli_errors, save_pretrained_atomic
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "eat_stccl_demo.yaml"
@@ -84,8 +84,8 @@ def main(argv=None, stop_after_steps: Optional[int] = None):
                 "anchor": cfg.anchor, "anchor_copy_bytes": adapter.anchor_copy_bytes(),
                 **run_summary(result, started)}
         write_metrics_json(out / "metrics.json", info)
-        accelerator.print(json.dumps({k: info[k] for k in ("wall_time_s", "first_validation", "last_validation")},
-                                     indent=1))
+        accelerator.print(dumps_strict({k: info[k] for k in ("wall_time_s", "first_validation", "last_validation")},
+                                    indent=1))
     return result
 
 

@@ -67,8 +67,9 @@ from stccl_diffusers.data.clips import TalkingClipDataset  # noqa: E402
 from benchmarks.common import demo_cfg as _cfg, metric_quality, new_run_dir  # noqa: E402,F401
 from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips, metric_backbone_arg  # noqa: E402
 from stccl_diffusers.eval.effect import (  # noqa: E402
-    MEASURES, SYNC_CHECKS, ensure_probe, eval_clips, measure, metric_sync_check, truth_scores)
+    MEASURES, NULL_REASONS, SYNC_CHECKS, ensure_probe, eval_clips, measure, metric_sync_check, truth_scores)
 from stccl_diffusers.training.loop import train  # noqa: E402
+from stccl_diffusers.utils.jsonio import nulls_to_nan, write_json  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the backends
@@ -315,7 +316,7 @@ def replot(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "results.json").is_file():
         raise SystemExit(f"--replot {run_dir}: expected a run folder of this benchmark with a results.json")
-    payload = json.loads((run_dir / "results.json").read_text())
+    payload = nulls_to_nan(json.loads((run_dir / "results.json").read_text()))
     summary = {b: {a: {m: tuple(v) for m, v in arms.items()} for a, arms in s.items()}
                for b, s in payload["summary"].items()}
     path, n = run_dir / "effect-replot.png", 1
@@ -386,7 +387,7 @@ def main(argv=None) -> dict:
     wall = time.perf_counter() - started
     payload = {"args": {k: v for k, v in vars(args).items()}, "probes": probes, "results": results,
                "summary": summary, "wall_time_s": wall, "torch_threads": args.threads}
-    (run_dir / "results.json").write_text(json.dumps(payload, indent=1))
+    write_json(run_dir / "results.json", payload, indent=1, why=NULL_REASONS)
     (run_dir / "results.md").write_text(table + "\n")
     draw_figure(results, summary, run_dir / "effect.png")
     print(table)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import json
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from stccl_diffusers.utils.jsonio import write_json  # noqa: E402
 
 
 def _quartiles(values: list[float]) -> dict[str, float]:
@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
         res["weight_for_target"] = res["weight"] * args.target_ratio / med if med and med > 0 else None
         results[backend] = res
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "summary.json").write_text(json.dumps(results, indent=1))
+    write_json(out_root / "summary.json", results, indent=1)
     for backend, r in results.items():
         gr, gc = r["grad_ratio"], r["grad_cos"]
         print(f"{backend}: stccl_weight {r['weight']:g}, {r['measured_steps']} of {r['steps']} full-weight steps "

@@ -30,7 +30,6 @@ and its neutral twin at the same timing). The metric is a fresh seeded one (``--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stccl_diffusers.metric import GENERATOR_LOSSES, STCCLMetric  # noqa: E402
+from stccl_diffusers.utils.jsonio import write_json  # noqa: E402
 
 SHARED_REAL = ROOT.parent / "shared" / "data" / "real_pairs"
 LATE, SHIFTS = 3, (0, 3, 6)
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     results["seconds"] = round(time.time() - t0, 1)
     print(table(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
     return 0
 
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from stccl_diffusers.metric import GENERATOR_LOSSES, STCCLMetric  # noqa: E402
 from stccl_diffusers.eval.effect import clip_item, ensure_probe, eval_clips  # noqa: E402
 from stccl_diffusers.training.validation import stccl_scores  # noqa: E402
+from stccl_diffusers.utils.jsonio import write_json  # noqa: E402
 from stccl_diffusers.utils.safety import from_pretrained_local  # noqa: E402
 
 MEASURES = ("stccl", "floor", "mouth_dist", "recon", "emotion_acc")
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
     results["seconds"] = round(time.time() - t0, 1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
     print(f"({results['seconds']} s)")
     return 0
 

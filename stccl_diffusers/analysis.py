@@ -22,7 +22,6 @@ must get right during generator training; no published STCCL tool reports it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from .utils.safety import UsageError
+from .utils.jsonio import dumps_strict
 
 __all__ = [
     "layer_similarities",
@@ -396,7 +396,7 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
         "results": results,
     }
     with open(os.path.join(args.out, "similarities.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        f.write(dumps_strict(report, indent=2, explain_nulls=True))
     plot_similarities(results, os.path.join(args.out, "similarities.png"), f"pos/neg similarity per layer on {report['data']}, {report['num_clips']} clips")
     for n, r in results.items():
         print(f"stccl-analyze: {n}: pos {r['pos_sim']:.4f} neg {r['neg_sim']:.4f} gap {r['gap']:.4f}")
@@ -405,7 +405,7 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
         timing = _timing(args, ds, metrics, shifts)
         timing.update({"data": data, "trained": os.path.abspath(args.trained)})
         with open(os.path.join(args.out, "speech_timing.json"), "w") as f:
-            json.dump(timing, f, indent=2)
+            f.write(dumps_strict(timing, indent=2, explain_nulls=True))
         print(f"stccl-analyze: speech-timing AUC (aligned window scores lower than the target shifted by k frames; 0.5 = blind to timing), "
               f"{len(timing['clips'])} clips, windows of {args.num_frames} frames:")
         for n in metrics:

@@ -314,6 +314,13 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         fy = self.extract_features(generated)
         return self._stccl(fx, fy, anchor.shape[0], anchor.shape[1], generator, form)
 
+    def set_generator_loss(self, form: str) -> None:
+        """Set the configured ``generator_loss`` (one of :data:`GENERATOR_LOSSES`), as the training
+        configs' ``generator_loss`` field does; it is saved with the metric's config."""
+        if form not in GENERATOR_LOSSES:
+            raise ValueError(f"generator_loss: expected one of {list(GENERATOR_LOSSES)}, got {form!r}")
+        self.register_to_config(generator_loss=form)
+
     def contrastive_loss(
         self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None
     ) -> STCCLOutput:

@@ -39,6 +39,7 @@ from .training.checkpoints import (
     save_checkpoint as _save_checkpoint,
 )
 from .training.config import config_from_dict, config_to_dict, converted, free, load_yaml_config, parse_config, shape
+from .utils.jsonio import dumps_strict
 from .utils.safety import save_pretrained_atomic
 
 logger = logging.getLogger("stccl_diffusers.pretrain")
@@ -541,7 +542,7 @@ def _train(cfg: PretrainConfig, accelerator, ckpt: Optional[str], report_to: Opt
         after = evaluate_gap(final, val_batches, seed=int(cfg["val_seed"])) if val_batches else None
         summary.update({"held_out_before": before, "held_out_after": after, "wall_time_s": time.time() - t0})
         with open(os.path.join(out_dir, "pretrain_summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+            f.write(dumps_strict(summary, indent=2, explain_nulls=True))
         if before and after:
             logger.info("held-out synthetic pos-neg gap: %.4f before -> %.4f after", before["gap"], after["gap"])
             if report_to:

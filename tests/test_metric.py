@@ -351,3 +351,36 @@ def test_arcface_weights_still_load_exactly_over_the_new_init():
     load_arcface_state_dict(dst, {k[len("module."):]: v for k, v in state.items()})
     for k, v in src.state_dict().items():
         assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_the_training_configs_generator_loss_reaches_the_metric_and_is_checked(tmp_path):
+    from stccl_diffusers.training import config_from_dict
+    from stccl_diffusers.training.config import TalkingClipsConfig
+    from stccl_diffusers.training.demo import ensure_metric
+
+    with pytest.raises(ValueError, match="generator_loss"):
+        config_from_dict(TalkingClipsConfig, {"generator_loss": "infonce"})
+    torch.manual_seed(0)
+    STCCLMetric(backbone=(1, 1, 1, 1), input_size=64, embedding_head=False).save_pretrained(str(tmp_path / "m"))
+    kept, info = ensure_metric(str(tmp_path / "m"), tmp_path / "unused")
+    assert kept.config.generator_loss == "align" and info["generator_loss"] == "align"  # None: the metric's own
+    cfg = config_from_dict(TalkingClipsConfig, {"generator_loss": "paper"})
+    metric, info = ensure_metric(str(tmp_path / "m"), tmp_path / "unused", generator_loss=cfg.generator_loss)
+    assert metric.config.generator_loss == "paper" and info["generator_loss"] == "paper"
+    a, g = torch.rand(1, 2, 3, 64, 64) * 2 - 1, torch.rand(1, 2, 3, 64, 64) * 2 - 1
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(metric(a, g, generator=gen()).loss, metric(a, g, generator=gen(), form="paper").loss)
+        assert not torch.allclose(metric(a, g, generator=gen()).loss, kept(a, g, generator=gen()).loss)
+    with pytest.raises(ValueError, match="generator_loss"):
+        metric.set_generator_loss("bogus")
+
+
+@pytest.mark.parametrize("name", ["dice_stccl", "dice_stccl_demo", "eat_stccl", "eat_stccl_demo"])
+def test_the_shipped_training_configs_name_the_align_form(name):
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    assert yaml.safe_load(path.read_text())["generator_loss"] == "align"

@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.jsonio import dumps_strict
 from .video_io import IMAGE_EXTS, NoAudioError, VideoReadError, list_frame_files, probe_video, read_audio
 from ..utils.safety import UsageError
 
@@ -153,7 +154,7 @@ def write_manifest(path: str, manifest: Dict[str, Dict[str, Dict[str, np.ndarray
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f)
+        f.write(dumps_strict(obj))
     os.replace(tmp, path)
 
 

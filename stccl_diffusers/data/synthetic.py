@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from ..utils.safety import UsageError
+from ..utils.jsonio import dumps_strict
 
 __all__ = [
     "EMOTIONS",
@@ -793,8 +794,6 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
     sentences), plus ``DIR/ground_truth.json`` with the true alignments. ``--format frames``
     writes ``<clip>/<idx:06d>.png`` folders plus ``<clip>.wav`` instead.
     """
-    import json
-
     from tqdm.auto import tqdm
 
     from .video_io import write_frames_dir, write_video
@@ -843,7 +842,7 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
                 al = true_alignment(utterance, clips["neutral"].knots, cl.knots, cfg.fps)
                 truth.setdefault(speaker, {}).setdefault(emo, {})[f"{clip}_{clip}"] = al.round(3).tolist()
     with open(os.path.join(args.out, "ground_truth.json"), "w") as f:
-        json.dump({"fps": cfg.fps, "size": cfg.size, "seed": args.seed, "coupling": cfg.coupling, "alignment": truth}, f)
+        f.write(dumps_strict({"fps": cfg.fps, "size": cfg.size, "seed": args.seed, "coupling": cfg.coupling, "alignment": truth}))
     print(f"stccl-synth: wrote {len(jobs) * (1 + len(args.emotions))} clips to {args.out}")
     return 0
 

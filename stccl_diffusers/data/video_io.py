@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..utils.jsonio import dumps_strict
+
 __all__ = [
     "VideoClip",
     "VideoReadError",
@@ -271,7 +273,7 @@ def write_frames_dir(
         write_wav(directory.rstrip("/\\") + ".wav", audio, sample_rate)
     if fps is not None:
         with open(os.path.join(directory, "meta.json"), "w") as f:
-            json.dump({"fps": float(fps)}, f)
+            f.write(dumps_strict({"fps": float(fps)}))
 
 
 def list_frame_files(directory: str) -> list:

@@ -26,6 +26,7 @@ from ..data.synthetic import (EMOTIONS, VISEMES, deployment_clip, make_pair, ren
 from .mouth import mouth_opening_curve, mouth_preservation
 from ..data.clips import _resize
 from ..training.validation import stccl_scores, to_uint8
+from ..utils.jsonio import write_json
 
 EVAL_EMOTIONS = EMOTIONS[1:]  # targets: every non-neutral emotion
 MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "gt_amp", "neu_corr", "neu_mae", "neu_lag",
@@ -100,7 +101,7 @@ def ensure_probe(cache: Path, resolution: int, frames: int, steps: int, open_max
             "probe_frames": frames, "probe_steps": steps, "probe_open_max": open_max}
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(probe.state_dict(), path)
-    path.with_suffix(".json").write_text(json.dumps(info))
+    write_json(path.with_suffix(".json"), info, indent=None)
     return probe, info
 
 
@@ -168,6 +169,17 @@ def deployment_clips(n: int, num_frames: int, resolution: int, seed: int = 60_00
                 "audio": np.asarray(neutral.audio[: int(round(T * spf))], np.float32), "fps": truth.fps,
             })
     return clips
+
+
+#: Why a measure can be NaN (written as ``null`` in metrics.json / results.json, see utils.jsonio).
+NULL_REASONS = {
+    "px_gt_corr": "the pixel mouth detector rejects the frames (too small, e.g. 32 px, or no flat skin colour)",
+    "gt_amp": "the ground-truth mouth does not move, no amplitude to compare against",
+    "neu_amp": "the anchor's mouth does not move, no amplitude to compare against",
+    "gt_corr": "correlation undefined: a mouth curve does not move",
+    "neu_corr": "correlation undefined: a mouth curve does not move",
+    "stccl": "no STCCL metric was given to score it",
+}
 
 
 def _amp_ratio(reference: np.ndarray, generated: np.ndarray) -> float:

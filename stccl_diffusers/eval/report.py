@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from ..utils.jsonio import write_json as _write_strict_json
 
 __all__ = ["TABLE_COLUMNS", "MOUTH_COLUMNS", "STCCL_FAMILY", "EAT_FAMILY", "format_family_table", "format_table", "format_mouth_table", "write_mouth_plot", "write_json", "write_markdown", "write_plots", "random_init_banner"]
 
@@ -100,7 +101,7 @@ def format_mouth_table(result: dict) -> Optional[str]:
 
 
 def write_json(result: dict, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(result, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    _write_strict_json(path, result)
 
 
 def _extra_table(result: dict) -> Optional[str]:

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..utils.jsonio import dumps_strict
 from ..utils.safety import RunLock, verify_manifest, write_manifest
 from .config import compare_resume_config, config_to_dict
 
@@ -178,9 +179,9 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state))
+        (tmp / STATE_FILE).write_text(dumps_strict(state))
         if run_config is not None:
-            (tmp / RUN_CONFIG_FILE).write_text(json.dumps(run_config, indent=1, default=str))
+            (tmp / RUN_CONFIG_FILE).write_text(dumps_strict(run_config, indent=1))
         write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

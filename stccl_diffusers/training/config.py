@@ -175,6 +175,12 @@ class TalkingClipsConfig(TrainingConfig):
     metric_input_size: int = shape(64)
     metric_pretrain_steps: int = 12
     stccl_weight: float = 0.1
+    generator_loss: Optional[str] = None
+    """Form of the STCCL generator loss (`stccl_diffusers.metric.GENERATOR_LOSSES`): `align`
+    (1 - cos of the mapped correlations; minimal at the anchor), `nce`, `relational`,
+    `align+relational`, or `paper` (the paper's InfoNCE, whose minimum is not the anchor: see
+    docs/loss.md). None keeps the metric's own configured form (`align` for metrics this package
+    writes). Metric learning always uses the paper's contrastive form."""
     anchor: str = "frozen"
     """What renders the neutral anchor: `frozen` (the model as it started: LoRA disabled for DICE,
     a frozen copy of the trainable modules as loaded at step 0 for EAT) or `current` (the model
@@ -185,6 +191,11 @@ class TalkingClipsConfig(TrainingConfig):
     def __post_init__(self) -> None:
         if self.anchor not in ANCHORS:
             raise ValueError(f"`anchor` expects one of {ANCHORS}, got {self.anchor!r}")
+        from ..metric import GENERATOR_LOSSES
+
+        if self.generator_loss is not None and self.generator_loss not in GENERATOR_LOSSES:
+            raise ValueError(f"`generator_loss` expects one of {list(GENERATOR_LOSSES)} or null, "
+                             f"got {self.generator_loss!r}")
 
 
 #: Choices of `TalkingClipsConfig.anchor`.

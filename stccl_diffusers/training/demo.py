@@ -75,22 +75,31 @@ def metric_backbone_arg(value: Sequence[str] | str) -> str | list[int]:
 def ensure_config_metric(cfg, out_dir: str | Path, progress: bool = True):
     """The frozen STCCL metric a training config names (`metric_path`), else the one pretrained
     into `out_dir/metric` from `metric_backbone`, `metric_input_size`, `metric_pretrain_steps` and
-    `seed` (both training scripts)."""
-    return ensure_metric(cfg.metric_path, Path(out_dir) / "metric", backbone=metric_backbone_arg(cfg.metric_backbone),
+    `seed`, trained with the config's `generator_loss` form (both training scripts)."""
+    return ensure_metric(cfg.metric_path, Path(out_dir) / "metric", generator_loss=cfg.generator_loss,
+                         backbone=metric_backbone_arg(cfg.metric_backbone),
                          input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
                          progress=progress)
 
 
-def ensure_metric(path: str | Path | None, fallback_dir: str | Path, **pretrain_kwargs):
-    """`STCCLMetric.from_pretrained(path)` when given; else the one in `fallback_dir`, pretrained now if absent."""
+def ensure_metric(path: str | Path | None, fallback_dir: str | Path, generator_loss: str | None = None,
+                  **pretrain_kwargs):
+    """`STCCLMetric.from_pretrained(path)` when given; else the one in `fallback_dir`, pretrained now if absent.
+
+    `generator_loss`: the form of the generator loss to train with (a training config's
+    `generator_loss` field); None keeps the metric's own configured form. The info dict names the
+    form in use either way (`generator_loss`)."""
     from ..metric import STCCLMetric
 
     if path:
-        return STCCLMetric.from_pretrained(str(path)), {"metric": str(path)}
-    fallback_dir = Path(fallback_dir)
-    if (fallback_dir / "config.json").is_file():
-        return STCCLMetric.from_pretrained(str(fallback_dir)), {"metric": str(fallback_dir)}
-    t0 = time.perf_counter()
-    metric, info = pretrain_metric_quick(fallback_dir, **pretrain_kwargs)
-    info.update(metric=str(fallback_dir), metric_pretrain_s=time.perf_counter() - t0)
+        metric, info = STCCLMetric.from_pretrained(str(path)), {"metric": str(path)}
+    elif (Path(fallback_dir) / "config.json").is_file():
+        metric, info = STCCLMetric.from_pretrained(str(fallback_dir)), {"metric": str(fallback_dir)}
+    else:
+        t0 = time.perf_counter()
+        metric, info = pretrain_metric_quick(Path(fallback_dir), **pretrain_kwargs)
+        info.update(metric=str(fallback_dir), metric_pretrain_s=time.perf_counter() - t0)
+    if generator_loss is not None:
+        metric.set_generator_loss(generator_loss)
+    info["generator_loss"] = metric.config.generator_loss
     return metric, info

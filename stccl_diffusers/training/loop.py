@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .adapter import TalkingHeadAdapter
+from ..utils.jsonio import dumps_strict
 from ..utils.safety import write_into
 from .checkpoints import (  # noqa: F401  (list_checkpoints, check_resume_config: this module's API too)
     CHECKPOINT_PREFIX,
@@ -422,7 +423,7 @@ def _train(
             record = {"step": step, **{k: v for k, v in result.items() if _scalar(v) is not None}}
             record = {k: (_scalar(v) if k != "step" else v) for k, v in record.items()}
             with open(out / VALIDATION_LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps_strict(record) + "\n")
             accelerator.log({f"validation/{k}": v for k, v in record.items() if k != "step"}, step=step)
             accelerator.print(f"validation @ step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
         accelerator.wait_for_everyone()
@@ -528,7 +529,7 @@ def _train(
                 accelerator.log(logs, step=global_step)
                 if accelerator.is_main_process:
                     with open(out / STEP_LOG, "a") as f:
-                        f.write(json.dumps({"step": global_step, **logs}) + "\n")
+                        f.write(dumps_strict({"step": global_step, **logs}) + "\n")
                 if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0:
                     save_checkpoint(
                         accelerator,

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from ..metric import STCCLMetric
+from ..utils.jsonio import write_json
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -361,6 +361,9 @@ def run_summary(result, started: float) -> dict[str, Any]:
 
 
 def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> str:
+    """Write ``payload`` as strict JSON: NaN or inf become ``null``, listed with the reason under
+    ``"null_values"`` (see :mod:`stccl_diffusers.utils.jsonio`)."""
+    from .effect import NULL_REASONS  # effect imports this module
     def clean(v):
         if isinstance(v, torch.Tensor):
             return v.item() if v.numel() == 1 else v.tolist()
@@ -372,5 +375,4 @@ def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> str:
             return [clean(x) for x in v]
         return v
 
-    Path(path).write_text(json.dumps(clean(payload), indent=2))
-    return str(path)
+    return write_json(path, clean(payload), why=NULL_REASONS)

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .jsonio import dumps_strict
+
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".stccl_run.lock"
 
@@ -90,7 +92,7 @@ def write_manifest(folder: str | os.PathLike) -> dict:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST_FILE
     }
-    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+    (folder / MANIFEST_FILE).write_text(dumps_strict({"files": files}, indent=1))
     return files
 
 
@@ -159,7 +161,7 @@ class RunLock:
                     + ("" if same_host else "; delete the lock file if that run is gone")
                 ) from None
             with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+                f.write(dumps_strict(me))
             self.held = True
             return self
         raise RuntimeError(f"could not take the run lock {self.path}")
