@@ -347,6 +347,17 @@ def plot_loss_curves(step_log: list[dict], path: str | Path, keys: tuple[str, ..
     return str(path)
 
 
+#: Why a measure can be NaN (written as ``null`` in metrics.json / results.json, see utils.jsonio).
+NULL_REASONS = {
+    "px_gt_corr": "the pixel mouth detector rejects the frames (too small, e.g. 32 px, or no flat skin colour)",
+    "gt_amp": "the ground-truth mouth does not move, no amplitude to compare against",
+    "neu_amp": "the anchor's mouth does not move, no amplitude to compare against",
+    "gt_corr": "correlation undefined: a mouth curve does not move",
+    "neu_corr": "correlation undefined: a mouth curve does not move",
+    "stccl": "no STCCL metric was given to score it",
+}
+
+
 def run_summary(result, started: float) -> dict[str, Any]:
     """What every training script puts in its metrics JSON about the run (one place for both):
     steps, skipped steps, the checkpoint resumed from, every validation with the first and the
@@ -363,7 +374,6 @@ def run_summary(result, started: float) -> dict[str, Any]:
 def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> str:
     """Write ``payload`` as strict JSON: NaN or inf become ``null``, listed with the reason under
     ``"null_values"`` (see :mod:`stccl_diffusers.utils.jsonio`)."""
-    from .effect import NULL_REASONS  # effect imports this module
     def clean(v):
         if isinstance(v, torch.Tensor):
             return v.item() if v.numel() == 1 else v.tolist()
