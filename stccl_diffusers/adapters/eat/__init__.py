@@ -48,6 +48,7 @@ from .checkout import (
     load_eat_state,
     set_eat_trainable,
 )
+from .config import EATSTCCLConfig
 from .hook import (
     ANCHOR_WEIGHTS_NAME,
     EAT_EMOTION_NAMES,
@@ -69,6 +70,7 @@ from .hook import (
 from ..checkout import working_directory
 
 __all__ = [
+    "EATSTCCLConfig",
     "EAT_EMOTIONS",
     "NEUTRAL_INDEX",
     "EAT_REQUIRED_FILES",
