@@ -26,10 +26,11 @@ from stccl_diffusers.adapters.dice import (
 )
 from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import build_accelerator, parse_config, train
-from stccl_diffusers.training.clips import TalkingClipDataset, prepare_clip_folder
-from stccl_diffusers.training.demo import ensure_metric
-from stccl_diffusers.training.effect import synthetic_validation
-from stccl_diffusers.training.validation import lora_off_row, make_validation_fn, plot_loss_curves, write_metrics_json
+from stccl_diffusers.data.clips import TalkingClipDataset, prepare_clip_folder
+from stccl_diffusers.training.demo import ensure_config_metric
+from stccl_diffusers.eval.effect import synthetic_validation
+from stccl_diffusers.training.validation import (lora_off_row, make_validation_fn, plot_loss_curves, run_summary,
+                                                  write_metrics_json)
 from stccl_diffusers.data.datasets import write_skipped_report
 from stccl_diffusers.data.synthetic import speaker_identities
 from stccl_diffusers.utils.safety import cli_errors, from_pretrained_local
@@ -62,7 +63,7 @@ def main(argv=None) -> dict:
     accelerator = build_accelerator(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
-    info: dict = {"config": cfg._config_path, "anchor": cfg.anchor}
+    info: dict = {"config": cfg.config, "anchor": cfg.anchor}
 
     # 1. Data (synthesized on first run for the demo) and the frozen STCCL metric.
     with accelerator.main_process_first():
@@ -73,11 +74,7 @@ def main(argv=None) -> dict:
                                      progress=accelerator.is_local_main_process,
                                      target_fps=cfg.dice_fps if cfg.backend == "dice_talk" else None,
                                      crop=cfg.crop, reference=cfg.reference)
-        metric, metric_info = ensure_metric(
-            cfg.metric_path, out / "metric", generator_loss=cfg.generator_loss,
-            backbone=[int(x) for x in cfg.metric_backbone],
-            input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
-            progress=accelerator.is_local_main_process)
+        metric, metric_info = ensure_config_metric(cfg, out, progress=accelerator.is_local_main_process)
     info.update(metric_info, num_clips=len(dataset.clips), skipped_clips=dataset.skipped)
     if accelerator.is_main_process:
         write_skipped_report(dataset.skipped, str(out))
@@ -94,7 +91,7 @@ def main(argv=None) -> dict:
         callback = build_callback(cfg, metric, decoder=model.vae)
         adapter = build_reference_adapter(cfg, model, callback)
     elif cfg.backend == "dice_talk":
-        from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter
+        from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter
 
         adapter = build_dice_talk_adapter(cfg, metric)
     else:
@@ -126,12 +123,8 @@ def main(argv=None) -> dict:
     if accelerator.is_main_process:
         plot_loss_curves(result.step_log, out / "loss_curves.png", validations=result.validations)
         info.update(
-            global_step=result.global_step, skipped_steps=result.skipped_steps, resumed_from=result.resumed_from,
-            validations=result.validations,
-            first_validation=result.validations[0] if result.validations else None,
-            last_validation=result.validations[-1] if result.validations else None,
             anchor_forward_fraction=sum(r.get("anchor_forward", 0) for r in result.step_log) / max(1, len(result.step_log)),
-            wall_time_s=time.perf_counter() - started,
+            **run_summary(result, started),
         )
         write_metrics_json(out / "metrics.json", info)
         accelerator.print(f"done in {info['wall_time_s']:.0f} s; outputs in {out}/")

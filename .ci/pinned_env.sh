@@ -40,7 +40,7 @@ else
   for t in tests/test_edm.py tests/test_diffusion_x0.py tests/test_callback.py tests/test_callback_api.py \
            tests/test_callback_loops.py tests/test_callback_patch.py tests/test_lora_loop.py \
            tests/test_reference_dice.py \
-           tests/test_train_loop.py tests/test_run_safety.py tests/test_dice_adapter.py tests/test_ddp.py \
+           tests/test_train_loop.py tests/test_checkpoints.py tests/test_dice_adapter.py tests/test_ddp.py \
            tests/test_dice_talk_real.py tests/test_dice_talk_inference_match.py tests/test_dice_talk_train.py; do
     [ -f "$t" ] && TESTS+=("$t")
   done

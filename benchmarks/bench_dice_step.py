@@ -44,7 +44,7 @@ def main(argv=None):
         return reference_modes(args.steps or 3)
     from stccl_diffusers import STCCLMetric
     from stccl_diffusers.adapters.dice import DiceTrainingConfig
-    from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter, write_random_dice_talk_weights
+    from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter, write_random_dice_talk_weights
     from stccl_diffusers.models.reference_dice import DICE_EMOTIONS
     from stccl_diffusers.training import config_from_dict, configure_trainable
 

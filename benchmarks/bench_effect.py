@@ -15,7 +15,7 @@ image (``reference: neutral``), reconstruction weighted where frames differ from
 emotion (the table's ``base`` rows say how much).
 
 Measures per arm (mean ± std over seeds), on held-out identities/sentences
-(:mod:`stccl_diffusers.training.effect`, shared with the demos' metrics.json):
+(:mod:`stccl_diffusers.eval.effect`, shared with the demos' metrics.json):
 
 * ``emotion_acc``: accuracy of a small frozen probe (CNN trained here on rendered frames with
   random identity, emotion and mouth opening) on the generated target clips; chance is 1/5.
@@ -63,23 +63,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from stccl_diffusers.training.clips import TalkingClipDataset  # noqa: E402
-from stccl_diffusers.training.config import parse_config  # noqa: E402
-from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips  # noqa: E402
-from stccl_diffusers.training.effect import (  # noqa: E402
+from stccl_diffusers.data.clips import TalkingClipDataset  # noqa: E402
+from benchmarks.common import demo_cfg as _cfg, metric_quality, new_run_dir  # noqa: E402,F401
+from stccl_diffusers.training.demo import ensure_metric, ensure_synthetic_clips, metric_backbone_arg  # noqa: E402
+from stccl_diffusers.eval.effect import (  # noqa: E402
     MEASURES, NULL_REASONS, SYNC_CHECKS, ensure_probe, eval_clips, measure, metric_sync_check, truth_scores)
 from stccl_diffusers.training.loop import train  # noqa: E402
 from stccl_diffusers.utils.jsonio import nulls_to_nan, write_json  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the backends
-
-
-def _cfg(cls, demo_config: Path, overrides: dict):
-    argv = []
-    for k, v in overrides.items():
-        argv += [f"--{k}", *(str(x) for x in v)] if isinstance(v, (list, tuple)) else [f"--{k}", str(v)]
-    return parse_config(cls, argv, default_config=demo_config)
 
 
 def run_arms(backend, base_cfg, weight, steps, make_adapter, data, collate_fn, evaluate, seeds, run_dir, results, log):
@@ -106,7 +99,7 @@ def data_and_metric(base, emotions, cache: Path, metric_steps: int):
     ensure_synthetic_clips(base.data_dir, base.synth_speakers, base.synth_clips, size=64, seed=base.seed)
     data = TalkingClipDataset(base.data_dir, emotions, base.num_frames, base.resolution,
                               windows_per_clip=base.windows_per_clip, progress=False, reference=base.reference)
-    metric, _ = ensure_metric(None, cache / f"metric_{metric_steps}steps", backbone=[int(x) for x in base.metric_backbone],
+    metric, _ = ensure_metric(None, cache / f"metric_{metric_steps}steps", backbone=metric_backbone_arg(base.metric_backbone),
                               input_size=base.metric_input_size, steps=metric_steps, seed=0, progress=False)
     return data, metric
 
@@ -120,18 +113,6 @@ def eval_identities(args, data_dir: Path):
     from stccl_diffusers.data.synthetic import speaker_identities
 
     return list(speaker_identities(str(data_dir)).values())
-
-
-def metric_quality(metric) -> dict:
-    """Held-out positive/negative similarity of the metric on synthetic pairs it never saw (as
-    `stccl-pretrain` reports it): a larger gap = a metric that tells matching correlations apart."""
-    from stccl_diffusers.data.datasets import PairedClipDataset
-    from stccl_diffusers.pretrain import evaluate_gap
-
-    ds = PairedClipDataset.from_synthetic(8, 2, 64, seed=7919)
-    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("anchor", "target")}
-    r = evaluate_gap(metric, [batch])
-    return {k: float(r[k]) for k in ("pos_sim", "neg_sim", "gap")}
 
 
 def ground_truth_rows(backend, clips, probe, metric, log) -> dict:
@@ -185,12 +166,12 @@ def run_dice(args, cache: Path, run_dir: Path, probe, log) -> dict:
 
 
 def run_eat(args, cache: Path, run_dir: Path, probe, log) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig, build_backend
+    from stccl_diffusers.adapters.eat.build import build_backend
+    from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
 
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, EATAdapter, eat_collate
 
-    base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
+    base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                               "report_to": "none"})
     data, metric = data_and_metric(base, EAT_EMOTION_NAMES, cache, args.metric_steps)
     quality = metric_quality(metric)
@@ -344,21 +325,6 @@ def replot(run_dir: Path) -> Path:
         path = run_dir / f"effect-replot-{n}.png"
     draw_figure(payload["results"], summary, path)
     return path
-
-
-def new_run_dir(out: Path) -> Path:
-    """A new `out/run-<time>[-N]/` (never an existing one: two runs started in the same second each
-    get their own)."""
-    out.mkdir(parents=True, exist_ok=True)
-    stem = time.strftime("run-%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        run_dir = out / (stem if n == 1 else f"{stem}-{n}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new run folder under {out}")
 
 
 def parse_args(argv=None):

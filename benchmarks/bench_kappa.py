@@ -9,7 +9,7 @@ their loudness with strength κ (gain = loudness ** κ: angry 1.35x, sad 0.70x a
 original world, frame for frame. The emotion label then predicts the mouth's amplitude as well as the
 audio does: a model can take the label as a shortcut for articulation.
 
-Test (the deployment case, :func:`~stccl_diffusers.training.effect.deployment_clips`): the training
+Test (the deployment case, :func:`~stccl_diffusers.eval.effect.deployment_clips`): the training
 speakers (the tiny models cannot draw a face they never saw) say held-out sentences with *neutral*
 prosody, asked for every non-neutral emotion. Ground truth: the renderer's emotional face with the
 mouth driven by that neutral audio (no gain, neutral timing), exact.
@@ -34,7 +34,7 @@ Arms (the STCCL weight is the demo configs': DICE 0.5, EAT 0.02; amended below: 
 Fine-tuning: DICE 120 steps (LoRA rank 8, lr 1e-2), EAT 60 steps (lr 2e-3), as bench_effect.py.
 
 Measures (per arm, κ and seed; means over 3 sentences x 4 emotions = 12 clips of 16 (DICE) / 25
-(EAT) frames), by the frozen probe (opening range up to 1.4x; :mod:`stccl_diffusers.training.effect`):
+(EAT) frames), by the frozen probe (opening range up to 1.4x; :mod:`stccl_diffusers.eval.effect`):
 
 * against the ground truth: ``gt_corr``, ``gt_mae`` (the primary measure), ``gt_amp`` (std ratio:
   > 1 over-articulates), ``gt_lag``;
@@ -42,7 +42,7 @@ Measures (per arm, κ and seed; means over 3 sentences x 4 emotions = 12 clips o
 * ``emotion_acc`` (the probe's emotion accuracy on the targets);
 * ``stccl``: the STCCL score of target vs anchor, scored the way training scores (one scoring):
   consecutive windows of the training ``num_frames`` with the training ``frame_subset``, averaged
-  (:func:`~stccl_diffusers.training.world.windowed_stccl`), both sampled with the validation
+  (:func:`~benchmarks.world.windowed_stccl`), both sampled with the validation
   guidance. The single-step training reward scores x0-hat without guidance; its level is not this one.
 
 Metric: the STCCL metric trained here for 200 steps (`pretrain_metric_quick`, backbone (1,1,1,1),
@@ -105,12 +105,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_effect import _cfg, metric_quality, new_run_dir  # noqa: E402
-from benchmarks.dose_check import _clean, verdict, verdict_line  # noqa: E402
+from benchmarks.common import clean_json as _clean, demo_cfg as _cfg, metric_quality, new_run_dir  # noqa: E402
+from benchmarks.common import verdict, verdict_line  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric  # noqa: E402
-from stccl_diffusers.training.effect import SYNC_CHECKS, deployment_clips, ensure_probe, metric_sync_check  # noqa: E402
+from stccl_diffusers.eval.effect import SYNC_CHECKS, deployment_clips, ensure_probe, metric_sync_check  # noqa: E402
 from stccl_diffusers.training.loop import train  # noqa: E402
-from stccl_diffusers.training.world import (PROBE_OPEN_MAX, dice_base, eat_base, measure_by_emotion,  # noqa: E402
+from benchmarks.world import (PROBE_OPEN_MAX, dice_base, eat_base, measure_by_emotion,  # noqa: E402
                                             training_identities, world_data)
 
 MEASURES = ("gt_mae", "gt_corr", "gt_amp", "gt_lag", "neu_mae", "neu_corr", "neu_amp", "neu_lag", "emotion_acc", "stccl")
@@ -151,12 +151,13 @@ def setup(backend, args, kappa, cache, metric, log):
             return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
 
         return base, data, make, list(DICE_EMOTIONS), torch.utils.data.default_collate, build_s, data_dir
-    from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig, build_backend
+    from stccl_diffusers.adapters.eat.build import build_backend
+    from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
 
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, EATAdapter, eat_collate
     from stccl_diffusers.placebo import enable_placebo
 
-    base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
+    base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                               "report_to": "none"})
     data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES)
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]

@@ -4,9 +4,9 @@ For each coupling κ and backend: write the κ world's training set (`stccl-synt
 the backend's base model on it from scratch (reconstruction only; cached per κ), fine-tune it for
 ``--ft-steps`` with the STCCL weight 0 (the without-STCCL arm of the benchmark, one run per seed),
 then render the deployment case: the training speakers saying held-out sentences with *neutral*
-prosody, asked for every emotion (:func:`~stccl_diffusers.training.effect.deployment_clips`). The
+prosody, asked for every emotion (:func:`~stccl_diffusers.eval.effect.deployment_clips`). The
 mouth is scored against the exact ground truth (the emotional face with the mouth of that neutral
-audio) by the frozen probe (opening range up to :data:`~stccl_diffusers.training.world.PROBE_OPEN_MAX`).
+audio) by the frozen probe (opening range up to :data:`~benchmarks.world.PROBE_OPEN_MAX`).
 
 Verdict (fixed before any run): the dose is present for a backend when the mean ``gt_mae`` over
 seeds increases at every step of the sorted κ grid *and* gt_mae(κ_max) - gt_mae(κ_min) exceeds the
@@ -33,35 +33,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_effect import _cfg, new_run_dir  # noqa: E402
+from benchmarks.common import clean_json as _clean, demo_cfg as _cfg, new_run_dir, verdict, verdict_line  # noqa: E402,F401
 from stccl_diffusers.training.demo import ensure_metric  # noqa: E402
-from stccl_diffusers.training.effect import deployment_clips, ensure_probe  # noqa: E402
+from stccl_diffusers.eval.effect import deployment_clips, ensure_probe  # noqa: E402
 from stccl_diffusers.training.loop import train  # noqa: E402
-from stccl_diffusers.training.world import (PROBE_OPEN_MAX, dice_base, eat_base, measure_by_emotion,  # noqa: E402
+from benchmarks.world import (PROBE_OPEN_MAX, dice_base, eat_base, measure_by_emotion,  # noqa: E402
                                             training_identities, world_data)
 
 DOSE_MEASURES = ("gt_mae", "gt_amp", "gt_corr", "gt_lag", "neu_mae", "emotion_acc")
-
-
-def _finite(x):
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
-
-
-def _clean(obj):
-    """Strict JSON: NaN/inf -> null (a measure that could not be computed, e.g. no STCCL metric)."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float):
-        return _finite(obj)
-    return obj
 
 
 def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
@@ -82,11 +66,12 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
             model = ReferenceDICE.from_pretrained(str(base_dir))
             return build_reference_adapter(cfg, model, build_callback(cfg, metric, decoder=model.vae))
     else:
-        from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig, build_backend
+        from stccl_diffusers.adapters.eat.build import build_backend
+        from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
 
         from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, EATAdapter, eat_collate
 
-        base = _cfg(EATSTCCLConfig, DEMO_CONFIG, {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
+        base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                                   "report_to": "none"})
         data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES)
         audio_dim = eat_collate([data[0]])["audio"].shape[-1]
@@ -120,28 +105,6 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
         log(f"{backend} κ={kappa:g} seed {seed}: " + ", ".join(f"{m}={r[m]:.3f}" for m in DOSE_MEASURES)
             + " | gt_mae by emotion: " + ", ".join(f"{e} {v['gt_mae']:.3f}" for e, v in r["by_emotion"].items()))
     return {"build_s": build_s, "base_dir": str(base_dir), "data_dir": str(data_dir), "runs": runs}
-
-
-def verdict(per_kappa: dict) -> dict:
-    """{kappa: {"runs": [...]}} -> the pre-registered dose verdict (see the module docstring).
-
-    With one seed per κ there is no spread to beat: ``spread_known`` is False and ``dose_present``
-    says only that the mean rose at every κ step (the report says so)."""
-    ks = sorted(per_kappa, key=float)
-    mean = [float(np.mean([r["gt_mae"] for r in per_kappa[k]["runs"]])) for k in ks]
-    std = [float(np.std([r["gt_mae"] for r in per_kappa[k]["runs"]])) for k in ks]
-    increasing = all(b > a for a, b in zip(mean, mean[1:]))
-    growth = mean[-1] - mean[0]
-    spread = max(std[0], std[-1])
-    known = min(len(per_kappa[k]["runs"]) for k in ks) >= 2
-    return {"kappas": [float(k) for k in ks], "gt_mae_mean": mean, "gt_mae_std": std, "increasing": increasing,
-            "growth": growth, "spread": spread, "spread_known": known, "dose_present": bool(increasing and growth > spread)}
-
-
-def verdict_line(v: dict) -> str:
-    if not v["dose_present"]:
-        return "dose ABSENT (the world does not contain the failure yet)"
-    return "dose PRESENT" if v["spread_known"] else "rises at every κ step (one seed: no spread to beat, not a verdict)"
 
 
 def markdown(results: dict) -> str:

@@ -24,22 +24,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from stccl_diffusers.utils.jsonio import write_json  # noqa: E402
-
-
-def _load_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(Path(name).stem, REPO / name)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _quartiles(values: list[float]) -> dict[str, float]:
@@ -78,10 +69,14 @@ def run(backend: str, steps: int | None, weight: float | None, out_root: Path, e
         argv += ["--max_train_steps", str(steps)]
     if weight is not None:
         argv += ["--stccl_weight", str(weight)]
-    mod = _load_script(script)
-    mod.main(argv + list(extra))
-    cfg = mod.parse_config(mod.DiceTrainingConfig if backend == "dice" else mod.EATSTCCLConfig, argv + list(extra),
-                           default_config=mod.DEMO_CONFIG)
+    # The script runs as a user runs it (a script is not imported); its config is read back the same way.
+    subprocess.run([sys.executable, str(REPO / script), *argv, *extra], check=True)
+    from stccl_diffusers.adapters.dice import DiceTrainingConfig
+    from stccl_diffusers.adapters.eat.config import EATSTCCLConfig
+    from stccl_diffusers.training.config import parse_config
+
+    cfg = parse_config(DiceTrainingConfig if backend == "dice" else EATSTCCLConfig, argv + list(extra),
+                       default_config=REPO / "configs" / f"{backend}_stccl_demo.yaml")
     from stccl_diffusers.training.loop import read_jsonl
 
     return {"command": f"python {script} " + " ".join(argv + list(extra)),

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stccl_diffusers.metric import GENERATOR_LOSSES, STCCLMetric  # noqa: E402
-from stccl_diffusers.training.effect import clip_item, ensure_probe, eval_clips  # noqa: E402
+from stccl_diffusers.eval.effect import clip_item, ensure_probe, eval_clips  # noqa: E402
 from stccl_diffusers.training.validation import stccl_scores  # noqa: E402
 from stccl_diffusers.utils.jsonio import write_json  # noqa: E402
 from stccl_diffusers.utils.safety import from_pretrained_local  # noqa: E402
@@ -164,7 +164,7 @@ def run_eat(args, metric, probe, log) -> dict:
 def eat_validation_like(clips, res, collate, emotion):
     """The EAT reference model's batch for synthetic clips (what `synthetic_validation` builds)."""
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES
-    from stccl_diffusers.training.effect import clip_item
+    from stccl_diffusers.eval.effect import clip_item
 
     items = []
     for c in clips:

@@ -32,6 +32,7 @@ _LAZY = {
     "DiceTrainingConfig": ".adapters.dice",
     # EAT
     "ReferenceEATModel": ".models.reference_eat",
+    "EATSTCCLConfig": ".adapters.eat",
     "EATAdapter": ".adapters.eat",
     "EATWithSTCCL": ".adapters.eat",
     "ReferenceEATGeneratorFull": ".adapters.eat",

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .utils.safety import UsageError
 from .utils.jsonio import dumps_strict
 
 __all__ = [
@@ -284,7 +285,7 @@ def _dataset(args, input_size: int):
     if args.data == "synthetic":
         return PairedClipDataset.from_synthetic(args.num_clips, T, input_size, seed=args.seed)
     if not args.data_root or not os.path.isdir(args.data_root):
-        raise SystemExit(f"stccl-analyze: --data {args.data} needs --data_root to be an existing folder, got {args.data_root!r}")
+        raise UsageError(f"stccl-analyze: --data {args.data} needs --data_root to be an existing folder, got {args.data_root!r}")
     kw: Dict[str, Any] = {"include": [c for c in args.clips.split(",") if c] if args.clips else None}
     if args.face_align:
         from .data.face_align import FaceAligner
@@ -334,7 +335,7 @@ def _timing(args, ds, metrics: Dict[str, Any], shifts: Sequence[int]) -> Dict[st
             continue
         clips.append(name)
     if not clips:
-        raise SystemExit(f"stccl-analyze: no clip usable for the speech-timing analysis: {skipped[:3]}")
+        raise UsageError(f"stccl-analyze: no clip usable for the speech-timing analysis: {skipped[:3]}")
     return {"results": {k: mean_speech_timing(v) for k, v in per_clip.items()}, "clips": clips, "skipped": skipped,
             "shifts": list(shifts), "num_frames": args.num_frames}
 
@@ -369,9 +370,9 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         shifts = [int(k) for k in args.shifts.split(",") if k.strip()]
     except ValueError:
-        raise SystemExit(f"stccl-analyze: --shifts: expected a comma list of non-zero frame shifts, got {args.shifts!r}") from None
+        raise UsageError(f"stccl-analyze: --shifts: expected a comma list of non-zero frame shifts, got {args.shifts!r}") from None
     if any(k == 0 for k in shifts):
-        raise SystemExit(f"stccl-analyze: --shifts: expected non-zero frame shifts, got {args.shifts!r}")
+        raise UsageError(f"stccl-analyze: --shifts: expected non-zero frame shifts, got {args.shifts!r}")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
 

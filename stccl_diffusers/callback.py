@@ -385,6 +385,7 @@ class STCCLRewardCallback(ConfigMixin):
         self.frozen_model = None
         self.last_stats: dict[str, Any] = {}
         self._warned_nonfinite = False
+        self._placebo_generator: Optional[torch.Generator] = None  # the placebo arm's own stream, made on first use
         self._generators: dict[str, torch.Generator] = {}
         if metric is None and metric_pretrained_path is not None:
             from .metric import STCCLMetric  # lazy: the metric layer does not depend on this one
@@ -656,7 +657,7 @@ class STCCLRewardCallback(ConfigMixin):
             # generator (seeded from `seed`), so the metric's sampling stream is the real arm's.
             from .placebo import shuffle_time
 
-            if getattr(self, "_placebo_generator", None) is None:
+            if self._placebo_generator is None:
                 self._placebo_generator = torch.Generator().manual_seed(int(self.config.seed) + 7919)
             anc_px = shuffle_time(anc_px, self._placebo_generator)
         out = self.metric(anc_px, gen_px, generator=generator if generator is not None else self.generator(gen_px.device))

@@ -1,10 +1,11 @@
 """Console-script entry points: the package's `main` functions behind `cli_errors`, so a user sees
 one line naming the problem and its fix (`--debug` for the traceback). Library callers and tests
-call the unwrapped `main` functions and get the exceptions."""
+call the unwrapped `main` functions and get the exceptions: a mistake in the arguments is a
+`UsageError` (a ValueError); no CLI module exits by itself."""
 
 from __future__ import annotations
 
-from .utils.safety import cli_errors
+from .utils.safety import UsageError, cli_errors  # noqa: F401  (UsageError: for callers)
 
 
 def _lazy(module: str, name: str):

@@ -15,165 +15,228 @@ is saved with ``save_pretrained(output_dir)``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import yaml
 
 from .data.datasets import write_skipped_report
+from .training.checkpoints import (
+    claim_output_dir,
+    check_resume_config,
+    read_state,
+    resolve_checkpoint as _resolve,
+    save_checkpoint as _save_checkpoint,
+)
+from .training.config import config_from_dict, config_to_dict, converted, free, load_yaml_config, parse_config, shape
 from .utils.jsonio import dumps_strict
-from .utils.safety import RunLock, save_pretrained_atomic, verify_manifest, write_manifest
+from .utils.safety import save_pretrained_atomic
 
 logger = logging.getLogger("stccl_diffusers.pretrain")
 
-__all__ = ["DEFAULT_CONFIG", "load_config", "parse_args", "EpochSampler", "build_dataset", "build_metric", "evaluate_gap", "train", "main"]
+__all__ = ["PretrainConfig", "DEFAULT_CONFIG", "load_config", "parse_args", "EpochSampler", "build_dataset", "build_metric", "evaluate_gap", "train", "main"]
 
-# The flat config: every key may appear in the YAML and on the command line.
-DEFAULT_CONFIG: Dict[str, Any] = {
-    # ---- data
-    "data": "synthetic",  # synthetic | videos | mead | real_pairs
-    "data_root": None,  # videos: clip folder; mead: MEAD root with align_img; real_pairs: folder of tiled mp4s
-    "manifest": None,  # official-format manifest (mead: required; videos: optional, else DTW now)
-    "real_pairs_target": "stccl_vd",  # real_pairs: which tile is the emotional target
-    "num_frames": 4,  # T consecutive aligned steps per clip (>= 2 for TCC)
-    "resolution": 224,  # frames handed to the metric are resolution x resolution
-    "synthetic_pairs": 100000,  # synthetic: pairs per epoch (rendered on the fly)
-    "val_pairs": 16,  # held-out synthetic pairs for the pos/neg gap report (0: none)
-    "val_seed": 7919,  # held-out pairs use other identities and sentences than training
-    "dataloader_num_workers": 0,
-    "face_align": None,  # None | haar | dlib | insightface: landmark backend that pose-aligns emotional onto neutral frames (§4.1)
-    "insightface_root": None,  # folder with models/buffalo_l/ for face_align=insightface (no downloads)
-    "face_focus": "face",  # face | mouth: aligned crops centred on the face or on the mouth (mouth emphasis; needs face_align)
-    "holdout": None,  # clip-name prefixes (speaker ids like M003, or file names) left out of training
-    "add_synthetic_pairs": 0,  # videos | mead | real_pairs: this many synthetic pairs added to each epoch
-    # ---- metric
-    "backbone": "r50",  # r18 | r34 | r50 | r100 | [d1, d2, d3, d4]
-    "correlation": "vd",  # vd | cm
-    "input_size": 224,
-    "layers": [1, 2, 3, 4],  # backbone stages that contribute (each map must be >= 4x4)
-    "use_scc": True,
-    "use_tcc": True,
-    "num_samples": [32, 16, 8, 4],
-    "num_negatives": 8,
-    "tau": 0.07,
-    "caas": True,
-    "spatial_weight": 1.0,  # weight of the SCC term in the loss
-    "temporal_weight": 1.0,  # weight of the TCC term in the loss
-    "time_negatives": False,  # SCC negatives also from the target's other frames (speech timing; not in the paper)
-    "embedding_head": True,  # keep ArcFace's 12.8 M-parameter recognition head (only FAD needs it)
-    "arcface_weights": None,  # insightface backbone.pth to start from
-    "init_from": None,  # a save_pretrained metric folder to start from
-    # ---- optimisation (paper §8.2: Adam, lr 1e-4, batch 16, 50 epochs)
-    "learning_rate": 1.0e-4,
-    "adam_beta1": 0.9,
-    "adam_beta2": 0.999,
-    "adam_weight_decay": 0.0,
-    "adam_epsilon": 1.0e-8,
-    "train_batch_size": 16,
-    "gradient_accumulation_steps": 1,
-    "num_train_epochs": 50,
-    "max_train_steps": None,  # overrides num_train_epochs when set
-    "max_grad_norm": 1.0,
-    "mixed_precision": "no",  # no | fp16 | bf16
-    "seed": 0,
-    "cpu": None,  # force CPU; None: CPU when no CUDA (accelerate needs cpu=True for torchrun multi-CPU DDP)
-    "num_threads": None,  # torch CPU threads (1 is fastest on a shared, busy CPU)
-    # ---- io
-    "output_dir": "stccl-metric",
-    "checkpointing_steps": 500,
-    "checkpoints_total_limit": None,
-    "resume_from_checkpoint": None,  # a checkpoint folder or "latest"
-    "overwrite_output_dir": False,  # a fresh run into a folder with another run's checkpoints refuses without it
-    "report_to": "tensorboard",  # tensorboard | wandb | all | none
-    "logging_dir": "logs",
-    "logging_steps": 10,
-}
-
-_CHOICES = {
-    "data": ("synthetic", "videos", "mead", "real_pairs"),
-    "face_align": (None, "haar", "dlib", "insightface"),
-    "face_focus": ("face", "mouth"),
-    "correlation": ("vd", "cm"),
-    "mixed_precision": ("no", "fp16", "bf16"),
-}
-
-
-def _coerce(key: str, value: Any, from_cli: bool) -> Any:
-    """CLI strings are YAML scalars (``null``, ``1e-4``, ``[1,1,1,1]``, ``true``)."""
-    if from_cli and isinstance(value, str):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            pass
+def _yaml_scalar(value: Any) -> Any:
+    """A command-line string as YAML reads it (``null``, ``1e-4``, ``[1,1,1,1]``, ``true``)."""
     if isinstance(value, str):
-        # YAML 1.1 reads `3e-5` (no dot) as a string.
         try:
-            value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
-    if key == "mixed_precision" and value is False:  # YAML 1.1 reads a bare `no` as false
-        value = "no"
-    if key == "holdout" and isinstance(value, str):
-        value = [v for v in value.split(",") if v]
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ValueError(f"{key}: expected one of {list(_CHOICES[key])}, got {value!r}")
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
     return value
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Defaults <- YAML file <- overrides. Unknown keys raise ValueError naming them."""
-    cfg = dict(DEFAULT_CONFIG)
+def _choice(*options: Any, false_is: Optional[str] = None):
+    def convert(name: str, value: Any) -> Any:
+        value = _yaml_scalar(value)
+        if value is False and false_is is not None:  # YAML 1.1 reads a bare `no` as false
+            value = false_is
+        if value not in options:
+            raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _backbone(name: str, value: Any) -> Any:
+    """`r18|r34|r50|r100` or four stage depths."""
+    value = _yaml_scalar(value)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str) and "," in value:
+        return [int(v) for v in value.split(",") if v.strip()]
+    return value
+
+
+def _int_or_ints(name: str, value: Any) -> Any:
+    value = _yaml_scalar(value)
+    if isinstance(value, str) and "," in value:
+        value = [v for v in value.split(",") if v.strip()]
+    try:
+        return [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected an int or a list of ints, got {value!r}") from None
+
+
+@dataclass
+class PretrainConfig:
+    """The flat config of ``stccl-pretrain`` (paper §8.2 defaults): every field may appear in the
+    YAML file and on the command line. It is read by the same machinery as the training scripts'
+    configs (:mod:`stccl_diffusers.training.config`), and ``cfg["key"]`` reads a field as the dict
+    config it replaced did."""
+
+    # ---- data
+    data: str = converted(_choice("synthetic", "videos", "mead", "real_pairs"), "synthetic", resume="shape")
+    data_root: Optional[str] = None
+    """videos: clip folder; mead: MEAD root with align_img; real_pairs: folder of tiled mp4s."""
+    manifest: Optional[str] = None
+    """Official-format manifest (mead: required; videos: optional, else DTW now)."""
+    real_pairs_target: str = "stccl_vd"
+    """real_pairs: which tile is the emotional target."""
+    num_frames: int = 4
+    """T consecutive aligned steps per clip (>= 2 for TCC)."""
+    resolution: int = 224
+    """Frames handed to the metric are resolution x resolution."""
+    synthetic_pairs: int = 100000
+    """synthetic: pairs per epoch (rendered on the fly)."""
+    val_pairs: int = 16
+    """Held-out synthetic pairs for the pos/neg gap report (0: none)."""
+    val_seed: int = 7919
+    """Held-out pairs use other identities and sentences than training."""
+    dataloader_num_workers: int = free(0)
+    face_align: Optional[str] = converted(_choice(None, "haar", "dlib", "insightface"), None)
+    """Landmark backend that pose-aligns emotional onto neutral frames (§4.1); None: no alignment."""
+    insightface_root: Optional[str] = None
+    """Folder with models/buffalo_l/ for face_align=insightface (no downloads)."""
+    face_focus: str = converted(_choice("face", "mouth"), "face")
+    """Aligned crops centred on the face or on the mouth (mouth emphasis; needs face_align)."""
+    holdout: Optional[list] = None
+    """Clip-name prefixes (speaker ids like M003, or file names) left out of training."""
+    add_synthetic_pairs: int = 0
+    """videos | mead | real_pairs: this many synthetic pairs added to each epoch."""
+    # ---- metric
+    backbone: Any = converted(_backbone, "r50", resume="shape")
+    """`r18 | r34 | r50 | r100` or [d1, d2, d3, d4]."""
+    correlation: str = converted(_choice("vd", "cm"), "vd")
+    input_size: int = shape(224)
+    layers: Any = converted(_int_or_ints, default_factory=lambda: [1, 2, 3, 4])
+    """Backbone stages that contribute (each map must be >= 4x4)."""
+    use_scc: bool = True
+    use_tcc: bool = True
+    num_samples: Any = converted(_int_or_ints, default_factory=lambda: [32, 16, 8, 4])
+    num_negatives: Optional[int] = 8
+    tau: float = 0.07
+    caas: bool = True
+    spatial_weight: float = 1.0
+    """Weight of the SCC term in the loss."""
+    temporal_weight: float = 1.0
+    """Weight of the TCC term in the loss."""
+    time_negatives: bool = False
+    """SCC negatives also from the target's other frames (speech timing; not in the paper)."""
+    embedding_head: bool = shape(True)
+    """Keep ArcFace's 12.8 M-parameter recognition head (only FAD needs it)."""
+    arcface_weights: Optional[str] = None
+    """insightface backbone.pth to start from."""
+    init_from: Optional[str] = None
+    """A save_pretrained metric folder to start from."""
+    # ---- optimisation (paper §8.2: Adam, lr 1e-4, batch 16, 50 epochs)
+    learning_rate: float = 1.0e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1.0e-8
+    train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: int = free(50)
+    max_train_steps: Optional[int] = free(None)
+    """Overrides num_train_epochs when set."""
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: str = converted(_choice("no", "fp16", "bf16", false_is="no"), "no")
+    seed: int = 0
+    cpu: Optional[bool] = None
+    """Force CPU; None: CPU when no CUDA (accelerate needs cpu=True for torchrun multi-CPU DDP)."""
+    num_threads: Optional[int] = free(None)
+    """torch CPU threads (1 is fastest on a shared, busy CPU)."""
+    # ---- io
+    output_dir: str = free("stccl-metric")
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: Optional[int] = None
+    resume_from_checkpoint: Optional[str] = free(None)
+    """A checkpoint folder or "latest"."""
+    overwrite_output_dir: bool = free(False)
+    """A fresh run into a folder with another run's checkpoints refuses without it; with it they
+    are moved to `output_dir/previous-<n>/` (the training scripts' rule)."""
+    report_to: str = free("tensorboard")
+    """tensorboard | wandb | all | none."""
+    logging_dir: str = free("logs")
+    logging_steps: int = free(10)
+    config: Optional[str] = free(None)
+    """The YAML file the values were read from (set by `parse_args` / `load_config`)."""
+
+    # The dict config this replaced was read as cfg["key"]; so is this one.
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _FIELDS else default
+
+    def keys(self):
+        return list(_FIELDS)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(PretrainConfig))
+#: Every key (but `config`) with its default, as the dict config had them.
+DEFAULT_CONFIG: Dict[str, Any] = {k: v for k, v in config_to_dict(PretrainConfig()).items() if k != "config"}
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> PretrainConfig:
+    """Defaults <- YAML file <- overrides (command-line strings are YAML scalars). Unknown keys
+    raise ValueError naming them."""
+    known = [k for k in _FIELDS if k != "config"]
+    values: Dict[str, Any] = {}
     layers = []
     if path is not None:
-        with open(path) as f:
-            file_cfg = yaml.safe_load(f) or {}
-        if not isinstance(file_cfg, dict):
-            raise ValueError(f"expected a flat mapping of keys in {path!r}, got {type(file_cfg).__name__}")
-        layers.append((f"config {path!r}", file_cfg, False))
-    layers.append(("command line", overrides or {}, True))
-    for origin, values, from_cli in layers:
-        unknown = sorted(set(values) - set(DEFAULT_CONFIG))
+        layers.append((f"config {path!r}", load_yaml_config(path), False))
+    layers.append(("command line", dict(overrides or {}), True))
+    for origin, layer, from_cli in layers:
+        unknown = sorted(set(layer) - set(known))
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown} in {origin}; known keys: {sorted(DEFAULT_CONFIG)}")
-        for k, v in values.items():
-            cfg[k] = _coerce(k, v, from_cli)
-    return cfg
+            raise ValueError(f"unknown config key(s) {unknown} in {origin}; known keys: {sorted(known)}")
+        values.update({k: _yaml_scalar(v) if from_cli else v for k, v in layer.items()})
+    values["config"] = None if path is None else str(path)
+    return config_from_dict(PretrainConfig, values, source=str(path) if path is not None else "command line")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """``--config FILE`` plus ``--key value`` / ``--key=value`` pairs for any config key."""
+def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
+    """``--config FILE`` plus ``--key value`` / ``--key=value`` pairs for any config key, read by
+    :func:`~stccl_diffusers.training.config.parse_config`; an unknown key is a ValueError."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    path, overrides, i = None, {}, 0
-    while i < len(argv):
-        tok = argv[i]
-        if tok in ("-h", "--help"):
-            print(__doc__)
-            print("keys (defaults):\n" + "\n".join(f"  --{k} {v!r}" for k, v in DEFAULT_CONFIG.items()))
-            raise SystemExit(0)
-        if not tok.startswith("--"):
-            raise ValueError(f"expected --key value pairs, got {tok!r}")
-        if "=" in tok:
-            key, val = tok[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(argv):
-                raise ValueError(f"expected a value after {tok}")
-            key, val = tok[2:], argv[i + 1]
-            i += 2
-        key = key.replace("-", "_")
-        if key == "config":
-            path = val
-        else:
-            overrides[key] = val
-    return load_config(path, overrides)
+    known = set(_FIELDS) - {"config"}
+    unknown = []
+    for i, tok in enumerate(argv):
+        if tok.startswith("--"):
+            key = tok[2:].split("=", 1)[0].replace("-", "_")
+            if key not in ("config", "help") and key not in known:
+                unknown.append(key)
+            argv[i] = "--" + key + (tok[2 + len(key):] if "=" in tok else "")
+        elif i == 0 or not argv[i - 1].startswith("--") or "=" in argv[i - 1]:
+            if tok not in ("-h",):
+                raise ValueError(f"expected --key value pairs, got {tok!r}")
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)} in command line; known keys: {sorted(known)}")
+    return parse_config(PretrainConfig, argv, description=__doc__.split("\n")[0])
 
 
 # --------------------------------------------------------------------------------------
@@ -326,79 +389,20 @@ def _held_out_batches(cfg: Dict[str, Any]) -> List[Dict[str, torch.Tensor]]:
 # --------------------------------------------------------------------------------------
 
 
-def _checkpoints(output_dir: str) -> List[Tuple[int, str]]:
-    """Complete checkpoints (``checkpoint-<step>`` folders; temporary ``.tmp-`` ones ignored)."""
-    if not os.path.isdir(output_dir):
-        return []
-    out = []
-    for n in os.listdir(output_dir):
-        if n.startswith("checkpoint-") and n[len("checkpoint-"):].isdigit():
-            p = os.path.join(output_dir, n)
-            if os.path.isfile(os.path.join(p, "trainer_state.json")):
-                out.append((int(n[len("checkpoint-"):]), p))
-    return sorted(out)
-
-
-def save_checkpoint(accelerator, output_dir: str, step: int, sampler: EpochSampler, total_limit: Optional[int] = None) -> str:
-    """``accelerator.save_state`` into ``.tmp-checkpoint-<step>``, then an atomic rename: a kill
-    mid-write leaves only a temporary folder that resuming ignores."""
-    final = os.path.join(output_dir, f"checkpoint-{step}")
-    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    # Every rank writes its RNG state into tmp: rename only once all are done.
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            f.write(dumps_strict({"global_step": step, "sampler": sampler.state_dict()}))
-        write_manifest(tmp)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if total_limit:
-            for _, old in _checkpoints(output_dir)[: -int(total_limit)]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+def save_checkpoint(accelerator, output_dir: str, step: int, sampler: EpochSampler, total_limit: Optional[int] = None,
+                    run_config: Optional[Dict[str, Any]] = None) -> str:
+    """A ``checkpoint-<step>`` of the shared contract (:mod:`stccl_diffusers.training.checkpoints`):
+    written as ``checkpoint-<step>.tmp`` and renamed, ``training_state.json`` holding the step and
+    the sampler's position, ``run_config.json`` and a manifest."""
+    state = {"global_step": step, "sampler": sampler.state_dict()}
+    return str(_save_checkpoint(accelerator, output_dir, step, state, total_limit, run_config=run_config))
 
 
 def resolve_checkpoint(output_dir: str, which: Optional[str]) -> Optional[str]:
-    """The checkpoint to resume from, every file verified against its manifest; `latest` falls back
-    from a damaged newest checkpoint to the newest complete one, naming the damaged file."""
-    if not which:
-        return None
-    if which == "latest":
-        damaged = []
-        for _, path in reversed(_checkpoints(output_dir)):
-            problem = verify_manifest(path)
-            if problem is None:
-                if damaged:
-                    logger.warning("skipping damaged %s; resuming from %s, the newest complete checkpoint",
-                                   "; ".join(damaged), path)
-                return path
-            damaged.append(f"{os.path.basename(path)} ({problem})")
-        if damaged:
-            raise ValueError(f"resume_from_checkpoint=latest: every checkpoint in {output_dir} is damaged: {'; '.join(damaged)}")
-        return None
-    if not os.path.isfile(os.path.join(which, "trainer_state.json")):
-        raise ValueError(f"resume_from_checkpoint: expected a checkpoint folder with trainer_state.json or 'latest', got {which!r}")
-    problem = verify_manifest(which)
-    if problem is not None:
-        raise ValueError(f"resume_from_checkpoint: {which} is damaged: {problem}; pass `latest` or an earlier checkpoint")
-    return which
-
-
-def check_fresh_output_dir(cfg: Dict[str, Any], resuming: bool) -> None:
-    """A fresh run refuses an `output_dir` holding another run's checkpoints (unless overwriting)."""
-    old = [os.path.basename(p) for _, p in _checkpoints(cfg["output_dir"])]
-    if old and not resuming and not cfg.get("overwrite_output_dir"):
-        raise FileExistsError(
-            f"{cfg['output_dir']} holds another run's checkpoints ({', '.join(old)}); pass --resume_from_checkpoint "
-            "latest to continue it, --overwrite_output_dir true to start over, or another --output_dir"
-        )
+    """The checkpoint to resume from (``latest`` or a folder), verified against its manifest; warnings
+    go to this module's logger. Checkpoints of older runs (``trainer_state.json``) resolve too."""
+    path = _resolve(output_dir, which, warn=logger.warning)
+    return None if path is None else str(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -406,12 +410,13 @@ def check_fresh_output_dir(cfg: Dict[str, Any], resuming: bool) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
+def train(cfg: PretrainConfig) -> Dict[str, Any]:
     """Run metric learning; returns a summary (steps, held-out gap before/after, wall time)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+    if isinstance(cfg, dict):  # the dict config of older callers
+        cfg = load_config(None, cfg)
     t0 = time.time()
     if cfg["num_threads"]:
         torch.set_num_threads(int(cfg["num_threads"]))
@@ -428,11 +433,30 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The training scripts' contract: resolve (manifest-checked), check the config, lock the folder
+    # and refuse (or, with overwrite_output_dir, move aside) another run's checkpoints.
+    ckpt = resolve_checkpoint(out_dir, cfg["resume_from_checkpoint"])
+    if ckpt is not None:
+        check_resume_config(cfg, Path(ckpt), warn=logger.warning)
+    lock = claim_output_dir(out_dir, bool(cfg["overwrite_output_dir"]), None if ckpt is None else Path(ckpt),
+                            is_main=accelerator.is_main_process, logs=("pretrain_summary.json",), warn=logger.warning)
+    try:
+        return _train(cfg, accelerator, ckpt, report_to, t0)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: PretrainConfig, accelerator, ckpt: Optional[str], report_to: Optional[str], t0: float) -> Dict[str, Any]:
+    from tqdm.auto import tqdm
+    from accelerate.utils import set_seed
+
+    out_dir = cfg["output_dir"]
     set_seed(int(cfg["seed"]))
     if accelerator.is_main_process:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "pretrain_config.yaml"), "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
+            yaml.safe_dump({k: v for k, v in config_to_dict(cfg).items() if k != "config"}, f, sort_keys=False)
 
     dataset = build_dataset(cfg)
     if dataset.skipped:
@@ -460,20 +484,15 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     sampler = EpochSampler(len(dataset), int(cfg["seed"]), accelerator.process_index, accelerator.num_processes)
 
     global_step = 0
-    ckpt = resolve_checkpoint(out_dir, cfg["resume_from_checkpoint"])
-    check_fresh_output_dir(cfg, resuming=ckpt is not None)
-    if cfg["resume_from_checkpoint"] and ckpt is None:
-        logger.info("resume_from_checkpoint=%s: no checkpoint in %s, starting fresh", cfg["resume_from_checkpoint"], out_dir)
     if ckpt is not None:
         accelerator.load_state(ckpt)
-        with open(os.path.join(ckpt, "trainer_state.json")) as f:
-            state = json.load(f)
+        state = read_state(ckpt)  # training_state.json, or trainer_state.json of an older run
         global_step = int(state["global_step"])
         sampler.load_state_dict(state["sampler"])
         logger.info("resumed from %s at step %d", ckpt, global_step)
 
     if report_to and accelerator.is_main_process:
-        accelerator.init_trackers("stccl-pretrain", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.items()})
+        accelerator.init_trackers("stccl-pretrain", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config_to_dict(cfg).items()})
 
     progress = tqdm(total=max_steps, initial=global_step, desc="stccl-pretrain", disable=not accelerator.is_local_main_process)
     skipped_nonfinite = 0
@@ -510,7 +529,8 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         if report_to and (global_step % int(cfg["logging_steps"]) == 0 or global_step == max_steps):
             accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=global_step)
         if int(cfg["checkpointing_steps"]) > 0 and global_step % int(cfg["checkpointing_steps"]) == 0:
-            save_checkpoint(accelerator, out_dir, global_step, sampler, cfg["checkpoints_total_limit"])
+            save_checkpoint(accelerator, out_dir, global_step, sampler, cfg["checkpoints_total_limit"],
+                            run_config=config_to_dict(cfg))
     progress.close()
 
     accelerator.wait_for_everyone()
@@ -537,12 +557,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"stccl-pretrain: {e}", file=sys.stderr)
         return 2
-    lock = RunLock(cfg["output_dir"]).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
-    try:
-        summary = train(cfg)
-    finally:
-        if lock is not None:
-            lock.release()
+    summary = train(cfg)  # locks output_dir itself
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
         return 0
     if summary.get("held_out_before") and summary.get("held_out_after"):

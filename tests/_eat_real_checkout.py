@@ -60,30 +60,30 @@ def make_checkout(tmp: Path, source: Path = EAT_SOURCE) -> dict:
     config = root / "config" / "reduced_stage2.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
 
-    from stccl_diffusers.adapters.eat import _import_from_checkout, _on_path
-    from stccl_diffusers.adapters.eat_compat import apply_eat_compat
+    from stccl_diffusers.adapters.checkout import import_from_checkout, on_path
+    from stccl_diffusers.adapters.eat.compat import apply_eat_compat
 
     apply_eat_compat()
     torch.manual_seed(0)
-    with _on_path(root):
-        jdc = _import_from_checkout(root, "Utils.JDC.model").JDCNet(num_class=1, seq_len=32)
+    with on_path(root):
+        jdc = import_from_checkout(root, "Utils.JDC.model").JDCNet(num_class=1, seq_len=32)
         torch.save({"net": jdc.state_dict()}, root / "Utils/JDC/bst.t7")
-        sync = _import_from_checkout(root, "modules.syncnet").SyncNet_color()
+        sync = import_from_checkout(root, "modules.syncnet").SyncNet_color()
         (root / "ckpt").mkdir()
         torch.save({"state_dict": sync.state_dict()}, root / SYNCNET)
         mp = cfg["model_params"]
         common = mp["common_params"]
-        gen = _import_from_checkout(root, "modules.generator").OcclusionAwareSPADEGeneratorEam(
+        gen = import_from_checkout(root, "modules.generator").OcclusionAwareSPADEGeneratorEam(
             **mp["generator_params"], **common)
-        kp = _import_from_checkout(root, "modules.keypoint_detector").KPDetector(**mp["kp_detector_params"], **common)
-        disc = _import_from_checkout(root, "modules.discriminator").MultiScaleDiscriminator(
+        kp = import_from_checkout(root, "modules.keypoint_detector").KPDetector(**mp["kp_detector_params"], **common)
+        disc = import_from_checkout(root, "modules.discriminator").MultiScaleDiscriminator(
             **mp["discriminator_params"], **common)
         cwd = os.getcwd()
         os.chdir(root)  # EAT's transformer reads ./Utils/JDC/bst.t7
         try:
-            a2kp = _import_from_checkout(root, "modules.transformer").Audio2kpTransformerBBoxQDeepPrompt(
+            a2kp = import_from_checkout(root, "modules.transformer").Audio2kpTransformerBBoxQDeepPrompt(
                 **mp["audio2kp_params"], face_ea=True)
-            prompt = _import_from_checkout(root, "modules.prompt")
+            prompt = import_from_checkout(root, "modules.prompt")
             emo, side = prompt.EmotionDeepPrompt(), prompt.EmotionalDeformationTransformer(**mp["audio2kp_params"])
         finally:
             os.chdir(cwd)
@@ -121,8 +121,8 @@ def load_with_eats_demo(root: Path, config: Path, checkpoint: Path, monkeypatch)
     import sys
     import types
 
-    from stccl_diffusers.adapters.eat import _import_from_checkout, _on_path
-    from stccl_diffusers.adapters.eat_compat import apply_eat_compat
+    from stccl_diffusers.adapters.checkout import import_from_checkout, on_path
+    from stccl_diffusers.adapters.eat.compat import apply_eat_compat
 
     apply_eat_compat()  # demo.py imports what the training path imports (torchvision, clip, ...)
     # demo.py builds dlib's face detector at import (for aligning new portraits, not for load_ckpt);
@@ -134,8 +134,8 @@ def load_with_eats_demo(root: Path, config: Path, checkpoint: Path, monkeypatch)
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        with _on_path(root):
-            demo = _import_from_checkout(root, "demo")
+        with on_path(root):
+            demo = import_from_checkout(root, "demo")
             out = {"generator": demo.OcclusionAwareSPADEGeneratorEam(**mp["generator_params"], **mp["common_params"]),
                    "kp_detector": demo.KPDetector(**mp["kp_detector_params"], **mp["common_params"]),
                    "audio2kptransformer": demo.Audio2kpTransformer(**mp["audio2kp_params"], face_ea=True),

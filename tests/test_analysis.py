@@ -8,6 +8,7 @@ import torch
 from stccl_diffusers import STCCLMetric
 from stccl_diffusers.analysis import analyze_main, layer_similarities, plot_similarities, untrained_like
 from stccl_diffusers.data.synthetic import synthetic_batch
+from stccl_diffusers.utils.safety import UsageError
 
 
 def _tiny():
@@ -193,7 +194,7 @@ def test_stccl_analyze_prints_the_speech_timing_auc_untrained_vs_trained(tmp_pat
 
 def test_stccl_analyze_refuses_a_zero_shift(tmp_path):
     _tiny().save_pretrained(str(tmp_path / "metric"))
-    with pytest.raises(SystemExit, match="non-zero"):
+    with pytest.raises(UsageError, match="non-zero"):
         analyze_main(["--trained", str(tmp_path / "metric"), "--shifts", "0,2", "--out", str(tmp_path / "out")])
 
 

@@ -28,7 +28,7 @@ def test_the_dose_verdict_needs_a_monotone_rise_beyond_the_seed_spread():
 def test_windowed_stccl_scores_windows_of_the_training_length():
     from _stccl_metric_for_tests import build_metric
     from stccl_diffusers.training.validation import stccl_scores
-    from stccl_diffusers.training.world import windowed_stccl
+    windowed_stccl = load_repo_module("benchmarks/world.py").windowed_stccl
 
     metric = build_metric()[0]
     g = torch.Generator().manual_seed(0)

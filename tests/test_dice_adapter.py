@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from stccl_diffusers.adapters.dice import DiceTrainingConfig
-from stccl_diffusers.adapters.dice_talk import (
+from stccl_diffusers.adapters.dice.dice_talk import (
     DICE_CHECKPOINT_FILES,
     audio_windows,
     box_mask,

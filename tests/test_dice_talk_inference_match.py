@@ -74,7 +74,7 @@ def test_audio_emotion_mask_and_time_ids_match_dice_talks_inference(dice_weights
     from transformers import CLIPImageProcessor
     from tqdm import tqdm
 
-    from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter, dice_face_box
+    from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter, dice_face_box
     from stccl_diffusers.data.video_io import read_video
     from stccl_diffusers.eval.faces import detect_face_box
 

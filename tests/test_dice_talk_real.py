@@ -36,7 +36,7 @@ def _clear_src():
 @pytest.fixture(scope="module")
 def dice_weights(tmp_path_factory):
     """Tiny DICE-Talk weights in DICE-Talk's file layout; returns a config pointing at them."""
-    from stccl_diffusers.adapters.dice_talk import write_random_dice_talk_weights
+    from stccl_diffusers.adapters.dice.dice_talk import write_random_dice_talk_weights
     from stccl_diffusers.training import config_from_dict
 
     paths = write_random_dice_talk_weights(tmp_path_factory.mktemp("dice"), DICE_ROOT)
@@ -55,7 +55,7 @@ def _metric():
 
 @pytest.fixture(scope="module")
 def adapter(dice_weights):
-    from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter
+    from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter
 
     return build_dice_talk_adapter(dice_weights, metric=_metric())
 
@@ -151,7 +151,7 @@ def test_time_ids_are_fps_motion_bucket_and_motion_bucket_exp(adapter):
 
 
 def test_dropout_matches_the_three_cfg_branches():
-    from stccl_diffusers.adapters.dice_talk import dice_talk_dropout
+    from stccl_diffusers.adapters.dice.dice_talk import dice_talk_dropout
 
     ref, audio, emo = dice_talk_dropout(20000, (0.05, 0.1, 0.3), torch.Generator().manual_seed(0), "cpu")
     assert torch.equal(audio, emo)  # audio and emotion always dropped together
@@ -160,7 +160,7 @@ def test_dropout_matches_the_three_cfg_branches():
 
 
 def test_bf16_frozen_weights_cast_and_step_and_validation_run(dice_weights):
-    from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter
+    from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter
     from stccl_diffusers.training import configure_trainable
 
     ad = build_dice_talk_adapter(dice_weights, metric=_metric())
@@ -208,7 +208,7 @@ def test_validation_uses_dice_talks_three_branch_guidance(adapter):
 def test_lora_with_alpha_not_rank_saves_at_its_trained_scale(dice_weights, tmp_path):
     from safetensors.torch import load_file
 
-    from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter
+    from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter
     from stccl_diffusers.training import configure_trainable
 
     ad = build_dice_talk_adapter(dice_weights, metric=None)
@@ -237,7 +237,7 @@ def test_lora_with_alpha_not_rank_saves_at_its_trained_scale(dice_weights, tmp_p
 
 
 def test_emotion_priors_load_through_a_restricted_unpickler(tmp_path):
-    from stccl_diffusers.adapters.dice_talk import load_emotion_prior_file
+    from stccl_diffusers.adapters.dice.dice_talk import load_emotion_prior_file
 
     real = load_emotion_prior_file(DICE_ROOT / "examples/emo/happy.npy")
     ref = np.load(DICE_ROOT / "examples/emo/happy.npy", allow_pickle=True).item()["mu"]
@@ -270,7 +270,7 @@ def test_fp16_without_cuda_is_a_clear_error(tmp_path):
 def test_svd_weights_load_from_an_fp16_only_download(dice_weights, tmp_path):
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from stccl_diffusers.adapters.dice_talk import load_svd_part
+    from stccl_diffusers.adapters.dice.dice_talk import load_svd_part
 
     vae = AutoencoderKLTemporalDecoder.from_pretrained(dice_weights.svd_path, subfolder="vae")
     vae.to(torch.float16).save_pretrained(str(tmp_path / "vae"), variant="fp16")

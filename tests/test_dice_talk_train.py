@@ -70,7 +70,7 @@ def _dice_pipeline_unet(cfg, unet_pth):
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionModelWithProjection
 
-    from stccl_diffusers.adapters.dice_talk import import_dice_talk
+    from stccl_diffusers.adapters.dice.dice_talk import import_dice_talk
 
     dt = import_dice_talk(DICE_ROOT)
     from src.pipelines.pipeline_dicetalk import DicePipeline
@@ -89,7 +89,7 @@ def _dice_pipeline_unet(cfg, unet_pth):
 def _trained_output(cfg, run: Path):
     from dataclasses import replace
 
-    from stccl_diffusers.adapters.dice_talk import build_dice_talk_adapter
+    from stccl_diffusers.adapters.dice.dice_talk import build_dice_talk_adapter
     from stccl_diffusers.training import configure_trainable
     from tests.test_dice_talk_real import _batch
 

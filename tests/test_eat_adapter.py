@@ -405,7 +405,7 @@ def test_a_stale_submodule_of_another_checkout_is_forgotten_even_without_its_par
     import sys
     import types
 
-    from stccl_diffusers.adapters.eat import _purge_foreign_modules
+    from stccl_diffusers.adapters.checkout import purge_foreign_modules
 
     first, second = tmp_path / "first", tmp_path / "second"
     stale = types.ModuleType("modules.syncnet")
@@ -413,13 +413,13 @@ def test_a_stale_submodule_of_another_checkout_is_forgotten_even_without_its_par
     for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "modules.syncnet", stale)
-    _purge_foreign_modules(second)
+    purge_foreign_modules(second, "modules")
     assert "modules.syncnet" not in sys.modules
 
     own = types.ModuleType("modules.syncnet")
     own.__file__ = str(second / "modules" / "syncnet.py")
     monkeypatch.setitem(sys.modules, "modules.syncnet", own)
-    _purge_foreign_modules(second)
+    purge_foreign_modules(second, "modules")
     assert sys.modules["modules.syncnet"] is own  # the checkout's own modules stay cached
 
 

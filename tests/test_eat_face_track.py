@@ -26,7 +26,7 @@ def moving_face_clips(tmp_path_factory):
 
 def test_face_track_boxes_follow_the_face_and_become_eats_bboxs(moving_face_clips):
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, eat_collate
-    from stccl_diffusers.training.clips import TalkingClipDataset
+    from stccl_diffusers.data.clips import TalkingClipDataset
 
     with pytest.warns(UserWarning, match="blank.mp4 .no face found"):
         ds = TalkingClipDataset(moving_face_clips, EAT_EMOTION_NAMES, num_frames=10, resolution=64, windows_per_clip=1,
@@ -45,7 +45,7 @@ def test_face_track_boxes_follow_the_face_and_become_eats_bboxs(moving_face_clip
 
 def test_whole_frame_boxes_stay_the_default(moving_face_clips):
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, eat_collate
-    from stccl_diffusers.training.clips import TalkingClipDataset
+    from stccl_diffusers.data.clips import TalkingClipDataset
 
     ds = TalkingClipDataset(moving_face_clips, EAT_EMOTION_NAMES, num_frames=4, resolution=32, progress=False)
     assert "face_boxes" not in ds[0] and len(ds.clips) == 2
@@ -54,7 +54,7 @@ def test_whole_frame_boxes_stay_the_default(moving_face_clips):
 
 
 def test_unknown_face_boxes_mode_is_an_error_naming_the_choices(tmp_path):
-    from stccl_diffusers.training.clips import TalkingClipDataset
+    from stccl_diffusers.data.clips import TalkingClipDataset
 
     with pytest.raises(ValueError, match="expected face_boxes 'frame' or 'track', got 'box'"):
         TalkingClipDataset(tmp_path, ["happy"], face_boxes="box")

@@ -104,10 +104,11 @@ def test_adapter_train_keeps_eats_eval_choices(full):
 
 
 def test_module_is_eats_model_with_and_without_dataparallelwithcallback(full, eat_checkout):
-    from stccl_diffusers.adapters.eat import EATWithSTCCL, _import_from_checkout, _on_path
+    from stccl_diffusers.adapters.checkout import import_from_checkout, on_path
+    from stccl_diffusers.adapters.eat import EATWithSTCCL
 
-    with _on_path(eat_checkout["root"]):
-        dp = _import_from_checkout(eat_checkout["root"], "sync_batchnorm").DataParallelWithCallback
+    with on_path(eat_checkout["root"]):
+        dp = import_from_checkout(eat_checkout["root"], "sync_batchnorm").DataParallelWithCallback
     for inner in (full, dp(full)):
         wrapped = EATWithSTCCL(inner, _MSEMetric())
         # EAT's train_transformer.py, lines 278-279:
@@ -202,7 +203,8 @@ def test_eats_own_stage2_training_function_runs_with_eatwithstccl(full, eat_chec
     """docs/eat.md's recipe inside EAT's own train_batch_deepprompt_eam3d_sidetuning."""
     from torch.utils.data import DataLoader
 
-    from stccl_diffusers.adapters.eat import EATWithSTCCL, _import_from_checkout, _on_path
+    from stccl_diffusers.adapters.checkout import import_from_checkout, on_path
+    from stccl_diffusers.adapters.eat import EATWithSTCCL
 
     root = eat_checkout["root"]
     cfg = yaml.safe_load(eat_checkout["config_1frame"].read_text())
@@ -210,9 +212,9 @@ def test_eats_own_stage2_training_function_runs_with_eatwithstccl(full, eat_chec
     batch = eat_batch(b=1, t=1)
     item = {k: ({kk: vv[0] for kk, vv in v.items()} if isinstance(v, dict) else v[0]) for k, v in batch.items()}
     monkeypatch.chdir(root)
-    with _on_path(root):
-        tt = _import_from_checkout(root, "train_transformer")
-        disc = _import_from_checkout(root, "modules.discriminator").MultiScaleDiscriminator(
+    with on_path(root):
+        tt = import_from_checkout(root, "train_transformer")
+        disc = import_from_checkout(root, "modules.discriminator").MultiScaleDiscriminator(
             **cfg["model_params"]["discriminator_params"], **cfg["model_params"]["common_params"])
     real_cls, made = tt.GeneratorFullModelBatchDeepPromptSTEAM3D, []
 

@@ -109,7 +109,9 @@ def test_train_eat_stccl_on_real_eat_resumes_after_a_kill_and_saves_what_eats_de
     """Finding 2 (validation renders) and the long-clip window split on the real model, in the script."""
     script = load_script()
     calls = []
-    real_loader = script.load_eat_generator_full
+    import stccl_diffusers.adapters.eat.build as eat_build
+
+    real_loader = eat_build.load_eat_generator_full
 
     def loader_with_spy(*args, **kwargs):
         full = real_loader(*args, **kwargs)
@@ -122,7 +124,7 @@ def test_train_eat_stccl_on_real_eat_resumes_after_a_kill_and_saves_what_eats_de
         full.register_forward_pre_hook(spy)
         return full
 
-    monkeypatch.setattr(script, "load_eat_generator_full", loader_with_spy)
+    monkeypatch.setattr(eat_build, "load_eat_generator_full", loader_with_spy)
     out = tmp_path / "run"
     args = ["--config", "configs/eat_stccl.yaml", "--eat_root", str(eat_checkout["root"]),
             "--eat_checkpoint", str(eat_checkout["stage1"]), "--eat_config", str(eat_checkout["config_1frame"]),

@@ -1,5 +1,5 @@
 """What lets the small reference models learn emotion: a neutral reference image and motion-weighted
-reconstruction (see `training.clips.TalkingClipDataset(reference=...)`, `models.weighting`)."""
+reconstruction (see `data.clips.TalkingClipDataset(reference=...)`, `models.weighting`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from stccl_diffusers import edm
 from stccl_diffusers.data.video_io import write_video
 from stccl_diffusers.models.reference_dice import DICE_EMOTIONS
 from stccl_diffusers.models.weighting import motion_weights
-from stccl_diffusers.training.clips import TalkingClipDataset
+from stccl_diffusers.data.clips import TalkingClipDataset
 
 
 def _clip(path, value):

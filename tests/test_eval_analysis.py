@@ -9,6 +9,7 @@ from stccl_diffusers import STCCLMetric
 from stccl_diffusers.analysis import frame_pair_batches, layer_similarities, untrained_like
 from stccl_diffusers.data.synthetic import make_pair
 from stccl_diffusers.eval.cli import main
+from stccl_diffusers.utils.safety import UsageError
 
 torch.set_num_threads(1)
 
@@ -83,13 +84,13 @@ def test_eval_analysis_columns_match_the_shared_implementation(tmp_path, tiny_me
 def test_eval_analysis_flag_errors(tmp_path, tiny_metric_dir):
     _folders(tmp_path)
     base = ["--reference_dir", str(tmp_path / "real"), "--generated", f"A={tmp_path / 'A'}", "--output_dir", str(tmp_path / "o"), "--no_progress"]
-    with pytest.raises(SystemExit, match="--analysis_metric"):
+    with pytest.raises(UsageError, match="--analysis_metric"):
         main(base + ["--metrics", "none", "--analysis_metric", str(tmp_path / "nope")])
-    with pytest.raises(SystemExit, match="--analysis_frames: expected >= 2"):
+    with pytest.raises(UsageError, match="--analysis_frames: expected >= 2"):
         main(base + ["--metrics", "none", "--analysis_metric", str(tiny_metric_dir), "--analysis_frames", "1"])
-    with pytest.raises(SystemExit, match="--analysis_untrained needs --analysis_metric"):
+    with pytest.raises(UsageError, match="--analysis_untrained needs --analysis_metric"):
         main(base + ["--metrics", "none", "--analysis_untrained"])
-    with pytest.raises(SystemExit, match="--metrics"):
+    with pytest.raises(UsageError, match="--metrics"):
         main(base + ["--metrics", "none"])  # nothing to compute
     with pytest.raises(ValueError, match="at least num_frames=4"):
         frame_pair_batches(np.zeros((3, 8, 8, 3), np.uint8), np.zeros((5, 8, 8, 3), np.uint8), 8, num_frames=4)
@@ -121,7 +122,7 @@ def test_eval_analysis_reports_the_speech_timing_auc_of_the_shared_implementatio
 def test_eval_analysis_shifts_flag_errors(tmp_path, tiny_metric_dir):
     _folders(tmp_path)
     base = ["--reference_dir", str(tmp_path / "real"), "--generated", f"A={tmp_path / 'A'}", "--output_dir", str(tmp_path / "o"), "--no_progress"]
-    with pytest.raises(SystemExit, match="--analysis_shifts: expected"):
+    with pytest.raises(UsageError, match="--analysis_shifts: expected"):
         main(base + ["--metrics", "none", "--analysis_metric", str(tiny_metric_dir), "--analysis_shifts", "0"])
-    with pytest.raises(SystemExit, match="--analysis_shifts needs --analysis_metric"):
+    with pytest.raises(UsageError, match="--analysis_shifts needs --analysis_metric"):
         main(base + ["--metrics", "lse", "--analysis_shifts", "2"])

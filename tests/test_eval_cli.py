@@ -8,6 +8,7 @@ from scipy.io import wavfile
 
 from stccl_diffusers.eval.cli import main
 from stccl_diffusers.models.iresnet import IResNet
+from stccl_diffusers.utils.safety import UsageError
 
 
 @pytest.fixture
@@ -82,10 +83,10 @@ def test_cli_missing_weights_is_an_error_naming_the_flag(tmp_path, tiny_iresnet,
     for flag, value in given.items():
         if flag != missing and value is not None:
             argv += [flag, value]
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(UsageError) as err:
         main(argv)
     assert missing in str(err.value)
-    with pytest.raises(SystemExit) as err:  # a path that does not exist names the flag too
+    with pytest.raises(UsageError) as err:  # a path that does not exist names the flag too
         main(argv + [missing, str(tmp_path / "nope.pth")])
     assert missing in str(err.value) and "not found" in str(err.value)
 

@@ -13,6 +13,7 @@ from stccl_diffusers.eval.cli import main
 from stccl_diffusers.models.iresnet import IResNet
 
 from test_eval_cli import _make_folders
+from stccl_diffusers.utils.safety import UsageError
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_csim_id_and_csim_expr_are_named_apart_and_csim_stays_an_alias(tmp_path,
 
 def test_csim_id_needs_arcface_weights(tmp_path):
     ref, gen_a, _ = _make_folders(tmp_path)
-    with pytest.raises(SystemExit, match="--arcface_weights"):
+    with pytest.raises(UsageError, match="--arcface_weights"):
         main(["--reference_dir", str(ref), "--generated", f"A={gen_a}", "--aligned", "--metrics", "csim_id",
               "--output_dir", str(tmp_path / "o"), "--no_progress"])
 

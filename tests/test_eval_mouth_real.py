@@ -17,6 +17,7 @@ from stccl_diffusers.eval.mouth import (
     lip_opening_curve,
     real_mouth_measures,
 )
+from stccl_diffusers.utils.safety import UsageError
 
 
 def face68(opening: float, iod: float = 80.0, centre=(128.0, 140.0)) -> np.ndarray:
@@ -251,7 +252,7 @@ def test_haar_backend_reports_that_real_mouths_need_landmarks(shared_data, tmp_p
 def test_insightface_backend_without_a_pack_folder_is_a_one_line_error(tmp_path):
     from stccl_diffusers.eval.cli import main
 
-    with pytest.raises(SystemExit, match="--face_backend insightface: .*needs insightface_root"):
+    with pytest.raises(UsageError, match="--face_backend insightface: .*needs insightface_root"):
         main(["--reference_dir", str(tmp_path), "--generated", f"x={tmp_path}", "--metrics", "none", "--mouth",
               "--face_backend", "insightface", "--output_dir", str(tmp_path / "out")])
 
@@ -259,5 +260,5 @@ def test_insightface_backend_without_a_pack_folder_is_a_one_line_error(tmp_path)
 def test_mouth_without_weights_suggests_metrics_none(tmp_path):
     from stccl_diffusers.eval.cli import main
 
-    with pytest.raises(SystemExit, match="needs weights.*add --metrics none to run only --mouth"):
+    with pytest.raises(UsageError, match="needs weights.*add --metrics none to run only --mouth"):
         main(["--reference_dir", str(tmp_path), "--generated", f"x={tmp_path}", "--mouth", "--output_dir", str(tmp_path / "out")])

@@ -10,6 +10,7 @@ from scipy.io import wavfile
 
 from stccl_diffusers.eval.reencode import REENCODE_PROTOCOL, reencode_frames
 from stccl_diffusers.eval.reconstruction import psnr_frames
+from stccl_diffusers.utils.safety import UsageError
 
 torch.set_num_threads(1)
 
@@ -92,6 +93,6 @@ def test_reencode_without_lse_is_refused(tmp_path):
 
     (tmp_path / "r").mkdir()
     (tmp_path / "g").mkdir()
-    with pytest.raises(SystemExit, match="--sync_protocol reencode needs lse"):
+    with pytest.raises(UsageError, match="--sync_protocol reencode needs lse"):
         main(["--reference_dir", str(tmp_path / "r"), "--generated", f"A={tmp_path / 'g'}", "--metrics", "none", "--mouth",
               "--sync_protocol", "reencode", "--output_dir", str(tmp_path / "o")])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stccl_diffusers.data import synthetic as syn
+from stccl_diffusers.utils.safety import UsageError
 
 
 def _fingerprint(pair) -> str:
@@ -89,7 +90,7 @@ def test_the_deployment_ground_truth_has_the_emotional_face_and_the_neutral_audi
 
 
 def test_deployment_clips_ask_each_sentence_for_every_emotion():
-    from stccl_diffusers.training.effect import EVAL_EMOTIONS, deployment_clips
+    from stccl_diffusers.eval.effect import EVAL_EMOTIONS, deployment_clips
 
     clips = deployment_clips(2, 6, 32)
     assert len(clips) == 2 * len(EVAL_EMOTIONS)
@@ -113,5 +114,5 @@ def test_stccl_synth_writes_the_coupling_and_refuses_to_reuse_another(tmp_path):
     assert ensure_synthetic_clips(d, coupling=1.0) == d
     with pytest.raises(ValueError, match="kappa=0.5"):
         ensure_synthetic_clips(d, coupling=0.5)
-    with pytest.raises(SystemExit, match="coupling"):
+    with pytest.raises(UsageError, match="coupling"):
         syn.synth_main(["--out", str(tmp_path / "bad"), "--coupling", "-1"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stccl_diffusers.pretrain import DEFAULT_CONFIG, EpochSampler, load_config, parse_args, resolve_checkpoint, train
+from stccl_diffusers.pretrain import DEFAULT_CONFIG, EpochSampler, load_config, resolve_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,26 +32,44 @@ def _cfg(tmp_path, name, **kw):
     return load_config(None, {**TINY, "output_dir": str(tmp_path / name), **kw})
 
 
-def test_both_shipped_configs_load_and_keep_the_paper_defaults():
-    paper = load_config(str(REPO / "configs" / "pretrain_stccl.yaml"))
-    assert paper["learning_rate"] == 1e-4 and paper["train_batch_size"] == 16
-    assert paper["input_size"] == 224 and paper["resolution"] == 224 and paper["backbone"] == "r50"
-    assert paper["mixed_precision"] == "no"
-    demo = load_config(str(REPO / "configs" / "pretrain_stccl_demo.yaml"))
-    assert demo["backbone"] == [1, 1, 1, 1] and demo["input_size"] == 64
+def _as_the_old_pretrain_wrote_it(ckpt: Path) -> None:
+    """Turn a checkpoint into the layout `stccl-pretrain` wrote before it shared the training
+    scripts' checkpoint module: the same `accelerator.save_state` files, the same state
+    (`global_step`, `sampler`) under the name `trainer_state.json`, no `run_config.json`, and a
+    manifest over those files; its temporaries were `.tmp-checkpoint-N`."""
+    from stccl_diffusers.utils.safety import write_manifest
+
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert set(state) == {"global_step", "sampler"}
+    (ckpt / "training_state.json").unlink()
+    (ckpt / "run_config.json").unlink()
+    (ckpt / "manifest.json").unlink()
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    write_manifest(ckpt)
 
 
-def test_cli_overrides_are_typed_and_unknown_keys_are_errors(tmp_path):
-    cfg = parse_args(["--config", str(REPO / "configs" / "pretrain_stccl.yaml"), "--learning_rate", "3e-5", "--backbone=[1,1,1,1]", "--manifest", "null"])
-    assert cfg["learning_rate"] == 3e-5 and cfg["backbone"] == [1, 1, 1, 1] and cfg["manifest"] is None
-    with pytest.raises(ValueError, match="unknown config key.*lerning_rate"):
-        parse_args(["--lerning_rate", "1"])
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("learning_rate: 1.0e-4\nbatch: 3\n")
-    with pytest.raises(ValueError, match="batch"):
-        load_config(str(bad))
-    with pytest.raises(ValueError, match="mixed_precision"):
-        load_config(None, {"mixed_precision": "fp8"})
+def test_a_run_of_the_old_pretrain_layout_resumes_to_the_uninterrupted_weights(tmp_path, caplog):
+    full = train(_cfg(tmp_path, "full", max_train_steps=4, checkpointing_steps=0))
+    train(_cfg(tmp_path, "old", max_train_steps=2))
+    _as_the_old_pretrain_wrote_it(tmp_path / "old" / "checkpoint-2")
+    os.makedirs(tmp_path / "old" / ".tmp-checkpoint-3")  # a kill mid-write, old style
+    assert resolve_checkpoint(str(tmp_path / "old"), "latest").endswith("checkpoint-2")
+    with caplog.at_level("WARNING", logger="stccl_diffusers.pretrain"):
+        resumed = train(_cfg(tmp_path, "old", max_train_steps=4, resume_from_checkpoint="latest", checkpointing_steps=4))
+    assert "stores no run_config.json" in caplog.text
+    assert resumed["global_step"] == full["global_step"] == 4
+    a = load_file(str(tmp_path / "full" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "old" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The new checkpoint is written in the shared layout.
+    assert (tmp_path / "old" / "checkpoint-4" / "training_state.json").is_file()
+
+
+def test_overwrite_output_dir_moves_the_old_run_aside_as_the_training_scripts_do(tmp_path):
+    train(_cfg(tmp_path, "run", max_train_steps=2))
+    train(_cfg(tmp_path, "run", max_train_steps=2, seed=5, overwrite_output_dir=True))
+    assert (tmp_path / "run" / "previous-0" / "checkpoint-2" / "training_state.json").is_file()
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
 
 
 def test_epoch_sampler_resumes_mid_epoch():
@@ -84,7 +102,7 @@ def test_resume_after_kill_matches_the_uninterrupted_run(tmp_path):
     mid = {k.removeprefix("metric."): v for k, v in load_file(str(tmp_path / "resumed" / "checkpoint-2" / "model.safetensors")).items()}
     assert mid.keys() == a.keys()
     assert any(not torch.equal(a[k], mid[k]) for k in a if a[k].is_floating_point())
-    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "training_state.json").read_text())
     assert state["global_step"] == 4 and state["sampler"]["n"] == 12
 
 
@@ -107,7 +125,7 @@ def test_final_metric_loads_frozen_and_logs_go_to_tensorboard(tmp_path):
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     s = train(_cfg(tmp_path, "acc", max_train_steps=2, gradient_accumulation_steps=2, checkpointing_steps=2, resolution=16, input_size=16, layers=[1, 2]))
-    state = json.loads((tmp_path / "acc" / "checkpoint-2" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "acc" / "checkpoint-2" / "training_state.json").read_text())
     # 2 optimiser steps x 2 micro-batches x 2 clips = 8 items drawn from the 12-item epoch.
     assert s["global_step"] == 2 and (state["sampler"]["epoch"], state["sampler"]["position"]) == (0, 8)
 
@@ -126,16 +144,6 @@ def test_fresh_pretrain_refuses_another_runs_checkpoints_and_resume_skips_a_trun
     assert "checkpoint-4" in caplog.text and "model.safetensors has 100 bytes" in caplog.text
     with pytest.raises(ValueError, match="model.safetensors has 100 bytes"):
         resolve_checkpoint(str(out / "checkpoint-4"), str(out / "checkpoint-4"))
-
-
-def test_face_align_and_face_focus_are_checked_choices():
-    assert load_config(None, {"face_align": "dlib"})["face_align"] == "dlib"
-    assert load_config(None, {"face_align": "null"})["face_align"] is None
-    with pytest.raises(ValueError, match="face_align: expected one of"):
-        load_config(None, {"face_align": "mediapipe"})
-    with pytest.raises(ValueError, match="face_focus: expected one of"):
-        load_config(None, {"face_focus": "eyes"})
-    assert load_config(None, {"holdout": "M003,M030"})["holdout"] == ["M003", "M030"]
 
 
 def test_face_focus_without_a_landmark_backend_is_an_error(tmp_path, shared_data):
@@ -201,12 +209,6 @@ def test_pretrain_on_held_in_real_clips_with_dlib_pose_alignment(tmp_path, share
     summary = train(cfg)
     assert summary["global_step"] == 2 and summary["skipped_nonfinite"] == 0
     assert (tmp_path / "real" / "config.json").is_file()
-
-
-def test_real_face_demo_config_holds_speakers_out_and_aligns_with_dlib():
-    cfg = load_config(str(REPO / "configs" / "pretrain_stccl_real_demo.yaml"))
-    assert cfg["data"] == "real_pairs" and cfg["holdout"] == ["M003", "M030"]
-    assert cfg["face_align"] == "dlib" and cfg["face_focus"] == "mouth" and cfg["add_synthetic_pairs"] > 0
 
 
 def test_mouth_focus_centres_the_aligned_crop_on_the_mouth_of_a_real_face(shared_data):

@@ -11,7 +11,7 @@ from stccl_diffusers import edm
 from stccl_diffusers.adapters.dice import DiceTrainingConfig, build_callback, build_reference_adapter
 from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
 from stccl_diffusers.training import config_from_dict
-from stccl_diffusers.training.rollout import RolloutDiceAdapter, euler_sample_latents
+from stccl_diffusers.adapters.dice.rollout import RolloutDiceAdapter, euler_sample_latents
 
 
 def _setup(**over):
@@ -70,7 +70,7 @@ def test_gradient_flows_only_through_the_last_k_steps_of_the_target():
     adapter.model.zero_grad()
     stccl_only = adapter.callback.last_stats
     assert stccl_only["num_scored"] == 1
-    from stccl_diffusers.training.rollout import rollout_stccl
+    from stccl_diffusers.adapters.dice.rollout import rollout_stccl
 
     r = rollout_stccl(adapter, batch, torch.Generator().manual_seed(0), grad_steps=2, audio="clip")
     r.backward()
@@ -91,7 +91,7 @@ def test_steps_between_rollouts_train_the_diffusion_loss_alone_and_neutral_audio
 def test_the_clip_dataset_gives_the_neutral_recording_for_the_deployment_case_audio(tmp_path):
     import numpy as np
 
-    from stccl_diffusers.training.clips import TalkingClipDataset
+    from stccl_diffusers.data.clips import TalkingClipDataset
     from stccl_diffusers.training.demo import ensure_synthetic_clips
 
     d = ensure_synthetic_clips(tmp_path / "d", speakers=1, clips=1, size=32, seed=1, emotions=["angry"], coupling=1.0)
@@ -113,7 +113,7 @@ def test_the_clip_dataset_gives_the_neutral_recording_for_the_deployment_case_au
 @pytest.mark.parametrize("anchor", ["frozen", "current"])
 def test_the_rollout_anchor_follows_the_anchor_option(anchor):
     from stccl_diffusers.training import TrainingConfig, configure_trainable
-    from stccl_diffusers.training.rollout import rollout_stccl
+    from stccl_diffusers.adapters.dice.rollout import rollout_stccl
 
     adapter, batch = _setup(anchor=anchor)
     configure_trainable(adapter, config_from_dict(TrainingConfig, dict(rank=2)))

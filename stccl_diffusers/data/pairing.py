@@ -23,6 +23,7 @@ import numpy as np
 
 from ..utils.jsonio import dumps_strict
 from .video_io import IMAGE_EXTS, NoAudioError, VideoReadError, list_frame_files, probe_video, read_audio
+from ..utils.safety import UsageError
 
 __all__ = [
     "KNOWN_EMOTIONS",
@@ -403,7 +404,7 @@ def pair_main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     pairs = discover_pairs(args.root, args.layout, args.level)
     if not pairs:
-        raise SystemExit(f"stccl-pair: no (neutral, emotional) clip pairs found under {args.root!r}")
+        raise UsageError(f"stccl-pair: no (neutral, emotional) clip pairs found under {args.root!r}")
     report = PairingReport()
     manifest: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
     for cp in tqdm(pairs, desc="stccl-pair"):

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ..utils.safety import UsageError
 from ..utils.jsonio import dumps_strict
 
 __all__ = [
@@ -811,10 +812,10 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
                         "loudness (issue-22 world); 0 = the original world")
     args = p.parse_args(argv)
     if not (math.isfinite(args.coupling) and args.coupling >= 0):
-        raise SystemExit(f"stccl-synth: expected --coupling >= 0 (kappa), got {args.coupling}")
+        raise UsageError(f"stccl-synth: expected --coupling >= 0 (kappa), got {args.coupling}")
     for emo in args.emotions:
         if emo not in EMOTION_PARAMS or emo == "neutral":
-            raise SystemExit(f"stccl-synth: expected non-neutral emotions from {list(EMOTIONS[1:])}, got {emo!r}")
+            raise UsageError(f"stccl-synth: expected non-neutral emotions from {list(EMOTIONS[1:])}, got {emo!r}")
     cfg = SyntheticFaceConfig(size=args.size, fps=args.fps, coupling=args.coupling)
     os.makedirs(args.out, exist_ok=True)
     truth: Dict[str, Dict] = {}

@@ -59,6 +59,7 @@ from .stats import format_comparison_table
 from .report import EAT_FAMILY, STCCL_FAMILY, format_family_table, format_mouth_table, format_table, write_mouth_plot, random_init_banner, write_json, write_markdown, write_plots
 from .runner import ClipPair, EvalConfig, EvalContext, run_evaluation
 from .syncnet import build_syncnet
+from ..utils.safety import UsageError
 
 __all__ = ["main", "build_parser", "tiled_groups", "folder_groups", "CorrelationAnalysis", "TILE_NAMES"]
 
@@ -354,7 +355,7 @@ def _extra_metrics(args, notes: List[str]):
             clf = resolve_emotion_classifier(args.emotion_classifier, args.emotion_weights, args.emotion_at_type)
             labels = read_emotion_labels(args.emotion_labels) if args.emotion_labels else {}
         except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"stccl-eval: {e}")
+            raise UsageError(f"stccl-eval: {e}")
         acc = EmotionAccuracy(clf, labels, aligned=args.aligned, device=args.device)
         pair.append(acc.pair_metric)
         per_set.append(acc.set_metric)
@@ -365,18 +366,18 @@ def _extra_metrics(args, notes: List[str]):
                      "the published Emotion-FAN evaluation path; acc_emo per clip 1/0, per method the mean (overall) and "
                      "acc_emo_per_emotion")
     elif args.emotion_labels:
-        raise SystemExit("--emotion_labels needs --emotion_weights (or --emotion_classifier package.module:factory)")
+        raise UsageError("--emotion_labels needs --emotion_weights (or --emotion_classifier package.module:factory)")
     if args.analysis_untrained and not args.analysis_metric:
-        raise SystemExit("--analysis_untrained needs --analysis_metric DIR (the untrained metric copies its config)")
+        raise UsageError("--analysis_untrained needs --analysis_metric DIR (the untrained metric copies its config)")
     if args.analysis_metric:
         from ..analysis import untrained_like
         from ..metric import STCCLMetric
 
         if not Path(args.analysis_metric, "config.json").is_file():
-            raise SystemExit(f"--analysis_metric: expected a save_pretrained STCCLMetric folder with config.json, got {args.analysis_metric!r}")
+            raise UsageError(f"--analysis_metric: expected a save_pretrained STCCLMetric folder with config.json, got {args.analysis_metric!r}")
         metric = STCCLMetric.from_pretrained(args.analysis_metric).to(args.device)
         if args.analysis_frames < (2 if metric.config.use_tcc else 1):
-            raise SystemExit(f"--analysis_frames: expected >= {2 if metric.config.use_tcc else 1} (the metric's TCC compares frames), got {args.analysis_frames}")
+            raise UsageError(f"--analysis_frames: expected >= {2 if metric.config.use_tcc else 1} (the metric's TCC compares frames), got {args.analysis_frames}")
         untrained = untrained_like(metric, args.seed).to(args.device) if args.analysis_untrained else None
         shifts = _analysis_shifts(args.analysis_shifts)
         analysis = CorrelationAnalysis(metric, untrained, args.analysis_frames, args.batch_size, args.seed, shifts)
@@ -387,7 +388,7 @@ def _extra_metrics(args, notes: List[str]):
                      + ("; untrained_* = fresh init of the same config (seed " + str(args.seed) + ")" if untrained is not None else "")
                      + (f"; timing_auc = speech-timing AUC, shifts {shifts} frames (0.5 = blind to speech timing)" if shifts else ""))
     elif args.analysis_shifts is not None:
-        raise SystemExit("--analysis_shifts needs --analysis_metric DIR (the metric whose speech-timing AUC is measured)")
+        raise UsageError("--analysis_shifts needs --analysis_metric DIR (the metric whose speech-timing AUC is measured)")
     return pair, per_set, analysis
 
 
@@ -429,7 +430,7 @@ def _analysis_shifts(text: Optional[str]) -> List[int]:
     except ValueError:
         shifts = [0]
     if not shifts or 0 in shifts:
-        raise SystemExit(f"--analysis_shifts: expected a comma list of non-zero frame shifts (or 'none'), got {text!r}")
+        raise UsageError(f"--analysis_shifts: expected a comma list of non-zero frame shifts (or 'none'), got {text!r}")
     return shifts
 
 
@@ -457,12 +458,12 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
     flag_pair, flag_set, analysis = _extra_metrics(args, notes)
     extra_pair, extra_set = flag_pair + extra_pair, flag_set + extra_set
     if bad or not (metrics or extra_pair or extra_set):
-        raise SystemExit(f"--metrics: expected a comma list of fad, lse, csim_expr (alias csim), csim_id (or none with --mouth / "
+        raise UsageError(f"--metrics: expected a comma list of fad, lse, csim_expr (alias csim), csim_id (or none with --mouth / "
                          f"--reconstruction / --emotion_weights / --analysis_metric), got {args.metrics!r}")
     if args.sync_protocol == "reencode" and "lse" not in metrics:
-        raise SystemExit("--sync_protocol reencode needs lse in --metrics (and --syncnet_weights)")
+        raise UsageError("--sync_protocol reencode needs lse in --metrics (and --syncnet_weights)")
     if bool(args.tiled) == bool(args.reference_dir):
-        raise SystemExit("give either --tiled DIR or --reference_dir DIR with --generated NAME=DIR")
+        raise UsageError("give either --tiled DIR or --reference_dir DIR with --generated NAME=DIR")
     try:
         models, random_parts = _build_models(args, metrics)
     except (ValueError, FileNotFoundError) as e:
@@ -470,7 +471,7 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
                                    ("--emotion_weights", args.emotion_weights), ("--analysis_metric", args.analysis_metric)) if on]
         hint = (f"; or add --metrics none to run only {' / '.join(further)}" if further
                 else "; or add --metrics none to run only the plugged-in measures" if (extra_pair or extra_set) else "")
-        raise SystemExit(f"stccl-eval: {e}{hint}")
+        raise UsageError(f"stccl-eval: {e}{hint}")
     cfg = EvalConfig(metrics=metrics, frame_stride=args.frame_stride, aligned=args.aligned, vshift=args.vshift,
                      csim_mode=args.csim_mode, batch_size=args.batch_size, device=args.device, face_backend=args.face_backend,
                      insightface_root=args.insightface_root, mouth_detector=args.mouth_detector, sync_protocol=args.sync_protocol)
@@ -479,7 +480,7 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
         try:
             backend = backend_name(ctx.face_detector())
         except (ImportError, ValueError) as e:
-            raise SystemExit(f"stccl-eval --face_backend {args.face_backend}: {e}")
+            raise UsageError(f"stccl-eval --face_backend {args.face_backend}: {e}")
         if backend == "haar":
             why = "--face_backend haar" if args.face_backend == "haar" else "the `landmarks` extra (dlib) is not installed"
             notes.append(f"faces: Haar backend ({why}): FAD/CSIM alignment places the 5-point template in one Haar box per clip "
@@ -493,13 +494,13 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
         tiled = Path(args.tiled)
         files = sorted(p for p in tiled.iterdir() if p.suffix.lower() in VIDEO_EXTS) if tiled.is_dir() else [tiled]
         if not files:
-            raise SystemExit(f"--tiled: no videos ({', '.join(VIDEO_EXTS)}) in {tiled}")
+            raise UsageError(f"--tiled: no videos ({', '.join(VIDEO_EXTS)}) in {tiled}")
         if args.max_clips:
             notes.append(f"--max_clips {args.max_clips}: {min(args.max_clips, len(files))} of {len(files)} clips evaluated")
             files = files[: args.max_clips]
         tile_names = [t.strip() for t in args.tile_names.split(",")]
         if len(tile_names) < 3:
-            raise SystemExit(f"--tile_names: expected Source,Reference,method[,method...], got {args.tile_names!r}")
+            raise UsageError(f"--tile_names: expected Source,Reference,method[,method...], got {args.tile_names!r}")
         groups, total = tiled_groups(files, tile_names, args.max_frames, real_row), len(files)
         real_methods = [f"{tile_names[0]} (real)"] if real_row else []
         methods = real_methods + tile_names[2:]
@@ -510,24 +511,24 @@ def _run(args, extra_pair: list, extra_set: list) -> int:
                          "reconstruction quality")
     else:
         if not args.generated:
-            raise SystemExit("--reference_dir needs at least one --generated NAME=DIR")
+            raise UsageError("--reference_dir needs at least one --generated NAME=DIR")
         generated = {}
         for spec in args.generated:
             if "=" not in spec:
-                raise SystemExit(f"--generated: expected NAME=DIR, got {spec!r}")
+                raise UsageError(f"--generated: expected NAME=DIR, got {spec!r}")
             k, v = spec.split("=", 1)
             generated[k] = Path(v)
         try:
             ref_names = set(_index_clips(Path(args.reference_dir)))
             gen_names = {m: set(_index_clips(d)) for m, d in generated.items()}
         except ValueError as e:
-            raise SystemExit(f"stccl-eval: {e}")
+            raise UsageError(f"stccl-eval: {e}")
         names = sorted(n for n in ref_names if any(n in g for g in gen_names.values()))
         for m, g in gen_names.items():
             if g - ref_names:
                 notes.append(f"{m}: {len(g - ref_names)} clips without a real clip of the same name (not evaluated): {sorted(g - ref_names)[:10]}")
         if not names:
-            raise SystemExit("no clip name appears both in --reference_dir and a --generated folder")
+            raise UsageError("no clip name appears both in --reference_dir and a --generated folder")
         if args.max_clips:
             notes.append(f"--max_clips {args.max_clips}: {min(args.max_clips, len(names))} of {len(names)} clips evaluated")
             names = names[: args.max_clips]

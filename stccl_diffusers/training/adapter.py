@@ -19,6 +19,15 @@ models) subclasses :class:`TalkingHeadAdapter` and supplies:
   whose frozen anchor is a copy of its starting weights (EAT) keeps that copy in each checkpoint,
   so a resumed run scores against the step-0 weights, not the resumed ones (default: nothing).
 
+- ``optimizer_param_groups(lr)`` / ``clip_gradients(accelerator, max_norm)``: a backend's own
+  optimiser groups and gradient clipping (EAT's four learning rates and its per-module clipping);
+  None (the default) leaves both to the loop (AdamW on the trainables, joint clipping).
+- ``trainables_chosen``: True when the backend chose what trains itself (EAT, parameter by
+  parameter); the loop's ``configure_trainable`` then leaves it as is. ``mark_trainables_chosen()``
+  says so (the loop marks it too once it configured LoRA or named modules).
+
+Every hook the loop calls is a method here with a default; the loop probes nothing else.
+
 ``training_step`` may also return ``"loss_terms": {"task": ..., "stccl": ... or None}`` (scalars with
 graph, ``task + stccl == loss``); the loop then logs their gradient balance every
 ``grad_balance_every`` steps. ``stccl`` is None on a step where the term is off.
@@ -49,6 +58,10 @@ class TalkingHeadAdapter(torch.nn.Module, ABC):
     def __init__(self) -> None:
         super().__init__()
         self._lora_applied = False
+        self._trainables_chosen = False
+        #: Whether the last `clip_gradients` clipped (1.0) or not (0.0); the loop logs it as
+        #: `grad_clipped`. None: the backend does not clip itself.
+        self.last_clipped: float | None = None
 
     # -- the two things a backend must implement --------------------------------------------
     @abstractmethod
@@ -77,6 +90,29 @@ class TalkingHeadAdapter(torch.nn.Module, ABC):
 
     def set_weight_dtype(self, dtype: torch.dtype) -> None:
         """Cast frozen weights to `dtype` for mixed precision (default: leave everything as is)."""
+
+    @property
+    def trainables_chosen(self) -> bool:
+        """True when what trains is already chosen (by the backend, or by the loop's
+        `configure_trainable`): the loop then does not freeze and re-pick parameters."""
+        return self._trainables_chosen
+
+    def mark_trainables_chosen(self) -> None:
+        """Say that `requires_grad` is set as it should train (a backend choosing parameter by
+        parameter calls it in its constructor; `configure_trainable` calls it when done)."""
+        self._trainables_chosen = True
+
+    # -- optimisation hooks ----------------------------------------------------------------
+    def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]] | None:
+        """Param groups for the loop's AdamW (each with its own `lr`, `betas`, ...), or None (the
+        default): one group of `trainable_parameters()` at the config's learning rate."""
+        return None
+
+    def clip_gradients(self, accelerator, max_norm: float) -> torch.Tensor | None:
+        """Clip this backend's gradients its own way (after `accelerator.unscale_gradients()`) and
+        return the norm it measured, setting `last_clipped`; None (the default) lets the loop clip
+        all trainables jointly at `max_norm`."""
+        return None
 
     # -- hooks ---------------------------------------------------------------------------
     def enable_gradient_checkpointing(self) -> None:

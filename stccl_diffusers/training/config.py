@@ -8,6 +8,11 @@ script subclasses :class:`TrainingConfig` with its own fields and calls :func:`p
 
 Precedence: dataclass default < YAML file (``--config``) < command line. A key in the YAML file
 that is not a field is an error naming the file, the key and the closest field names.
+
+Each field declares, next to its type and docstring, what a resume with a changed value does
+(:func:`resume_rules`): ``shape(...)`` fields change parameter shapes, the model or the data it
+was trained on, and a resume that changes one is refused; ``free(...)`` fields (where and how long
+to run) may change silently; any other change is resumed with a warning.
 """
 
 from __future__ import annotations
@@ -24,6 +29,42 @@ from typing import Any, Optional, Sequence
 import yaml
 
 _NONE_WORDS = {"none", "null", "~", ""}
+
+#: What a resume with a changed value of a field does: refuse (`shape`), warn (the default), or nothing (`free`).
+RESUME_RULES = ("shape", "warn", "free")
+
+
+def shape(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field whose change alters parameter shapes, the model or the data it was trained on: a
+    resume that changes it is refused (the saved and new values named)."""
+    return field(default=default, default_factory=default_factory, metadata={"resume": "shape"})
+
+
+def free(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field that may change on resume without a warning (where and how long to run)."""
+    return field(default=default, default_factory=default_factory, metadata={"resume": "free"})
+
+
+def converted(convert: Any, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+              resume: str = "warn") -> Any:
+    """A field read by its own `convert(name, value) -> value` (raising ValueError) instead of by
+    its type: values of more than one type (`r50` or `[1, 1, 1, 1]`) or a closed set of choices."""
+    return field(default=default, default_factory=default_factory, metadata={"convert": convert, "resume": resume})
+
+
+def resume_rules(cls: type) -> dict[str, str]:
+    """{field: "shape" | "free" | "warn"} of a config class. A subclass that only changes a field's
+    default keeps the rule of the class that declared it (the nearest declared rule in the MRO)."""
+    rules = {}
+    for f in dataclasses.fields(cls):
+        rule = "warn"
+        for klass in cls.__mro__:
+            declared = getattr(klass, "__dataclass_fields__", {}).get(f.name)
+            if declared is not None and "resume" in declared.metadata:
+                rule = declared.metadata["resume"]
+                break
+        rules[f.name] = rule
+    return rules
 _TRUE_WORDS = {"1", "true", "yes", "on", "y"}
 _FALSE_WORDS = {"0", "false", "no", "off", "n"}
 
@@ -33,23 +74,26 @@ class TrainingConfig:
     """Fields shared by every STCCL training script (names as in diffusers' example scripts)."""
 
     # -- run -------------------------------------------------------------------------------
-    output_dir: str = "outputs"
+    config: Optional[str] = free(None)
+    """The YAML file the values were read from (`--config`, or the script's embedded demo); set by
+    `parse_config` (not a YAML key), recorded in the run's metrics JSON."""
+    output_dir: str = free("outputs")
     """Where checkpoints, weights, validation media, logs and the metrics JSON go."""
-    logging_dir: str = "logs"
+    logging_dir: str = free("logs")
     """TensorBoard directory, relative to `output_dir`."""
     seed: int = 0
     """Seeds weights, data order and the per-step noise generator (resume-exact)."""
-    report_to: str = "tensorboard"
+    report_to: str = free("tensorboard")
     """`tensorboard`, `wandb`, `all` or `none`."""
     tracker_project_name: str = "stccl"
-    overwrite_output_dir: bool = False
+    overwrite_output_dir: bool = free(False)
     """A fresh run into an `output_dir` holding another run's checkpoints refuses unless this is set
     (then those checkpoints are moved aside to `output_dir/previous-<n>/`, never deleted)."""
 
     # -- optimisation --------------------------------------------------------------------
     train_batch_size: int = 1
     """Clips per device per micro-batch."""
-    max_train_steps: int = 1000
+    max_train_steps: int = free(1000)
     """Optimizer steps (after gradient accumulation)."""
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
@@ -64,7 +108,7 @@ class TrainingConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    grad_balance_every: int = 50
+    grad_balance_every: int = free(50)
     """Every N optimizer steps, measure the gradient norms the STCCL term and the task loss each put
     on the trainable parameters (two extra backward passes on one micro-batch) and log
     `grad_norm/stccl`, `grad_norm/task`, `grad_ratio` (stccl / task) and `grad_cos`; a step whose
@@ -72,27 +116,27 @@ class TrainingConfig:
     mixed_precision: Optional[str] = None
     """`no`, `fp16` or `bf16`; None keeps what `accelerate config` chose."""
     allow_tf32: bool = False
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int = free(0)
     enable_xformers_memory_efficient_attention: bool = False
     ddp_find_unused_parameters: bool = False
 
     # -- what is trained -----------------------------------------------------------------
-    train_mode: str = "lora"
+    train_mode: str = shape("lora")
     """`lora` (peft LoRA on the adapter's denoiser) or `full` (named modules in full)."""
-    rank: int = 16
+    rank: int = shape(16)
     """LoRA rank."""
-    lora_alpha: Optional[int] = None
+    lora_alpha: Optional[int] = shape(None)
     """LoRA alpha; None means alpha = rank (the diffusers examples' choice)."""
-    lora_target_modules: list = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
-    trainable_modules: list = field(default_factory=list)
+    lora_target_modules: list = shape(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    trainable_modules: list = shape(default_factory=list)
     """With `train_mode: full`: adapter sub-module names trained in full (empty = all of the denoiser)."""
 
     # -- checkpoints and validation -------------------------------------------------------
     checkpointing_steps: int = 500
     checkpoints_total_limit: Optional[int] = None
-    resume_from_checkpoint: Optional[str] = None
+    resume_from_checkpoint: Optional[str] = free(None)
     """A `checkpoint-{step}` path or `latest`."""
-    validation_steps: int = 100
+    validation_steps: int = free(100)
     """Validate every N optimizer steps (and once at the end); 0 disables periodic validation."""
     validate_at_start: bool = True
     """Also validate before the first step, so the note has a 'before' number."""
@@ -108,15 +152,15 @@ class TalkingClipsConfig(TrainingConfig):
     """Folder of .mp4 clips (with audio) under emotion-named folders (MEAD layout works)."""
     synthesize_if_missing: bool = True
     """Synthesize demo clips when `data_dir` is missing; only ever into the demo's own folders
-    (under `outputs/` or the cache, see `training.clips.prepare_clip_folder`), never a user's."""
+    (under `outputs/` or the cache, see `data.clips.prepare_clip_folder`), never a user's."""
     synth_speakers: int = 3
     synth_clips: int = 2
     windows_per_clip: int = 4
-    resolution: int = 32
+    resolution: int = shape(32)
     crop: str = "center"
     """How non-square clips become square (never squashed): `center` (largest centred square) or
     `face` (a square around the clip's detected face; clips without a face are skipped and named)."""
-    num_frames: int = 8
+    num_frames: int = shape(8)
     reference: str = "first_frame"
     """Identity image of a training clip: `first_frame` (the clip's own) or `neutral` (the same
     speaker's neutral recording of the sentence, MEAD layout), so the emotion must come from the
@@ -124,11 +168,11 @@ class TalkingClipsConfig(TrainingConfig):
     validation_seed: int = 1234
 
     # -- the STCCL metric ------------------------------------------------------------------
-    metric_path: Optional[str] = None
+    metric_path: Optional[str] = shape(None)
     """A `save_pretrained` STCCLMetric (`stccl-pretrain`); None pretrains a small one into `output_dir/metric`."""
-    metric_backbone: list = field(default_factory=lambda: ["1", "1", "1", "1"])
+    metric_backbone: list = shape(default_factory=lambda: ["1", "1", "1", "1"])
     """Pretrained-here metric: `r18|r34|r50|r100` or 4 stage depths."""
-    metric_input_size: int = 64
+    metric_input_size: int = shape(64)
     metric_pretrain_steps: int = 12
     stccl_weight: float = 0.1
     generator_loss: Optional[str] = None
@@ -250,7 +294,11 @@ def config_from_dict(cls: type, values: dict[str, Any], source: str = "config") 
             close = difflib.get_close_matches(str(k), list(types_), n=3)
             hints.append(f"`{k}`" + (f" (did you mean {', '.join(close)}?)" if close else ""))
         raise ValueError(f"{source}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(sorted(types_))}")
-    kwargs = {k: _convert(k, types_[k], v, source) for k, v in values.items()}
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in values.items():
+        convert = fields_[k].metadata.get("convert")
+        kwargs[k] = convert(k, v) if convert is not None else _convert(k, types_[k], v, source)
     return cls(**kwargs)
 
 
@@ -258,6 +306,8 @@ def build_argument_parser(cls: type, description: str | None = None) -> argparse
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--config", type=str, default=None, help="flat YAML config; flags override it")
     for f in dataclasses.fields(cls):
+        if f.name == "config":  # the field records the `--config` file itself
+            continue
         tp, _ = _unwrap_optional(_field_types(cls)[f.name])
         doc = f"(type {getattr(tp, '__name__', tp)})"
         if tp is list or typing.get_origin(tp) is list:
@@ -290,6 +340,8 @@ def parse_config(
     if config_path is not None:
         values.update(load_yaml_config(config_path))
         source = str(config_path)
+        if "config" in values:
+            raise ValueError(f"{source}: `config` names the YAML file itself; give it with --config")
     config_from_dict(cls, values, source=source)  # validate the file alone, so errors name it
     cli = {}
     for key, value in args.items():
@@ -297,35 +349,25 @@ def parse_config(
             value = value[0]
         cli[key] = value
     config_from_dict(cls, cli, source="command line")
-    merged = {**values, **cli}
-    cfg = config_from_dict(cls, merged, source=source)
-    cfg._config_path = str(config_path) if config_path is not None else None
-    return cfg
+    merged = {**values, **cli, "config": str(config_path) if config_path is not None else None}
+    return config_from_dict(cls, merged, source=source)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-#: Keys whose change on resume alters parameter shapes, the model or the data it was trained on.
-SHAPE_KEYS = (
-    "train_mode", "rank", "lora_alpha", "lora_target_modules", "trainable_modules", "resolution",
-    "num_frames", "metric_backbone", "metric_input_size", "metric_path", "backend",
-    "pretrained_model_name_or_path", "reference_model", "model", "audio_dim",
-)
-#: Keys that may differ on resume without a warning (where and how long to run).
-RESUME_FREE_KEYS = ("resume_from_checkpoint", "max_train_steps", "overwrite_output_dir", "output_dir",
-                    "report_to", "logging_dir", "dataloader_num_workers", "validation_steps",
-                    "grad_balance_every")
-
-
-def compare_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(refusing, warning) lines `key: saved -> current` for a resume with a changed config."""
+def compare_resume_config(saved: dict[str, Any], current: dict[str, Any],
+                          cls: type | None = None) -> tuple[list[str], list[str]]:
+    """(refusing, warning) lines `key: saved -> current` for a resume with a changed config of
+    class `cls` (each field's rule from :func:`resume_rules`; a key `cls` lacks warns)."""
+    rules = resume_rules(cls) if cls is not None else {}
     refuse, warn = [], []
     for key in sorted(set(saved) | set(current)):
-        if key in RESUME_FREE_KEYS or key.startswith("_"):
+        rule = rules.get(key, "warn")
+        if rule == "free" or key.startswith("_"):
             continue
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if a != b:
-            (refuse if key in SHAPE_KEYS else warn).append(f"{key}: {a!r} -> {b!r}")
+            (refuse if rule == "shape" else warn).append(f"{key}: {a!r} -> {b!r}")
     return refuse, warn

@@ -1,7 +1,7 @@
 """What the embedded defaults need before fine-tuning: data and a metric, made here if absent.
 
-Shared by `train_dice_stccl.py` and `train_eat_stccl.py`: synthesize talking-face clips with the
-data package's generator, and pretrain a small STCCL metric on synthetic neutral/emotional pairs
+Shared by `train_dice_stccl.py` and `train_eat_stccl.py`: synthesized talking-face clips
+(`data.clips.ensure_synthetic_clips`, re-exported here), and pretrain a small STCCL metric on synthetic neutral/emotional pairs
 (paper §8.2 metric learning, shortened) when no pretrained metric is given.
 """
 
@@ -13,39 +13,8 @@ from typing import Sequence
 
 import torch
 
+from ..data.clips import ensure_synthetic_clips  # noqa: F401  (its home is data.clips; the scripts import it here)
 from ..utils.safety import save_pretrained_atomic
-
-
-def ensure_synthetic_clips(
-    data_dir: str | Path, speakers: int = 4, clips: int = 2, size: int = 64, seed: int = 0,
-    emotions: Sequence[str] | None = None, coupling: float | None = None,
-) -> Path:
-    """Write a MEAD-like synthetic set with `stccl-synth` unless `data_dir` already holds .mp4 clips.
-
-    ``coupling``: the κ of the issue-22 world (`stccl-synth --coupling`); None writes the original
-    world and reuses any set. A number refuses to reuse a set written with another κ (its
-    ``ground_truth.json`` says which; a set without the key is the original world, κ = 0)."""
-    import json
-
-    from ..data.synthetic import synth_main
-
-    data_dir = Path(data_dir)
-    if data_dir.is_dir() and any(data_dir.rglob("*.mp4")):
-        truth = data_dir / "ground_truth.json"
-        if coupling is not None:
-            have = float(json.loads(truth.read_text()).get("coupling", 0.0)) if truth.is_file() else None
-            if have is None or have != float(coupling):
-                raise ValueError(f"expected the synthetic set in {data_dir} to have coupling kappa={coupling:g}, found "
-                                 f"{'no ground_truth.json' if have is None else f'kappa={have:g}'}: use another folder")
-        return data_dir
-    argv = ["--out", str(data_dir), "--speakers", str(speakers), "--clips", str(clips), "--size", str(size),
-            "--seed", str(seed)]
-    if coupling is not None:
-        argv += ["--coupling", str(float(coupling))]
-    if emotions:
-        argv += ["--emotions", *emotions]
-    synth_main(argv)
-    return data_dir
 
 
 def pretrain_metric_quick(
@@ -93,6 +62,24 @@ def pretrain_metric_quick(
     metric.freeze()
     save_pretrained_atomic(metric, out_dir)
     return metric, {"metric_loss_first": first, "metric_loss_last": last}
+
+
+def metric_backbone_arg(value: Sequence[str] | str) -> str | list[int]:
+    """A config's `metric_backbone` as `STCCLMetric` takes it: `["r50"]` -> "r50";
+    `["1", "1", "1", "1"]` -> [1, 1, 1, 1]."""
+    if isinstance(value, str):
+        return value
+    return value[0] if len(value) == 1 else [int(x) for x in value]
+
+
+def ensure_config_metric(cfg, out_dir: str | Path, progress: bool = True):
+    """The frozen STCCL metric a training config names (`metric_path`), else the one pretrained
+    into `out_dir/metric` from `metric_backbone`, `metric_input_size`, `metric_pretrain_steps` and
+    `seed`, trained with the config's `generator_loss` form (both training scripts)."""
+    return ensure_metric(cfg.metric_path, Path(out_dir) / "metric", generator_loss=cfg.generator_loss,
+                         backbone=metric_backbone_arg(cfg.metric_backbone),
+                         input_size=cfg.metric_input_size, steps=cfg.metric_pretrain_steps, seed=cfg.seed,
+                         progress=progress)
 
 
 def ensure_metric(path: str | Path | None, fallback_dir: str | Path, generator_loss: str | None = None,

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,16 +33,24 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .adapter import TalkingHeadAdapter
 from ..utils.jsonio import dumps_strict
-from ..utils.safety import RunLock, verify_manifest, write_into, write_manifest
-from .config import TrainingConfig, compare_resume_config, config_to_dict
+from ..utils.safety import write_into
+from .checkpoints import (  # noqa: F401  (list_checkpoints, check_resume_config: this module's API too)
+    CHECKPOINT_PREFIX,
+    RUN_CONFIG_FILE,
+    STATE_FILE,
+    check_resume_config,
+    claim_output_dir,
+    list_checkpoints,
+    read_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainingConfig, config_to_dict
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "training_state.json"
 STEP_LOG = "train_log.jsonl"
 VALIDATION_LOG = "validation_log.jsonl"
-RUN_CONFIG_FILE = "run_config.json"
 
 ValidationFn = Callable[[TalkingHeadAdapter, int], dict[str, Any]]
 
@@ -135,7 +142,7 @@ def configure_trainable(adapter: TalkingHeadAdapter, cfg: TrainingConfig) -> lis
     else:
         raise ValueError(f"train_mode must be 'lora' or 'full', got {cfg.train_mode!r}")
     params = adapter.trainable_parameters()
-    adapter._trainable_configured = True
+    adapter.mark_trainables_chosen()
     if not params:
         raise ValueError("nothing to train: no parameter requires grad after configuring train_mode")
     return params
@@ -171,103 +178,9 @@ def step_generator(seed: int, process_index: int, global_step: int, micro_step: 
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete `checkpoint-{step}` directories, oldest first (temporary `.tmp` ones ignored)."""
-    out = Path(output_dir)
-    if not out.is_dir():
-        return []
-    found = []
-    for p in out.iterdir():
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit():
-            if (p / STATE_FILE).is_file():
-                found.append(p)
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
 def resolve_resume_path(cfg: TrainingConfig) -> Path | None:
-    """The checkpoint to resume from, each file verified against its manifest.
-
-    `latest` falls back from a damaged newest checkpoint to the newest complete one, naming the
-    damaged file; an explicitly named damaged checkpoint is an error.
-    """
-    if not cfg.resume_from_checkpoint:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        ckpts = list_checkpoints(cfg.output_dir)
-        if not ckpts:
-            warnings.warn(f"resume_from_checkpoint=latest: no checkpoint in {cfg.output_dir}; starting fresh")
-            return None
-        damaged = []
-        for ckpt in reversed(ckpts):
-            problem = verify_manifest(ckpt)
-            if problem is None:
-                if damaged:
-                    warnings.warn(
-                        f"resume_from_checkpoint=latest: skipping damaged {'; '.join(damaged)}; "
-                        f"resuming from {ckpt.name}, the newest complete checkpoint"
-                    )
-                return ckpt
-            damaged.append(f"{ckpt.name} ({problem})")
-        raise ValueError(f"resume_from_checkpoint=latest: every checkpoint in {cfg.output_dir} is damaged: "
-                         + "; ".join(damaged))
-    path = Path(cfg.resume_from_checkpoint)
-    if not path.is_absolute() and not path.exists():
-        path = Path(cfg.output_dir) / path
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint: {path} is not a complete checkpoint (no {STATE_FILE})")
-    problem = verify_manifest(path)
-    if problem is not None:
-        raise ValueError(f"resume_from_checkpoint: {path} is damaged: {problem}; pass `latest` or an earlier checkpoint")
-    return path
-
-
-def check_resume_config(cfg: TrainingConfig, checkpoint: Path) -> None:
-    """Refuse a resume whose config changes shapes or the model (naming the keys); warn for the rest."""
-    saved_path = checkpoint / RUN_CONFIG_FILE
-    if not saved_path.is_file():
-        warnings.warn(f"{checkpoint} stores no {RUN_CONFIG_FILE}; the resumed config is not checked")
-        return
-    refuse, warn = compare_resume_config(json.loads(saved_path.read_text()), json.loads(json.dumps(config_to_dict(cfg), default=str)))
-    if refuse:
-        raise ValueError(
-            f"cannot resume from {checkpoint}: the config changes the model or its shapes ({'; '.join(refuse)}); "
-            "resume with the saved values, or start a fresh run in another --output_dir"
-        )
-    if warn:
-        warnings.warn(f"resuming from {checkpoint} with a changed config: {'; '.join(warn)}")
-
-
-def claim_output_dir(cfg: TrainingConfig, resume_path: Path | None, is_main: bool = True) -> RunLock | None:
-    """Make `cfg.output_dir` this run's: lock it, and refuse a fresh run over another run's checkpoints.
-
-    With `overwrite_output_dir` the old checkpoints are moved to `previous-<n>/`, never deleted.
-    """
-    out = Path(cfg.output_dir)
-    lock = RunLock(out).acquire() if is_main else None
-    try:
-        old = [p for p in sorted(out.glob(f"{CHECKPOINT_PREFIX}*")) if p.is_dir()] if out.is_dir() else []
-        if resume_path is None and old:
-            if not cfg.overwrite_output_dir:
-                raise FileExistsError(
-                    f"{out} holds another run's checkpoints ({', '.join(p.name for p in old)}); pass "
-                    "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start over "
-                    "(the old ones are kept in previous-<n>/), or another --output_dir"
-                )
-            if is_main:
-                n = 0
-                while (out / f"previous-{n}").exists():
-                    n += 1
-                aside = out / f"previous-{n}"
-                aside.mkdir()
-                for p in old + [out / STEP_LOG, out / VALIDATION_LOG]:
-                    if p.exists():
-                        os.replace(p, aside / p.name)
-                warnings.warn(f"--overwrite_output_dir: moved the previous run's checkpoints and logs to {aside}")
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    return lock
+    """`cfg.resume_from_checkpoint` resolved in `cfg.output_dir` (see `checkpoints.resolve_checkpoint`)."""
+    return resolve_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint)
 
 
 def _register_hooks(accelerator, adapter: TalkingHeadAdapter) -> None:
@@ -289,41 +202,6 @@ def _register_hooks(accelerator, adapter: TalkingHeadAdapter) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
-
-
-def save_checkpoint(
-    accelerator, output_dir: str | Path, global_step: int, state: dict, total_limit: int | None,
-    run_config: dict | None = None,
-) -> Path:
-    """Write `checkpoint-{step}.tmp` then rename it, so a kill never leaves a half checkpoint.
-
-    The run's config goes into `run_config.json`, and `manifest.json` records every file's size
-    and sha256 (checked on resume).
-    """
-    out = Path(output_dir)
-    final = out / f"{CHECKPOINT_PREFIX}{global_step}"
-    tmp = out / f"{CHECKPOINT_PREFIX}{global_step}.tmp"
-    if accelerator.is_main_process:
-        if total_limit is not None and total_limit > 0:
-            ckpts = list_checkpoints(out)
-            excess = len(ckpts) - (total_limit - 1)
-            for old in ckpts[: max(0, excess)]:
-                shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(dumps_strict(state))
-        if run_config is not None:
-            (tmp / RUN_CONFIG_FILE).write_text(dumps_strict(run_config, indent=1))
-        write_manifest(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
-
 
 def save_final_weights(adapter: TalkingHeadAdapter, out: Path) -> None:
     """The trained weights into `out`, each file written whole elsewhere first, then renamed in."""
@@ -418,7 +296,8 @@ def train(
     resume_path = resolve_resume_path(cfg)
     if resume_path is not None:
         check_resume_config(cfg, resume_path)
-    lock = claim_output_dir(cfg, resume_path, is_main=accelerator.is_main_process)
+    lock = claim_output_dir(cfg.output_dir, cfg.overwrite_output_dir, resume_path, is_main=accelerator.is_main_process,
+                            logs=(STEP_LOG, VALIDATION_LOG))
     try:
         return _train(adapter, train_dataset, cfg, accelerator=accelerator, collate_fn=collate_fn,
                       validation_fn=validation_fn, stop_after_steps=stop_after_steps, resume_path=resume_path)
@@ -454,7 +333,7 @@ def _train(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
 
-    if not getattr(adapter, "_trainable_configured", False):
+    if not adapter.trainables_chosen:
         configure_trainable(adapter, cfg)
     if cfg.gradient_checkpointing:
         adapter.enable_gradient_checkpointing()
@@ -478,8 +357,7 @@ def _train(
     if cfg.scale_lr:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
     # A backend may bring its own param groups (EAT: one group per module at EAT's learning rates).
-    groups = getattr(adapter, "optimizer_param_groups", None)
-    params = (groups(lr) if groups is not None else None) or adapter.trainable_parameters()
+    params = adapter.optimizer_param_groups(lr) or adapter.trainable_parameters()
     optimizer = torch.optim.AdamW(
         params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
     )
@@ -521,7 +399,7 @@ def _train(
     if resume_path is not None:
         accelerator.print(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
-        state = json.loads((resume_path / STATE_FILE).read_text())
+        state = read_state(resume_path)
         global_step, skipped_steps = int(state["global_step"]), int(state.get("skipped_steps", 0))
         totals.update({k: float(v) for k, v in state.get("totals", {}).items() if k in totals})
         resumed_from = str(resume_path)
@@ -568,7 +446,7 @@ def _train(
     stop_at = cfg.max_train_steps if stop_after_steps is None else min(cfg.max_train_steps, stop_after_steps)
     # Gradient balance: due every `grad_balance_every` steps, measured on the first micro-batch of a
     # due step whose STCCL term is on (a gated / warmed-up / non-neutral one), then due again N later.
-    balance_every = max(0, int(getattr(cfg, "grad_balance_every", 0) or 0))
+    balance_every = max(0, int(cfg.grad_balance_every or 0))
     balance_next = global_step
     balance: dict[str, float] | None = None
 
@@ -608,10 +486,9 @@ def _train(
                 micro_index += 1
                 if accelerator.sync_gradients:
                     grad_norm, clipped = None, None
-                    clip = getattr(adapter, "clip_gradients", None)  # a backend's own clipping (EAT's)
-                    if not bad_cycle and clip is not None:
-                        grad_norm = clip(accelerator, cfg.max_grad_norm)
-                        clipped = getattr(adapter, "last_clipped", None)
+                    if not bad_cycle:  # a backend's own clipping (EAT's); None: the loop clips below
+                        grad_norm = adapter.clip_gradients(accelerator, cfg.max_grad_norm)
+                        clipped = adapter.last_clipped if grad_norm is not None else None
                     if not bad_cycle and grad_norm is None and cfg.max_grad_norm and cfg.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(trainables, cfg.max_grad_norm)
                         # clip_grad_norm_ returns the norm before clipping: it clipped when that exceeds the limit.

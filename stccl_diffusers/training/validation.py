@@ -242,7 +242,7 @@ def make_validation_fn(
     STCCL scores of target vs anchor. `no_stccl_fn(adapter, batch, generator, step, rendered) ->
     (label, frames) | None` adds a third row: the same model without STCCL (see
     :func:`lora_off_row` and :class:`BeforeSTCCLRow`). `effect_fn(target, anchor) -> {measure:
-    value}` (:func:`stccl_diffusers.training.effect.clip_scorer`) adds the benchmark's emotion and
+    value}` (:func:`stccl_diffusers.eval.effect.clip_scorer`) adds the benchmark's emotion and
     mouth measures as `effect_*`, and `no_stccl_*` for the third row's target-only measures.
     """
     out_dir = Path(out_dir)
@@ -347,10 +347,33 @@ def plot_loss_curves(step_log: list[dict], path: str | Path, keys: tuple[str, ..
     return str(path)
 
 
+#: Why a measure can be NaN (written as ``null`` in metrics.json / results.json, see utils.jsonio).
+NULL_REASONS = {
+    "px_gt_corr": "the pixel mouth detector rejects the frames (too small, e.g. 32 px, or no flat skin colour)",
+    "gt_amp": "the ground-truth mouth does not move, no amplitude to compare against",
+    "neu_amp": "the anchor's mouth does not move, no amplitude to compare against",
+    "gt_corr": "correlation undefined: a mouth curve does not move",
+    "neu_corr": "correlation undefined: a mouth curve does not move",
+    "stccl": "no STCCL metric was given to score it",
+}
+
+
+def run_summary(result, started: float) -> dict[str, Any]:
+    """What every training script puts in its metrics JSON about the run (one place for both):
+    steps, skipped steps, the checkpoint resumed from, every validation with the first and the
+    last, and the wall time since `started` (`time.perf_counter()`)."""
+    import time
+
+    return {"global_step": result.global_step, "skipped_steps": result.skipped_steps,
+            "resumed_from": result.resumed_from, "validations": result.validations,
+            "first_validation": result.validations[0] if result.validations else None,
+            "last_validation": result.validations[-1] if result.validations else None,
+            "wall_time_s": time.perf_counter() - started}
+
+
 def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> str:
     """Write ``payload`` as strict JSON: NaN or inf become ``null``, listed with the reason under
     ``"null_values"`` (see :mod:`stccl_diffusers.utils.jsonio`)."""
-    from .effect import NULL_REASONS  # effect imports this module
     def clean(v):
         if isinstance(v, torch.Tensor):
             return v.item() if v.numel() == 1 else v.tolist()

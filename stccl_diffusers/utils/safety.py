@@ -205,8 +205,14 @@ def from_pretrained_local(cls, path: str | os.PathLike | None, what: str, **kwar
 
 
 # ----------------------------------------------------------------------------- CLI errors
+class UsageError(ValueError):
+    """A mistake in a command's arguments (a missing or contradictory flag). A console script
+    prints its message as one line and exits 2; a library caller gets it as a ValueError."""
+
+
 def cli_errors(main: Callable) -> Callable:
-    """Wrap a console-script `main(argv=None)`: known errors become one line on stderr and exit 2.
+    """Wrap a console-script `main(argv=None)`: known errors (a :class:`UsageError` first) become
+    one line on stderr and exit 2. The CLI modules raise exceptions; only this wrapper exits.
 
     `--debug` anywhere in argv (or STCCL_DEBUG=1) re-raises with the full traceback.
     """
@@ -219,6 +225,9 @@ def cli_errors(main: Callable) -> Callable:
         if not debug:
             try:
                 return main(argv, *args, **kwargs)
+            except UsageError as err:
+                print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+                raise SystemExit(2) from None
             except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, OSError, KeyError) as err:
                 msg = " ".join(str(err).split()) or type(err).__name__
                 print(f"error: {msg} (rerun with --debug for the traceback)", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stccl_diffusers.training.clips import SYNTHETIC_MARKER, prepare_clip_folder
+from stccl_diffusers.data.clips import SYNTHETIC_MARKER, prepare_clip_folder
 
 
 def _snapshot(folder):

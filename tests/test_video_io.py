@@ -8,7 +8,7 @@ import pytest
 
 from stccl_diffusers.data.datasets import SKIPPED_REPORT, write_skipped_report
 from stccl_diffusers.data.video_io import VideoReadError, read_video, write_video
-from stccl_diffusers.training.clips import TalkingClipDataset, _resize
+from stccl_diffusers.data.clips import TalkingClipDataset, _resize
 
 
 def test_png_renamed_mp4_is_not_a_video(tmp_path):
@@ -63,7 +63,7 @@ def test_every_skipped_clip_is_named_in_the_report(tmp_path):
 
 def test_face_crop_keeps_an_off_centre_real_face_that_the_centre_crop_cuts(shared_data):
     from stccl_diffusers.data.face_align import clip_face_box
-    from stccl_diffusers.training.clips import square_window
+    from stccl_diffusers.data.clips import square_window
 
     tiles = read_video(str(sorted((shared_data / "real_pairs").glob("*.mp4"))[0]), with_audio=False).frames[:8]
     face = tiles[:, :, :256]  # the first 256x256 tile of the comparison video: a real MEAD face

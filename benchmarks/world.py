@@ -4,9 +4,9 @@ evaluation, per coupling κ, built once and cached.
 Training data: `stccl-synth --coupling κ` (emotional clips speak at their emotion's rate and open
 the mouth with their loudness; κ = 0 is the original world). The base model of each backend is
 trained from scratch on that data (reconstruction only) and cached under a name that carries κ.
-Evaluation: :func:`~stccl_diffusers.training.effect.deployment_clips` (training speakers saying
+Evaluation: :func:`~stccl_diffusers.eval.effect.deployment_clips` (training speakers saying
 sentences training never saw, with neutral prosody, asked for every emotion), scored by
-:func:`~stccl_diffusers.training.effect.measure` with a probe whose opening range covers the
+:func:`~stccl_diffusers.eval.effect.measure` with a probe whose opening range covers the
 κ world's loud mouths (``open_max`` :data:`PROBE_OPEN_MAX`).
 
 Used by `benchmarks/dose_check.py` (the without-STCCL arm at each κ: does the mouth error grow
@@ -37,8 +37,8 @@ def world_data(base, kappa: float, cache: Path, emotions, synth_size: int = 64):
     `base`: the backend's training config (``synth_speakers``, ``synth_clips``, ``seed``,
     ``num_frames``, ``resolution``, ``windows_per_clip``, ``reference``); the set is written once
     into ``cache/<backend data>_k<κ>`` and reused (a set written with another κ is refused)."""
-    from .clips import TalkingClipDataset
-    from .demo import ensure_synthetic_clips
+    from stccl_diffusers.data.clips import TalkingClipDataset
+    from stccl_diffusers.data.clips import ensure_synthetic_clips
 
     data_dir = Path(cache) / f"{Path(base.data_dir).name}_{kappa_tag(kappa)}"
     ensure_synthetic_clips(data_dir, base.synth_speakers, base.synth_clips, size=synth_size, seed=base.seed,
@@ -54,7 +54,7 @@ def dice_base(base, data, cache: Path, kappa: float, log: Callable[[str], None] 
     cached). `base` carries ``vae_fit_steps`` and ``base_train_steps``. ``model_seed``: the base's
     own training seed (None: ``base.seed``; the data stay those of ``base.seed``); a seed other than
     0 is part of the cache name."""
-    from ..adapters.dice import pretrain_reference_dice
+    from stccl_diffusers.adapters.dice import pretrain_reference_dice
 
     seed = base.seed if model_seed is None else int(model_seed)
     base = replace(base, seed=seed)
@@ -75,8 +75,8 @@ def eat_base(base, data, cache: Path, kappa: float, base_steps: int, adapter_for
     """The reference EAT base model trained (reconstruction only, `base_steps`) on the κ world's
     data: ``(folder, build seconds)``. ``adapter_for(cfg) -> (adapter, generator)`` builds the
     training adapter as `train_eat_stccl.py` does. ``model_seed``: as in :func:`dice_base`."""
-    from ..adapters.eat import eat_collate
-    from .loop import train
+    from stccl_diffusers.adapters.eat import eat_collate
+    from stccl_diffusers.training.loop import train
 
     seed = base.seed if model_seed is None else int(model_seed)
     base = replace(base, seed=seed)
@@ -99,7 +99,7 @@ def eat_base(base, data, cache: Path, kappa: float, base_steps: int, adapter_for
 def training_identities(data_dir: Path):
     """The training speakers' faces (the tiny models cannot draw a face they never saw: the test
     set gives them new sentences, in neutral prosody)."""
-    from ..data.synthetic import speaker_identities
+    from stccl_diffusers.data.synthetic import speaker_identities
 
     return list(speaker_identities(str(data_dir)).values())
 
@@ -116,7 +116,7 @@ def windowed_stccl(metric, target: torch.Tensor, anchor: torch.Tensor, window: i
     the number of frame pairs: 16 frames and a 4-frame subset of them score differently)."""
     import numpy as np
 
-    from .validation import stccl_scores
+    from stccl_diffusers.training.validation import stccl_scores
 
     T = target.shape[0]
     w = min(int(window), T)
@@ -133,14 +133,14 @@ def windowed_stccl(metric, target: torch.Tensor, anchor: torch.Tensor, window: i
 @torch.no_grad()
 def measure_by_emotion(render, clips, probe, metric, emotion_names, resolution: int, collate,
                        stccl_window: int | None = None, stccl_subset=None) -> dict:
-    """:func:`~stccl_diffusers.training.effect.measure` plus the mouth measures per target emotion:
+    """:func:`~stccl_diffusers.eval.effect.measure` plus the mouth measures per target emotion:
     ``{measure: mean over clips, ..., "curves": clip 0's curves, "by_emotion": {emotion: {gt_mae,
     gt_amp, gt_corr, neu_mae}}}``. ``render(batch, generator) -> {target, anchor}`` (B=1).
     ``stccl_window``: score ``stccl`` with :func:`windowed_stccl` (the training's window and frame
     subset) instead of over the whole clip."""
     import numpy as np
 
-    from .effect import clip_item, mean_scores, score_clip
+    from stccl_diffusers.eval.effect import clip_item, mean_scores, score_clip
 
     rows = []
     for k, c in enumerate(clips):

@@ -60,3 +60,23 @@ def test_a_validation_speaker_the_data_lacks_is_named(script, tmp_path):
     (tmp_path / "real").mkdir()
     with pytest.raises(ValueError, match=r"--validation_speaker 0: expected a synthetic set.*ground_truth.json missing"):
         script.validation_identities(DiceTrainingConfig(data_dir=str(tmp_path / "real"), validation_speaker=0))
+
+
+@pytest.mark.parametrize("backbone, expected", [(["r50"], "r50"), (["1", "1", "1", "1"], [1, 1, 1, 1])])
+def test_the_documented_metric_backbone_names_reach_the_metric(script, tmp_path, monkeypatch, backbone, expected):
+    """`metric_backbone: r50` (documented) once failed in this script with int('r50'); both scripts
+    now read the field through one helper."""
+    import stccl_diffusers.training.demo as demo
+
+    class Reached(Exception):
+        pass
+
+    def spy(out_dir, **kwargs):
+        raise Reached(kwargs["backbone"])
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "pretrain_metric_quick", spy)
+    with pytest.raises(Reached) as got:
+        script.main(TINY + ["--metric_backbone", *backbone])
+    assert got.value.args[0] == expected
+    assert demo.metric_backbone_arg(backbone) == expected

@@ -1,4 +1,4 @@
-"""The benchmark's measures (training.effect) on held-out synthetic clips, and in demo validation."""
+"""The benchmark's measures (eval.effect) on held-out synthetic clips, and in demo validation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from stccl_diffusers.training.effect import (
+from stccl_diffusers.eval.effect import (
     MEASURES,
     clip_scorer,
     ensure_probe,
@@ -91,7 +91,7 @@ def test_the_truth_row_pairs_each_clip_with_its_own_neutral_rendering_at_the_sam
     from _stccl_metric_for_tests import build_metric
 
     from stccl_diffusers.data.synthetic import make_pair
-    from stccl_diffusers.training.effect import truth_scores
+    from stccl_diffusers.eval.effect import truth_scores
 
     clip = eval_clips(1, 12, 32, seed=50_001, emotions=("happy",))[0]
     pair = make_pair(50_001, emotion="happy", size=64)
@@ -112,7 +112,7 @@ def test_the_truth_row_pairs_each_clip_with_its_own_neutral_rendering_at_the_sam
 def test_the_metric_sync_check_scores_every_anchor_and_sees_a_frozen_mouth():
     from _stccl_metric_for_tests import build_metric
 
-    from stccl_diffusers.training.effect import SYNC_CHECKS, metric_sync_check
+    from stccl_diffusers.eval.effect import SYNC_CHECKS, metric_sync_check
 
     clips = eval_clips(2, 8, 32, seed=50_010)
     metric = build_metric()[0]

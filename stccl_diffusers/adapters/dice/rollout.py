@@ -21,7 +21,7 @@ Every ``rollout_every``-th training step (the other steps train the diffusion lo
 Audio of the pseudo-pair (``rollout_audio``): ``clip`` (the training clip's own audio) or ``neutral``
 (the neutral recording of the same sentence by the same speaker, the deployment case: a user brings
 neutral speech and asks for an emotion; needs ``neutral_audio`` in the batch, which
-:class:`~stccl_diffusers.training.clips.TalkingClipDataset` gives with ``reference: neutral``). The
+:class:`~stccl_diffusers.data.clips.TalkingClipDataset` gives with ``reference: neutral``). The
 default is ``neutral``: with the clip's audio the anchor is asked to say emotional (loud or fast)
 speech with a neutral face, a pairing training never shows it, so the reward would pull the target
 towards an out-of-distribution anchor; with neutral audio both sides of the pair are the question the
@@ -39,8 +39,8 @@ from typing import Any, Optional
 
 import torch
 
-from .. import edm
-from ..adapters.dice import ReferenceDiceAdapter
+from ... import edm
+from .adapter import ReferenceDiceAdapter
 
 REWARD_MODES = ("single_step", "rollout")
 ROLLOUT_AUDIO = ("clip", "neutral")
@@ -75,7 +75,7 @@ def euler_sample_latents(denoise, cond, uncond, noise: torch.Tensor, sigmas: tor
 def _rollout_conditions(adapter, batch, prior, audio_key: str, lat_hw, guidance_scale: float):
     m = adapter.model
     T = batch["frames"].shape[1] if "frames" in batch else m.config.num_frames
-    from ..models.reference_dice import audio_frame_features
+    from ...models.reference_dice import audio_frame_features
 
     feats = audio_frame_features(batch[audio_key], m.config.sample_rate, m.config.fps, T)
     cond = m.encode_conditions(batch["reference"], feats, prior, lat_hw)

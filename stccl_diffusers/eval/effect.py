@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from ..data.datasets import frames_to_tensor
 from ..data.synthetic import (EMOTIONS, VISEMES, deployment_clip, make_pair, render_clip, render_face, sample_identity,
                               sample_utterance)
-from ..eval.mouth import mouth_opening_curve, mouth_preservation
-from .clips import _resize
+from .mouth import mouth_opening_curve, mouth_preservation
+from ..data.clips import _resize
+from ..training.validation import NULL_REASONS, stccl_scores, to_uint8  # noqa: F401  (NULL_REASONS: these measures' nulls)
 from ..utils.jsonio import write_json
-from .validation import stccl_scores, to_uint8
 
 EVAL_EMOTIONS = EMOTIONS[1:]  # targets: every non-neutral emotion
 MEASURES = ("emotion_acc", "anchor_emotion_acc", "gt_corr", "gt_mae", "gt_lag", "gt_amp", "neu_corr", "neu_mae", "neu_lag",
@@ -171,15 +171,6 @@ def deployment_clips(n: int, num_frames: int, resolution: int, seed: int = 60_00
     return clips
 
 
-#: Why a measure can be NaN (written as ``null`` in metrics.json / results.json, see utils.jsonio).
-NULL_REASONS = {
-    "px_gt_corr": "the pixel mouth detector rejects the frames (too small, e.g. 32 px, or no flat skin colour)",
-    "gt_amp": "the ground-truth mouth does not move, no amplitude to compare against",
-    "neu_amp": "the anchor's mouth does not move, no amplitude to compare against",
-    "gt_corr": "correlation undefined: a mouth curve does not move",
-    "neu_corr": "correlation undefined: a mouth curve does not move",
-    "stccl": "no STCCL metric was given to score it",
-}
 
 
 def _amp_ratio(reference: np.ndarray, generated: np.ndarray) -> float:
