@@ -47,10 +47,10 @@ ARMS = ("without", "with")
 
 def base_config(out: Path, steps: int, weight: float, seed: int):
     """The EAT demo config (configs/eat_stccl_demo.yaml) for one fine-tuning run of the demo."""
+    from stccl_diffusers.adapters.eat import EATSTCCLConfig
     from stccl_diffusers.training import parse_config
-    from train_eat_stccl import DEMO_CONFIG, EATSTCCLConfig
 
-    cfg = parse_config(EATSTCCLConfig, ["--report_to", "none"], default_config=DEMO_CONFIG)
+    cfg = parse_config(EATSTCCLConfig, ["--report_to", "none"], default_config=ROOT / "configs" / "eat_stccl_demo.yaml")
     return replace(cfg, output_dir=str(out), data_dir=str(out / "eat_data"), seed=seed, max_train_steps=steps,
                    stccl_weight=weight, stccl_warmup_steps=0, stccl_ramp_steps=0, checkpointing_steps=0,
                    validation_steps=0, validate_at_start=False, resume_from_checkpoint=None, grad_balance_every=0)
@@ -58,7 +58,7 @@ def base_config(out: Path, steps: int, weight: float, seed: int):
 
 def make_adapter(cfg, metric, base_dir: Path | None, audio_dim: int):
     from stccl_diffusers.adapters.eat import EATAdapter
-    from train_eat_stccl import build_backend
+    from stccl_diffusers.adapters.eat.build import build_backend
 
     cfg = replace(cfg, reference_model=str(base_dir) if base_dir else None)
     gen, size = build_backend(cfg, audio_dim)
@@ -74,9 +74,9 @@ def build_assets(dest: Path, data, cfg, log) -> None:
 
     from stccl_diffusers.adapters.eat import eat_collate
     from stccl_diffusers.training.demo import pretrain_metric_quick
-    from stccl_diffusers.training.effect import ensure_probe
+    from stccl_diffusers.eval.effect import ensure_probe
     from stccl_diffusers.training.loop import train
-    from stccl_diffusers.training.world import PROBE_OPEN_MAX
+    from benchmarks.world import PROBE_OPEN_MAX
     from stccl_diffusers.utils.jsonio import write_json
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def load_assets(src: Path):
     from safetensors.torch import load_file
 
     from stccl_diffusers.metric import STCCLMetric
-    from stccl_diffusers.training.effect import Probe
+    from stccl_diffusers.eval.effect import Probe
 
     missing = [p for p in ("eat_base_k1/config.json", "metric/config.json", "metric/metric_fp16.safetensors",
                            "probe.safetensors") if not (src / p).is_file()]
@@ -206,11 +206,11 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from benchmarks.bench_effect import new_run_dir
+    from benchmarks.common import new_run_dir
+    from benchmarks.world import training_identities, windowed_stccl, world_data
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, eat_collate
-    from stccl_diffusers.training.effect import clip_item, deployment_clips, mean_scores, score_clip
+    from stccl_diffusers.eval.effect import clip_item, deployment_clips, mean_scores, score_clip
     from stccl_diffusers.training.loop import train
-    from stccl_diffusers.training.world import training_identities, windowed_stccl, world_data
     from stccl_diffusers.utils.jsonio import write_json
 
     started = time.perf_counter()
