@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -75,8 +76,7 @@ def build_assets(dest: Path, data, cfg, log) -> None:
     from stccl_diffusers.adapters.eat import eat_collate
     from stccl_diffusers.training.demo import pretrain_metric_quick
     from stccl_diffusers.eval.effect import ensure_probe
-    from stccl_diffusers.training.loop import train
-    from benchmarks.world import PROBE_OPEN_MAX
+    from benchmarks.world import PROBE_OPEN_MAX, eat_base
     from stccl_diffusers.utils.jsonio import write_json
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -90,12 +90,10 @@ def build_assets(dest: Path, data, cfg, log) -> None:
     save_file({k: v.half().contiguous() for k, v in metric.state_dict().items()},
               str(dest / "metric" / "metric_fp16.safetensors"))
     log(f"base model: {BASE_STEPS} reconstruction steps on the κ = {KAPPA:g} clips ({time.perf_counter() - t0:.0f} s so far)")
-    bcfg = replace(cfg, output_dir=str(scratch / "base_run"), stccl_weight=0.0, max_train_steps=BASE_STEPS)
-    torch.manual_seed(cfg.seed)
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]
-    adapter, gen = make_adapter(bcfg, metric, None, audio_dim)  # weight 0: the metric is never called
-    train(adapter, data, bcfg, collate_fn=eat_collate)
-    gen.model.save_pretrained(str(dest / "eat_base_k1"))
+    # The benchmarks' base builder (weight 0: the metric is never called), then into the asset folder.
+    base_dir, _ = eat_base(cfg, data, scratch, KAPPA, BASE_STEPS, lambda c: make_adapter(c, metric, None, audio_dim), log)
+    shutil.copytree(base_dir, dest / "eat_base_k1", dirs_exist_ok=True)
     log("probe: mouth opening and emotion from one frame")
     probe, pinfo = ensure_probe(scratch, 64, PROBE_FRAMES, PROBE_STEPS, open_max=PROBE_OPEN_MAX)
     save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(dest / "probe.safetensors"))
@@ -105,8 +103,6 @@ def build_assets(dest: Path, data, cfg, log) -> None:
         "metric_steps": METRIC_STEPS, "metric_loss_first": info.get("metric_loss_first"),
         "metric_loss_last": info.get("metric_loss_last"), "probe": pinfo,
         "build_s": round(time.perf_counter() - t0, 1)}, indent=1)
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)  # our own scratch folder, created above
 
 
@@ -207,9 +203,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from benchmarks.common import new_run_dir
-    from benchmarks.world import training_identities, windowed_stccl, world_data
+    from benchmarks.world import measure_by_emotion, training_identities, world_data
     from stccl_diffusers.adapters.eat import EAT_EMOTION_NAMES, eat_collate
-    from stccl_diffusers.eval.effect import clip_item, deployment_clips, mean_scores, score_clip
+    from stccl_diffusers.eval.effect import deployment_clips
     from stccl_diffusers.training.loop import train
     from stccl_diffusers.utils.jsonio import write_json
 
@@ -242,19 +238,18 @@ def main(argv=None) -> dict:
         adapter, _ = make_adapter(acfg, metric, base_dir, audio_dim)
         train(adapter, data, acfg, collate_fn=eat_collate)
         adapter.eval()
-        rows[arm] = []
-        with torch.no_grad():
-            for k, c in enumerate(clips):
-                r = adapter.render_validation(eat_collate([clip_item(c, names.index(c["emotion"]), cfg.resolution)]),
-                                              torch.Generator().manual_seed(k))
-                row = score_clip(c, r["target"][0], r["anchor"][0], probe, None, seed=k)
-                row["stccl"] = windowed_stccl(metric, r["target"][0].float(), r["anchor"][0].float(), cfg.num_frames,
-                                              seed=k)
-                rows[arm].append(row)
-                if k == 0:
-                    renders[arm] = {"target": r["target"][0].float(), "anchor": r["anchor"][0].float()}
-        summary[arm] = {m: mean_scores(rows[arm])[m] for m in ("gt_mae", "gt_corr", "gt_amp", "neu_mae", "emotion_acc",
-                                                              "stccl")}
+        rows[arm], first = [], {}
+
+        def render(batch, generator, first=first, adapter=adapter):
+            out = adapter.render_validation(batch, generator)
+            if not first:  # the grid shows clip 0
+                first.update(target=out["target"][0].float(), anchor=out["anchor"][0].float())
+            return out
+
+        agg = measure_by_emotion(render, clips, probe, metric, names, cfg.resolution, eat_collate,
+                                 stccl_window=cfg.num_frames, rows_out=rows[arm])
+        renders[arm] = first
+        summary[arm] = {m: agg[m] for m in ("gt_mae", "gt_corr", "gt_amp", "neu_mae", "emotion_acc", "stccl")}
         summary[arm]["seconds"] = round(time.perf_counter() - t0, 1)
     draw_grid(run_dir / "grid.png", clips[0], renders)
     draw_curves(run_dir / "mouth.png", rows, clips)

@@ -132,12 +132,13 @@ def windowed_stccl(metric, target: torch.Tensor, anchor: torch.Tensor, window: i
 
 @torch.no_grad()
 def measure_by_emotion(render, clips, probe, metric, emotion_names, resolution: int, collate,
-                       stccl_window: int | None = None, stccl_subset=None) -> dict:
+                       stccl_window: int | None = None, stccl_subset=None, rows_out: list | None = None) -> dict:
     """:func:`~stccl_diffusers.eval.effect.measure` plus the mouth measures per target emotion:
     ``{measure: mean over clips, ..., "curves": clip 0's curves, "by_emotion": {emotion: {gt_mae,
     gt_amp, gt_corr, neu_mae}}}``. ``render(batch, generator) -> {target, anchor}`` (B=1).
     ``stccl_window``: score ``stccl`` with :func:`windowed_stccl` (the training's window and frame
-    subset) instead of over the whole clip."""
+    subset) instead of over the whole clip. ``rows_out``: a list that receives every clip's row
+    (its measures and mouth curves), for callers that draw more than clip 0."""
     import numpy as np
 
     from stccl_diffusers.eval.effect import clip_item, mean_scores, score_clip
@@ -152,6 +153,8 @@ def measure_by_emotion(render, clips, probe, metric, emotion_names, resolution: 
             row["stccl"] = windowed_stccl(metric, out["target"][0].float().cpu(), out["anchor"][0].float().cpu(),
                                           stccl_window, stccl_subset, seed=k)
         rows.append({**row, "emotion": c["emotion"]})
+    if rows_out is not None:
+        rows_out.extend(rows)
     agg = mean_scores(rows)
     agg["curves"] = {"gt": rows[0]["curve_gt"], "target": rows[0]["curve_target"], "anchor": rows[0]["curve_anchor"],
                      "emotion": rows[0]["emotion"]}
