@@ -40,6 +40,13 @@ __all__ = ["STCCLMetric", "STCCLOutput", "GENERATOR_LOSSES"]
 #   "align+relational": the sum of the two.
 GENERATOR_LOSSES = ("paper", "nce", "align", "relational", "align+relational")
 
+
+def _check_form(form: str, name: str) -> str:
+    """`form` if it is one of :data:`GENERATOR_LOSSES`, else a ValueError naming `name` and the choices."""
+    if form not in GENERATOR_LOSSES:
+        raise ValueError(f"{name}: expected one of {list(GENERATOR_LOSSES)}, got {form!r}")
+    return form
+
 # Inputs further than this outside [-1, 1] are rejected: they are almost surely [0, 255] or
 # un-normalised latents, and the metric would silently score garbage.
 _RANGE_TOLERANCE = 0.5
@@ -147,8 +154,7 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         generator_loss: str = "align",
     ):
         super().__init__()
-        if generator_loss not in GENERATOR_LOSSES:
-            raise ValueError(f"generator_loss: expected one of {list(GENERATOR_LOSSES)}, got {generator_loss!r}")
+        _check_form(generator_loss, "generator_loss")
         if correlation not in ("vd", "cm"):
             raise ValueError(f"correlation: expected 'vd' or 'cm', got {correlation!r}")
         if not (use_scc or use_tcc):
@@ -306,8 +312,7 @@ class STCCLMetric(ModelMixin, ConfigMixin):
         ``generator_loss`` (one of :data:`GENERATOR_LOSSES`).
         """
         form = self.config.generator_loss if form is None else form
-        if form not in GENERATOR_LOSSES:
-            raise ValueError(f"form: expected one of {list(GENERATOR_LOSSES)}, got {form!r}")
+        _check_form(form, "form")
         self._check_inputs(anchor, generated)
         with torch.no_grad():
             fx = self.extract_features(anchor)
@@ -317,9 +322,7 @@ class STCCLMetric(ModelMixin, ConfigMixin):
     def set_generator_loss(self, form: str) -> None:
         """Set the configured ``generator_loss`` (one of :data:`GENERATOR_LOSSES`), as the training
         configs' ``generator_loss`` field does; it is saved with the metric's config."""
-        if form not in GENERATOR_LOSSES:
-            raise ValueError(f"generator_loss: expected one of {list(GENERATOR_LOSSES)}, got {form!r}")
-        self.register_to_config(generator_loss=form)
+        self.register_to_config(generator_loss=_check_form(form, "generator_loss"))
 
     def contrastive_loss(
         self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None
