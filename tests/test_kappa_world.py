@@ -116,3 +116,58 @@ def test_stccl_synth_writes_the_coupling_and_refuses_to_reuse_another(tmp_path):
         ensure_synthetic_clips(d, coupling=0.5)
     with pytest.raises(UsageError, match="coupling"):
         syn.synth_main(["--out", str(tmp_path / "bad"), "--coupling", "-1"])
+
+
+def test_a_loudness_normalised_world_leaves_only_the_label_to_predict_the_mouth_gain():
+    # Second amendment of bench_kappa.py: every clip's audio at one RMS. At kappa = 1 the angry mouth
+    # still opens wider than the sad one, but the audio level no longer says so.
+    raw = syn.SyntheticFaceConfig(size=16, coupling=1.0, supersample=1)
+    norm = syn.SyntheticFaceConfig(size=16, coupling=1.0, supersample=1, loudness_normalised=True)
+    level = lambda a: float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))  # noqa: E731
+    levels = {}
+    for emo in ("angry", "sad"):
+        r, n = syn.make_pair(7, emotion=emo, config=raw), syn.make_pair(7, emotion=emo, config=norm)
+        np.testing.assert_array_equal(r.emotional.frames, n.emotional.frames)  # the faces are the same world
+        np.testing.assert_array_equal(r.emotional.mouth_open, n.emotional.mouth_open)
+        # the same waveform, scaled: the loudness inside the clip (syllables, opening) stays
+        k = level(n.emotional.audio) / level(r.emotional.audio)
+        np.testing.assert_allclose(n.emotional.audio, np.clip(r.emotional.audio * k, -1, 1), atol=1e-6)
+        assert level(n.neutral.audio) == pytest.approx(syn.LOUDNESS_RMS, rel=1e-3)
+        levels[emo] = (level(r.emotional.audio), level(n.emotional.audio), r.emotional.mouth_open.mean())
+    assert levels["angry"][0] > 1.5 * levels["sad"][0]  # raw: angry is louder ...
+    assert levels["angry"][1] == pytest.approx(levels["sad"][1], rel=1e-3)  # normalised: not any more
+    assert levels["angry"][2] > 1.5 * levels["sad"][2]  # ... and the mouth still opens wider
+    assert syn.normalise_loudness(np.zeros(5, np.float32)).tolist() == [0.0] * 5
+    with pytest.raises(ValueError, match="rms"):
+        syn.normalise_loudness(np.ones(4, np.float32), rms=0.0)
+
+
+def test_normalised_sets_record_it_and_refuse_reuse_the_other_way(tmp_path):
+    from stccl_diffusers.data.clips import ensure_synthetic_clips
+    from stccl_diffusers.data.video_io import read_audio
+
+    d = ensure_synthetic_clips(tmp_path / "k1n", speakers=1, clips=1, size=32, seed=2, emotions=["angry", "sad"],
+                               coupling=1.0, loudness_normalised=True)
+    assert json.loads((d / "ground_truth.json").read_text())["loudness_normalised"] is True
+    rms = [float(np.sqrt(np.mean(read_audio(str(d / "S000" / "video" / "front" / e / "level_1" / "001.mp4")) ** 2)))
+           for e in ("neutral", "angry", "sad")]
+    np.testing.assert_allclose(rms, syn.LOUDNESS_RMS, rtol=0.05)  # through the AAC round trip
+    assert ensure_synthetic_clips(d, coupling=1.0, loudness_normalised=True) == d
+    with pytest.raises(ValueError, match="raw"):
+        ensure_synthetic_clips(d, coupling=1.0)
+    raw = ensure_synthetic_clips(tmp_path / "k1", speakers=1, clips=1, size=32, seed=2, emotions=["angry"], coupling=1.0)
+    assert "loudness_normalised" not in json.loads((raw / "ground_truth.json").read_text())
+    with pytest.raises(ValueError, match="loudness-normalised"):
+        ensure_synthetic_clips(raw, coupling=1.0, loudness_normalised=True)
+
+
+def test_normalised_deployment_clips_give_the_neutral_audio_at_the_world_level():
+    from stccl_diffusers.eval.effect import deployment_clips
+
+    raw, norm = deployment_clips(1, 6, 32), deployment_clips(1, 6, 32, loudness_normalised=True)
+    for r, n in zip(raw, norm):
+        np.testing.assert_array_equal(r["gt_frames"], n["gt_frames"])
+        np.testing.assert_array_equal(r["gt_open"], n["gt_open"])
+        assert not np.array_equal(r["audio"], n["audio"])
+        k = float(np.abs(n["audio"]).max() / np.abs(r["audio"]).max())
+        np.testing.assert_allclose(n["audio"], r["audio"] * k, atol=1e-6)  # one gain for the whole recording

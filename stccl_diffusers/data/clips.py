@@ -66,13 +66,15 @@ def _found_summary(folder: Path) -> str:
 
 def ensure_synthetic_clips(
     data_dir: str | Path, speakers: int = 4, clips: int = 2, size: int = 64, seed: int = 0,
-    emotions: Sequence[str] | None = None, coupling: float | None = None,
+    emotions: Sequence[str] | None = None, coupling: float | None = None, loudness_normalised: bool = False,
 ) -> Path:
     """Write a MEAD-like synthetic set with `stccl-synth` unless `data_dir` already holds .mp4 clips.
 
     ``coupling``: the κ of the issue-22 world (`stccl-synth --coupling`); None writes the original
     world and reuses any set. A number refuses to reuse a set written with another κ (its
-    ``ground_truth.json`` says which; a set without the key is the original world, κ = 0)."""
+    ``ground_truth.json`` says which; a set without the key is the original world, κ = 0).
+    ``loudness_normalised``: every clip's audio at one RMS (`stccl-synth --normalise-loudness`); with
+    a ``coupling``, a set written the other way is refused too."""
     import json
 
     from .synthetic import synth_main
@@ -85,6 +87,11 @@ def ensure_synthetic_clips(
             if have is None or have != float(coupling):
                 raise ValueError(f"expected the synthetic set in {data_dir} to have coupling kappa={coupling:g}, found "
                                  f"{'no ground_truth.json' if have is None else f'kappa={have:g}'}: use another folder")
+            normalised = bool(json.loads(truth.read_text()).get("loudness_normalised", False))
+            if normalised != bool(loudness_normalised):
+                raise ValueError(f"expected the synthetic set in {data_dir} to have "
+                                 f"{'loudness-normalised' if loudness_normalised else 'raw (not normalised)'} audio, "
+                                 f"found {'normalised' if normalised else 'raw'} audio: use another folder")
         return data_dir
     argv = ["--out", str(data_dir), "--speakers", str(speakers), "--clips", str(clips), "--size", str(size),
             "--seed", str(seed)]
@@ -92,6 +99,8 @@ def ensure_synthetic_clips(
         argv += ["--coupling", str(float(coupling))]
     if emotions:
         argv += ["--emotions", *emotions]
+    if loudness_normalised:
+        argv += ["--normalise-loudness"]
     synth_main(argv)
     return data_dir
 

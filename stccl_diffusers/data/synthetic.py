@@ -46,6 +46,8 @@ __all__ = [
     "EMOTION_TEMPO",
     "prosody_tempo",
     "mouth_gain",
+    "LOUDNESS_RMS",
+    "normalise_loudness",
     "deployment_clip",
     "sample_identity",
     "speaker_identity",
@@ -195,6 +197,25 @@ def mouth_gain(emotion: Union[str, EmotionParams], coupling: float, intensity: f
     return float(emotion_params(emotion, intensity).loudness ** coupling)
 
 
+#: RMS of every clip's waveform in a loudness-normalised world (about a neutral clip's own level).
+LOUDNESS_RMS = 0.03
+
+
+def normalise_loudness(audio: np.ndarray, rms: float = LOUDNESS_RMS) -> np.ndarray:
+    """``audio`` scaled to the waveform RMS ``rms`` (clipped to [-1, 1]): the loudness-normalised κ
+    world (:attr:`SyntheticFaceConfig.loudness_normalised`). Recordings reach a model through gain
+    control, and speech encoders are largely gain-invariant, so a clip's overall loudness is not a
+    cue the model can read; the loudness *inside* the clip (syllables, the mouth's opening) stays.
+    An empty or silent waveform is returned unchanged."""
+    if not (math.isfinite(rms) and rms > 0):
+        raise ValueError(f"expected a finite rms > 0, got {rms}")
+    audio = np.asarray(audio, dtype=np.float32)
+    level = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if audio.size else 0.0
+    if level <= 1e-9:
+        return audio
+    return np.clip(audio * (rms / level), -1.0, 1.0).astype(np.float32)
+
+
 def emotion_params(emotion: Union[str, EmotionParams], intensity: float = 1.0) -> EmotionParams:
     """Parameters of ``emotion`` scaled towards neutral by ``intensity`` in [0, 1] (1 = full)."""
     if isinstance(emotion, EmotionParams):
@@ -252,6 +273,9 @@ class SyntheticFaceConfig:
     # κ, the coupling of the issue-22 world: emotional clips speak at their emotion's rate
     # (prosody_tempo) and their mouth opens with their loudness (mouth_gain). 0 = today's world.
     coupling: float = 0.0
+    # Every clip's audio at one RMS (normalise_loudness): its overall loudness is then no cue, and
+    # in the κ world only the emotion label predicts the mouth's gain. False = today's audio.
+    loudness_normalised: bool = False
 
     def __post_init__(self):
         _check_coupling(self.coupling)
@@ -653,6 +677,7 @@ def deployment_clip(
     sample_rate: int = 16000,
     supersample: int = 2,
     frame_indices: Optional[Sequence[int]] = None,
+    loudness_normalised: bool = False,
 ) -> Tuple[SyntheticClip, SyntheticClip]:
     """The deployment case of the κ world and its exact ground truth: ``(neutral, truth)``.
 
@@ -662,9 +687,13 @@ def deployment_clip(
     emotion's static mouth shape) with the mouth driven by that neutral audio: no tempo change, no
     loudness gain (``mouth_gain`` 1), whatever κ the training data had. ``truth.audio`` is the
     neutral audio (the same array), ``truth.mouth_open`` the neutral viseme opening (T,).
+    ``loudness_normalised``: the neutral audio at :data:`LOUDNESS_RMS` (:func:`normalise_loudness`),
+    as in a training set written with that world.
     """
     kw = dict(fps=fps, size=size, sample_rate=sample_rate, supersample=supersample, frame_indices=frame_indices)
     neutral = render_clip(identity, "neutral", utterance, 1.0, seed=seed, **kw)
+    if loudness_normalised:
+        neutral.audio = normalise_loudness(neutral.audio)
     truth = render_clip(identity, emotion, utterance, 1.0, seed=seed, with_audio=False, **kw)
     truth.audio = neutral.audio
     return neutral, truth
@@ -734,6 +763,8 @@ def make_pair(
     neutral = render_clip(identity, "neutral", utterance, 1.0, seed=seed * 2 + 1, **kw)
     emotional = render_clip(identity, emo, utterance, tempo, seed=seed * 2 + 2,
                             mouth_gain=mouth_gain(emo, config.coupling), **kw)
+    if config.loudness_normalised and with_audio:
+        neutral.audio, emotional.audio = normalise_loudness(neutral.audio), normalise_loudness(emotional.audio)
     align = true_alignment(utterance, neutral.knots, emotional.knots, config.fps)
     return SyntheticPair(neutral, emotional, identity, utterance, emo, tempo, align)
 
@@ -810,13 +841,17 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--coupling", type=float, default=0.0,
                    help="kappa >= 0: emotional clips speak at their emotion's rate and open the mouth with their "
                         "loudness (issue-22 world); 0 = the original world")
+    p.add_argument("--normalise-loudness", action="store_true",
+                   help=f"every clip's audio at one RMS ({LOUDNESS_RMS}): its overall loudness is no cue (with "
+                        "--coupling > 0, only the emotion label then predicts the mouth's gain)")
     args = p.parse_args(argv)
     if not (math.isfinite(args.coupling) and args.coupling >= 0):
         raise UsageError(f"stccl-synth: expected --coupling >= 0 (kappa), got {args.coupling}")
     for emo in args.emotions:
         if emo not in EMOTION_PARAMS or emo == "neutral":
             raise UsageError(f"stccl-synth: expected non-neutral emotions from {list(EMOTIONS[1:])}, got {emo!r}")
-    cfg = SyntheticFaceConfig(size=args.size, fps=args.fps, coupling=args.coupling)
+    cfg = SyntheticFaceConfig(size=args.size, fps=args.fps, coupling=args.coupling,
+                              loudness_normalised=args.normalise_loudness)
     os.makedirs(args.out, exist_ok=True)
     truth: Dict[str, Dict] = {}
     jobs = [(s, c) for s in range(args.speakers) for c in range(args.clips)]
@@ -833,6 +868,8 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
             clips[emo] = render_clip(identity, emo, utterance, tempo, cfg.fps, cfg.size, seed=int(urng.integers(1 << 31)),
                                      mouth_gain=mouth_gain(emo, cfg.coupling))
         for emo, cl in clips.items():
+            if cfg.loudness_normalised:
+                cl.audio = normalise_loudness(cl.audio)
             d = os.path.join(args.out, speaker, "video", "front", emo, "level_1")
             if args.format == "mp4":
                 write_video(os.path.join(d, clip + ".mp4"), cl.frames, cl.fps, cl.audio, cl.sample_rate)
@@ -842,7 +879,8 @@ def synth_main(argv: Optional[Sequence[str]] = None) -> int:
                 al = true_alignment(utterance, clips["neutral"].knots, cl.knots, cfg.fps)
                 truth.setdefault(speaker, {}).setdefault(emo, {})[f"{clip}_{clip}"] = al.round(3).tolist()
     with open(os.path.join(args.out, "ground_truth.json"), "w") as f:
-        f.write(dumps_strict({"fps": cfg.fps, "size": cfg.size, "seed": args.seed, "coupling": cfg.coupling, "alignment": truth}))
+        f.write(dumps_strict({"fps": cfg.fps, "size": cfg.size, "seed": args.seed, "coupling": cfg.coupling,
+                             **({"loudness_normalised": True} if cfg.loudness_normalised else {}), "alignment": truth}))
     print(f"stccl-synth: wrote {len(jobs) * (1 + len(args.emotions))} clips to {args.out}")
     return 0
 

@@ -135,7 +135,8 @@ def eval_clips(n: int, num_frames: int, resolution: int, seed: int = 50_000,
 
 
 def deployment_clips(n: int, num_frames: int, resolution: int, seed: int = 60_000,
-                     emotions: tuple[str, ...] = EVAL_EMOTIONS, identities=None) -> list[dict]:
+                     emotions: tuple[str, ...] = EVAL_EMOTIONS, identities=None,
+                     loudness_normalised: bool = False) -> list[dict]:
     """The κ world's test set (issue 22): ``n`` held-out (face, sentence) pairs, each said with
     neutral prosody and asked for every emotion in ``emotions`` (``n * len(emotions)`` clips; clip
     ``i * len(emotions) + e`` is sentence i asked for emotion e, all sharing sentence i's audio).
@@ -146,7 +147,9 @@ def deployment_clips(n: int, num_frames: int, resolution: int, seed: int = 60_00
     opening (= the neutral one), ``gt_neutral_frames`` the neutral rendering (the perfect anchor),
     ``reference`` the neutral first frame; plus ``sentence`` (i). Frames (T, R, R, 3) uint8, T =
     min(num_frames, clip length). ``identities`` as in :func:`eval_clips` (None: new faces).
-    Training never sees these sentences (seeds 60000+ are not used by any training set)."""
+    Training never sees these sentences (seeds 60000+ are not used by any training set).
+    ``loudness_normalised``: the neutral audio at one RMS, as in a training set written with
+    `stccl-synth --normalise-loudness` (:func:`~stccl_diffusers.data.synthetic.normalise_loudness`)."""
     if n < 1 or num_frames < 3:
         raise ValueError(f"expected n >= 1 sentences and num_frames >= 3, got n={n}, num_frames={num_frames}")
     clips = []
@@ -158,7 +161,8 @@ def deployment_clips(n: int, num_frames: int, resolution: int, seed: int = 60_00
         for emo in emotions:
             if emo not in EMOTIONS:
                 raise ValueError(f"expected emotions from {list(EMOTIONS)}, got {emo!r}")
-            neutral, truth = deployment_clip(face, utterance, emo, size=64, seed=seed + i)
+            neutral, truth = deployment_clip(face, utterance, emo, size=64, seed=seed + i,
+                                             loudness_normalised=loudness_normalised)
             T = min(num_frames, truth.num_frames)
             spf = truth.sample_rate / truth.fps
             clips.append({
