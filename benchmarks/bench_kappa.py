@@ -83,6 +83,25 @@ AMENDMENT (2026-12-06, written before the first full run; nothing of the grid ha
   is EAT's (``--backends eat``), where the dose is present over two bases (0.132 ± 0.009 →
   0.179 ± 0.013). The DICE grid is run when its dose check passes.
 
+SECOND AMENDMENT (2026-12-06, after the first full run, EAT, and before any run of the world below):
+
+* The first full run (``--backends eat``, docs/kappa_world.md) had no dose: the without arm's gt_mae
+  was 0.127 / 0.153 / 0.127 at κ 0 / 0.5 / 1. By the rule above no arm counted. The world changes,
+  not the measures: in that world every clip's audio kept its emotion's loudness and the mouth's
+  gain was that loudness ** κ, so the audio level alone predicted the gain and a model needed no
+  shortcut (fine-tuning on the same data removed the bases' drift). Real recordings reach a model
+  through gain control, and speech encoders are largely gain-invariant: there only the emotion label
+  predicts how wide an emotion's mouth opens. So now every clip's audio, training sets and the
+  deployment test's neutral audio alike, is scaled to one RMS
+  (:func:`~stccl_diffusers.data.synthetic.normalise_loudness`, `stccl-synth --normalise-loudness`;
+  ``--loudness normalised``, the default; ``--loudness raw`` is the first world). Faces, mouths,
+  tempo and ground truth are unchanged.
+* Grid, seeds, arms, weights, base and fine-tuning steps, measures, dose rule and goal: unchanged.
+* The reward-hacking flag is checked at every κ of the grid (it was the largest κ only, and the
+  first run had a case at κ = 0 that it missed); the report names the κ where it fires.
+* Order of runs: the dose check (``benchmarks/dose_check.py``, loudness normalised, the grid's base
+  sizes) first, per backend; a backend's arms count only where it finds the dose.
+
 ``--quick`` (smoke run, minutes): κ {0, 1}, seed 0, tiny base models and fine-tuning, 1 sentence,
 DICE sampler 4 steps (rollout K = 2).
 Each run writes ``<out>/run-<time>/`` (results.json, results.md, kappa.png) and never touches an older
@@ -135,6 +154,7 @@ def arm_overrides(backend: str, arm: str, args) -> dict:
 
 def setup(backend, args, kappa, cache, metric, log):
     """(base config, data, make_adapter(cfg), emotion names, collate, build seconds, data dir)."""
+    norm = args.loudness == "normalised"
     if backend == "dice":
         from stccl_diffusers.adapters.dice import DiceTrainingConfig, build_callback, build_reference_adapter
         from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
@@ -142,8 +162,8 @@ def setup(backend, args, kappa, cache, metric, log):
         base = _cfg(DiceTrainingConfig, ROOT / "configs" / "dice_stccl_demo.yaml",
                     {"output_dir": str(cache / "dice"), "data_dir": str(cache / "dice_data"), "report_to": "none",
                      "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
-        data, data_dir = world_data(base, kappa, cache, DICE_EMOTIONS)
-        base_dir, build_s = dice_base(base, data, cache, kappa, log)
+        data, data_dir = world_data(base, kappa, cache, DICE_EMOTIONS, loudness_normalised=norm)
+        base_dir, build_s = dice_base(base, data, cache, kappa, log, loudness_normalised=norm)
         base = replace(base, learning_rate=args.dice_lr, rank=8, num_inference_steps=args.dice_sampler_steps)
 
         def make(cfg):
@@ -159,7 +179,7 @@ def setup(backend, args, kappa, cache, metric, log):
 
     base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                               "report_to": "none"})
-    data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES)
+    data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES, loudness_normalised=norm)
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]
 
     def adapter_for(cfg):
@@ -170,7 +190,8 @@ def setup(backend, args, kappa, cache, metric, log):
             enable_placebo(adapter.stccl, cfg.seed)
         return adapter, gen
 
-    base_dir, build_s = eat_base(base, data, cache, kappa, args.eat_base_steps, adapter_for, log)
+    base_dir, build_s = eat_base(base, data, cache, kappa, args.eat_base_steps, adapter_for, log,
+                                 loudness_normalised=norm)
     base = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0,
                    learning_rate=args.eat_lr)
     return base, data, lambda cfg: adapter_for(cfg)[0], list(EAT_EMOTION_NAMES), eat_collate, build_s, data_dir
@@ -183,7 +204,8 @@ def run_backend(backend, args, cache, run_dir, metric, probe, log) -> dict:
     for kappa in args.kappas:
         base, data, make, names, collate, build_s, data_dir = setup(backend, args, kappa, cache, metric, log)
         out["build_s"][f"{kappa:g}"] = build_s
-        clips = deployment_clips(args.sentences, frames, base.resolution, identities=training_identities(data_dir))
+        clips = deployment_clips(args.sentences, frames, base.resolution, identities=training_identities(data_dir),
+                                 loudness_normalised=args.loudness == "normalised")
         if kappa == args.kappas[0]:
             out["metric_sync"] = metric_sync_check(clips, metric)
         subset = [int(i) for i in base.frame_subset] if getattr(base, "frame_subset", None) else None
@@ -214,8 +236,19 @@ def _ms(runs, m):
     return (float(np.mean(vals)), float(np.std(vals))) if vals else (float("nan"), float("nan"))
 
 
+def hacking(arms: dict, arm: str) -> bool:
+    """The reward-hacking flag at one κ: ``arm``'s STCCL score is lower than the without arm's while
+    its neu_mae (the independent instrument: the probe's mouth against the model's own neutral
+    rendering) is higher, each beyond the larger seed std of the two arms (and 1e-3, so that float
+    noise between equal arms is no flag)."""
+    s_a, s_w = _ms(arms[arm], "stccl"), _ms(arms["without"], "stccl")
+    n_a, n_w = _ms(arms[arm], "neu_mae"), _ms(arms["without"], "neu_mae")
+    return bool((s_a[0] < s_w[0] - max(s_a[1], s_w[1], 1e-3)) and (n_a[0] > n_w[0] + max(n_a[1], n_w[1], 1e-3)))
+
+
 def goal(per_kappa: dict, backend: str) -> dict:
-    """The pre-registered goal, per STCCL arm, at the largest κ against the smallest."""
+    """The pre-registered goal, per STCCL arm, at the largest κ against the smallest; the
+    reward-hacking flag is checked at every κ (:func:`hacking`)."""
     ks = sorted(per_kappa, key=float)
     lo, hi = per_kappa[ks[0]], per_kappa[ks[-1]]
     w_lo, w_hi = _ms(lo["without"], "gt_mae"), _ms(hi["without"], "gt_mae")
@@ -228,14 +261,11 @@ def goal(per_kappa: dict, backend: str) -> dict:
             continue
         a = _ms(hi[arm], "gt_mae")
         removed = (w_hi[0] - a[0]) / extra if extra > 0 else float("nan")
-        # beyond the seed spread of both arms (and 1e-3, so float noise between equal arms is no flag)
-        s_a, s_w = _ms(hi[arm], "stccl"), _ms(hi["without"], "stccl")
-        n_a, n_w = _ms(hi[arm], "neu_mae"), _ms(hi["without"], "neu_mae")
-        hack = (s_a[0] < s_w[0] - max(s_a[1], s_w[1], 1e-3)) and (n_a[0] > n_w[0] + max(n_a[1], n_w[1], 1e-3))
+        hacked = [float(k) for k in ks if hacking(per_kappa[k], arm)]
         res[arm] = {"removed_fraction": removed, "beyond_spread": bool(w_hi[0] - a[0] > max(a[1], w_hi[1])),
                     "ahead_of_placebo": bool(a[0] < placebo[0] - max(a[1], placebo[1])),
                     "emotion_acc_delta": _ms(hi[arm], "emotion_acc")[0] - acc_w,
-                    "reward_hacking_flag": bool(hack)}
+                    "reward_hacking_flag": bool(hacked), "reward_hacking_kappas": hacked}
         res[arm]["met"] = bool(removed >= 0.5 and res[arm]["beyond_spread"] and res[arm]["ahead_of_placebo"]
                                and abs(res[arm]["emotion_acc_delta"]) <= 0.05)
     return res
@@ -263,7 +293,9 @@ def markdown(results: dict) -> str:
                 lines.append(f"  - {arm}: removes {g['removed_fraction']:.2f} of the extra error "
                              f"({res['goal']['extra_error']:+.3f}); beyond spread {g['beyond_spread']}, ahead of placebo "
                              f"{g['ahead_of_placebo']}, emotion acc {g['emotion_acc_delta']:+.3f} vs without; "
-                             f"reward-hacking flag {g['reward_hacking_flag']}; goal met {g['met']}")
+                             f"reward-hacking flag {g['reward_hacking_flag']}"
+                             + (f" (κ = {', '.join(f'{k:g}' for k in g['reward_hacking_kappas'])})"
+                                if g["reward_hacking_kappas"] else "") + f"; goal met {g['met']}")
     lines += ["", "STCCL metric sync check on the ground-truth target (lower = closer): "
               + " | ".join(SYNC_CHECKS), ""]
     for backend, res in results.items():
@@ -319,6 +351,9 @@ def parse_args(argv=None):
     ap.add_argument("--placebo-mode", choices=["single_step", "rollout"], default="single_step")
     ap.add_argument("--rollout-every", type=int, default=None)
     ap.add_argument("--rollout-k", type=int, default=5)
+    ap.add_argument("--loudness", choices=["normalised", "raw"], default="normalised",
+                    help="the world's audio (second amendment): every clip at one RMS (normalised) or each emotion "
+                         "at its own loudness (raw, the world of the first full run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_kappa"))
     args = ap.parse_args(argv)

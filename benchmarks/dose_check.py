@@ -17,7 +17,11 @@ measured here (no STCCL term is trained; ``stccl`` is null).
 
     python benchmarks/dose_check.py [--kappas 0 0.5 1] [--backends dice eat] [--seeds 0]
         [--dice-vae-steps 300] [--dice-base-steps 1500] [--eat-base-steps 3000] [--ft-steps 0]
-        [--sentences 3] [--frames 16] [--base-seed 0] [--threads 1] [--out outputs/dose_check]
+        [--sentences 3] [--frames 16] [--base-seed 0] [--loudness normalised|raw] [--threads 1]
+        [--out outputs/dose_check]
+
+``--loudness normalised`` (the default): every clip's audio at one RMS, so that only the emotion
+label predicts the mouth's gain (bench_kappa.py, second amendment); ``raw``: the first κ world.
 
 Each run writes ``<out>/run-<time>/`` (dose.json, dose.md) and never touches an older run; the
 data and base models are cached in ``<out>/cache``. Every setting is written to the JSON.
@@ -51,6 +55,7 @@ DOSE_MEASURES = ("gt_mae", "gt_amp", "gt_corr", "gt_lag", "neu_mae", "emotion_ac
 def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
     """Base (cached) + `--ft-steps` of fine-tuning at STCCL weight 0, per seed, scored on the
     deployment clips: {"build_s", "runs": [{seed, measures...}]}."""
+    norm = args.loudness == "normalised"
     if backend == "dice":
         from stccl_diffusers.adapters.dice import DiceTrainingConfig, build_callback, build_reference_adapter
         from stccl_diffusers.models.reference_dice import DICE_EMOTIONS, ReferenceDICE
@@ -58,8 +63,8 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
         base = _cfg(DiceTrainingConfig, ROOT / "configs" / "dice_stccl_demo.yaml",
                     {"output_dir": str(cache / "dice"), "data_dir": str(cache / "dice_data"), "report_to": "none",
                      "base_train_steps": args.dice_base_steps, "vae_fit_steps": args.dice_vae_steps})
-        data, data_dir = world_data(base, kappa, cache, DICE_EMOTIONS)
-        base_dir, build_s = dice_base(base, data, cache, kappa, log, model_seed=args.base_seed)
+        data, data_dir = world_data(base, kappa, cache, DICE_EMOTIONS, loudness_normalised=norm)
+        base_dir, build_s = dice_base(base, data, cache, kappa, log, model_seed=args.base_seed, loudness_normalised=norm)
         names, collate = list(DICE_EMOTIONS), torch.utils.data.default_collate
 
         def make(cfg):
@@ -73,7 +78,7 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
 
         base = _cfg(EATSTCCLConfig, ROOT / "configs" / "eat_stccl_demo.yaml", {"output_dir": str(cache / "eat"), "data_dir": str(cache / "eat_data"),
                                                   "report_to": "none"})
-        data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES)
+        data, data_dir = world_data(base, kappa, cache, EAT_EMOTION_NAMES, loudness_normalised=norm)
         audio_dim = eat_collate([data[0]])["audio"].shape[-1]
 
         def adapter_for(cfg):
@@ -82,12 +87,13 @@ def without_arm(backend, args, kappa, cache, probe, metric, log) -> dict:
                               crop_size=cfg.crop_size, image_size=size, num_frames=cfg.num_frames), gen
 
         base_dir, build_s = eat_base(base, data, cache, kappa, args.eat_base_steps, adapter_for, log,
-                                     model_seed=args.base_seed)
+                                     model_seed=args.base_seed, loudness_normalised=norm)
         base = replace(base, reference_model=str(base_dir), stccl_warmup_steps=0, stccl_ramp_steps=0)
         names, collate = list(EAT_EMOTION_NAMES), eat_collate
         make = lambda cfg: adapter_for(cfg)[0]  # noqa: E731
     frames = args.frames
-    clips = deployment_clips(args.sentences, frames, base.resolution, identities=training_identities(data_dir))
+    clips = deployment_clips(args.sentences, frames, base.resolution, identities=training_identities(data_dir),
+                             loudness_normalised=norm)
     runs = []
     for seed in args.seeds:
         t0 = time.perf_counter()
@@ -141,6 +147,9 @@ def parse_args(argv=None):
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--probe-frames", type=int, default=2000)
     ap.add_argument("--probe-steps", type=int, default=400)
+    ap.add_argument("--loudness", choices=["normalised", "raw"], default="normalised",
+                    help="the world's audio: every clip at one RMS (normalised, the default since the second "
+                         "amendment of bench_kappa.py) or each emotion at its own loudness (raw, the first world)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "dose_check"))
     args = ap.parse_args(argv)

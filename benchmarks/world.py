@@ -26,39 +26,42 @@ import torch
 PROBE_OPEN_MAX = 1.4
 
 
-def kappa_tag(kappa: float) -> str:
-    """Folder-safe name of κ: 0 -> 'k0', 0.5 -> 'k0.5'."""
-    return f"k{float(kappa):g}"
+def kappa_tag(kappa: float, loudness_normalised: bool = False) -> str:
+    """Folder-safe name of the world: κ 0 -> 'k0', 0.5 -> 'k0.5'; with loudness-normalised audio
+    'k0.5n'."""
+    return f"k{float(kappa):g}" + ("n" if loudness_normalised else "")
 
 
-def world_data(base, kappa: float, cache: Path, emotions, synth_size: int = 64):
+def world_data(base, kappa: float, cache: Path, emotions, synth_size: int = 64, loudness_normalised: bool = False):
     """The backend's training clips in the κ world: ``(dataset, data_dir)``.
 
     `base`: the backend's training config (``synth_speakers``, ``synth_clips``, ``seed``,
     ``num_frames``, ``resolution``, ``windows_per_clip``, ``reference``); the set is written once
-    into ``cache/<backend data>_k<κ>`` and reused (a set written with another κ is refused)."""
+    into ``cache/<backend data>_k<κ>[n]`` and reused (a set written with another κ, or the other
+    loudness, is refused). ``loudness_normalised``: every clip's audio at one RMS
+    (`stccl-synth --normalise-loudness`), so that only the emotion label predicts the mouth's gain."""
     from stccl_diffusers.data.clips import TalkingClipDataset
     from stccl_diffusers.data.clips import ensure_synthetic_clips
 
-    data_dir = Path(cache) / f"{Path(base.data_dir).name}_{kappa_tag(kappa)}"
+    data_dir = Path(cache) / f"{Path(base.data_dir).name}_{kappa_tag(kappa, loudness_normalised)}"
     ensure_synthetic_clips(data_dir, base.synth_speakers, base.synth_clips, size=synth_size, seed=base.seed,
-                           coupling=float(kappa))
+                           coupling=float(kappa), loudness_normalised=loudness_normalised)
     data = TalkingClipDataset(str(data_dir), emotions, base.num_frames, base.resolution,
                               windows_per_clip=base.windows_per_clip, progress=False, reference=base.reference)
     return data, data_dir
 
 
 def dice_base(base, data, cache: Path, kappa: float, log: Callable[[str], None] = print,
-              model_seed: int | None = None) -> tuple[Path, float]:
+              model_seed: int | None = None, loudness_normalised: bool = False) -> tuple[Path, float]:
     """The ReferenceDICE base model trained on the κ world's data: ``(folder, build seconds)`` (0 when
     cached). `base` carries ``vae_fit_steps`` and ``base_train_steps``. ``model_seed``: the base's
     own training seed (None: ``base.seed``; the data stay those of ``base.seed``); a seed other than
-    0 is part of the cache name."""
+    0 is part of the cache name. ``loudness_normalised``: the world of `data` (part of the cache name)."""
     from stccl_diffusers.adapters.dice import pretrain_reference_dice
 
     seed = base.seed if model_seed is None else int(model_seed)
     base = replace(base, seed=seed)
-    base_dir = Path(cache) / "dice" / (f"reference_dice_{kappa_tag(kappa)}_v{base.vae_fit_steps}_b{base.base_train_steps}_"
+    base_dir = Path(cache) / "dice" / (f"reference_dice_{kappa_tag(kappa, loudness_normalised)}_v{base.vae_fit_steps}_b{base.base_train_steps}_"
                                        f"{base.reference}_mw{base.motion_weight:g}_bs{base.train_batch_size}"
                                        + ("_film" if base.emotion_time_embedding else "") + (f"_s{seed}" if seed else ""))
     if (base_dir / "config.json").is_file():
@@ -71,22 +74,24 @@ def dice_base(base, data, cache: Path, kappa: float, log: Callable[[str], None] 
 
 
 def eat_base(base, data, cache: Path, kappa: float, base_steps: int, adapter_for,
-             log: Callable[[str], None] = print, model_seed: int | None = None) -> tuple[Path, float]:
+             log: Callable[[str], None] = print, model_seed: int | None = None,
+             loudness_normalised: bool = False) -> tuple[Path, float]:
     """The reference EAT base model trained (reconstruction only, `base_steps`) on the κ world's
     data: ``(folder, build seconds)``. ``adapter_for(cfg) -> (adapter, generator)`` builds the
-    training adapter as `train_eat_stccl.py` does. ``model_seed``: as in :func:`dice_base`."""
+    training adapter as `train_eat_stccl.py` does. ``model_seed``, ``loudness_normalised``: as in
+    :func:`dice_base`."""
     from stccl_diffusers.adapters.eat import eat_collate
     from stccl_diffusers.training.loop import train
 
     seed = base.seed if model_seed is None else int(model_seed)
     base = replace(base, seed=seed)
-    base_dir = Path(cache) / "eat" / (f"reference_eat_{kappa_tag(kappa)}_b{base_steps}_{base.reference}_"
+    base_dir = Path(cache) / "eat" / (f"reference_eat_{kappa_tag(kappa, loudness_normalised)}_b{base_steps}_{base.reference}_"
                                       f"mw{base.motion_weight:g}_bs{base.train_batch_size}" + (f"_s{seed}" if seed else ""))
     if (base_dir / "config.json").is_file():
         return base_dir, 0.0
     t0 = time.perf_counter()
     log(f"eat κ={kappa:g}: pre-training the base model ({base_steps} steps, reconstruction only; cached in {base_dir})")
-    bcfg = replace(base, output_dir=str(base_dir.parent / f"base_run_{kappa_tag(kappa)}_s{seed}"), stccl_weight=0.0,
+    bcfg = replace(base, output_dir=str(base_dir.parent / f"base_run_{kappa_tag(kappa, loudness_normalised)}_s{seed}"), stccl_weight=0.0,
                    stccl_warmup_steps=0, stccl_ramp_steps=0, max_train_steps=base_steps, checkpointing_steps=0,
                    validation_steps=0, validate_at_start=False, resume_from_checkpoint=None)
     torch.manual_seed(base.seed)

@@ -58,7 +58,7 @@ def test_quick_kappa_benchmark_writes_table_json_and_figure(tmp_path):
                 assert f"| {backend} | {k} | {arm} s0 |" in table
                 assert all(r["gt_mae"] is not None and math.isfinite(r["gt_mae"]) for r in runs)
         assert "dose_present" in res["dose"] and f"- {backend}: κ=0:" in table
-    assert any((tmp_path / "cache" / "quick" / "dice").glob("reference_dice_k1_*/config.json"))
+    assert any((tmp_path / "cache" / "quick" / "dice").glob("reference_dice_k1n_*/config.json"))
 
 
 def test_the_reward_hacking_watch_warns_when_the_reward_improves_and_the_instrument_worsens():
@@ -70,3 +70,16 @@ def test_the_reward_hacking_watch_warns_when_the_reward_improves_and_the_instrum
     with pytest.warns(RuntimeWarning, match="reward hacking"):
         assert watch({"stccl": 2.5, "effect_neu_mae": 0.09}, 20)["reward_hacking"] == 1.0
     assert "reward_hacking" not in watch({"stccl": 2.0}, 30)  # no instrument: no verdict
+
+
+def test_the_reward_hacking_flag_is_checked_at_every_kappa():
+    bench = load_repo_module("benchmarks/bench_kappa.py")
+    row = lambda mae, neu, stccl, acc=0.5: {"gt_mae": mae, "neu_mae": neu, "stccl": stccl, "emotion_acc": acc}  # noqa: E731
+    honest = {"without": [row(0.10, 0.05, 0.20), row(0.10, 0.05, 0.20)],
+              "with": [row(0.09, 0.04, 0.15), row(0.09, 0.04, 0.15)],
+              "placebo": [row(0.10, 0.05, 0.20), row(0.10, 0.05, 0.20)]}
+    hacked = {**honest, "with": [row(0.12, 0.09, 0.10), row(0.12, 0.09, 0.10)]}  # score down, instrument worse
+    assert not bench.hacking(honest, "with") and bench.hacking(hacked, "with")
+    g = bench.goal({"0": hacked, "1": honest}, "eat")["with"]
+    assert g["reward_hacking_flag"] and g["reward_hacking_kappas"] == [0.0]  # the smallest kappa counts too
+    assert not bench.goal({"0": honest, "1": honest}, "eat")["with"]["reward_hacking_flag"]
