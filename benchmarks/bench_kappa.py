@@ -59,7 +59,7 @@ higher, each by more than the larger seed std (and 1e-3): the reward improved, t
 instrument worsened.
 
     python benchmarks/bench_kappa.py [--quick] [--backends dice eat] [--kappas 0 0.5 1] [--seeds 0 1 2]
-        [--threads 2] [--out outputs/bench_kappa]
+        [--threads 2] [--jobs 1] [--out outputs/bench_kappa]
 
 Budget (an estimate, not a measurement of this grid: it never ran in full). On the loaded 2-core
 machine of its author, a dose-check base of 150 VAE + 600 EDM steps took 324-704 s (DICE) and a
@@ -197,35 +197,82 @@ def setup(backend, args, kappa, cache, metric, log):
     return base, data, lambda cfg: adapter_for(cfg)[0], list(EAT_EMOTION_NAMES), eat_collate, build_s, data_dir
 
 
+def one_run(backend, args, kappa, cache, run_dir, metric, probe, arm, seed, world=None) -> dict:
+    """One fine-tuning run of the grid (an arm, a κ, a seed), scored on the deployment clips.
+    ``world``: :func:`setup`'s tuple and the clips, when the caller has them (else built here,
+    from the cache: a worker process of ``--jobs``)."""
+    if world is None:
+        world = _world(backend, args, kappa, cache, metric, lambda s: None)
+    (base, data, make, names, collate, _, _), clips = world
+    steps = args.dice_steps if backend == "dice" else args.eat_steps
+    subset = [int(i) for i in base.frame_subset] if getattr(base, "frame_subset", None) else None
+    t0 = time.perf_counter()
+    cfg = replace(base, output_dir=str(run_dir / backend / f"k{kappa:g}_{arm}_s{seed}"), seed=seed,
+                  max_train_steps=steps, checkpointing_steps=0, validation_steps=0, validate_at_start=False,
+                  resume_from_checkpoint=None, **arm_overrides(backend, arm, args))
+    torch.manual_seed(seed)
+    adapter = make(cfg)
+    train(adapter, data, cfg, collate_fn=None if backend == "dice" else collate)
+    adapter.eval()
+    r = measure_by_emotion(adapter.render_validation, clips, probe, metric, names, base.resolution, collate,
+                           stccl_window=base.num_frames, stccl_subset=subset)
+    r.update(seed=seed, train_s=time.perf_counter() - t0)
+    return r
+
+
+def _world(backend, args, kappa, cache, metric, log):
+    """:func:`setup` and the deployment clips of one κ."""
+    got = setup(backend, args, kappa, cache, metric, log)
+    frames = args.dice_frames if backend == "dice" else args.eat_frames
+    clips = deployment_clips(args.sentences, frames, got[0].resolution, identities=training_identities(got[6]),
+                             loudness_normalised=args.loudness == "normalised")
+    return got, clips
+
+
+def _worker_run(job):
+    """A ``--jobs`` worker: one run, with the metric and probe loaded from the cache (1 thread)."""
+    backend, args, kappa, cache, run_dir, arm, seed = job
+    torch.set_num_threads(1)
+    metric, _ = ensure_metric(None, cache / f"metric_{args.metric_steps}steps", backbone=[1, 1, 1, 1], input_size=64,
+                              steps=args.metric_steps, seed=0, progress=False)
+    probe, _ = ensure_probe(cache, 32 if backend == "dice" else 64, args.probe_frames, args.probe_steps,
+                            open_max=PROBE_OPEN_MAX)
+    return one_run(backend, args, kappa, cache, run_dir, metric, probe, arm, seed)
+
+
 def run_backend(backend, args, cache, run_dir, metric, probe, log) -> dict:
     out = {"kappas": {}, "build_s": {}}
-    steps = args.dice_steps if backend == "dice" else args.eat_steps
-    frames = args.dice_frames if backend == "dice" else args.eat_frames
-    for kappa in args.kappas:
-        base, data, make, names, collate, build_s, data_dir = setup(backend, args, kappa, cache, metric, log)
-        out["build_s"][f"{kappa:g}"] = build_s
-        clips = deployment_clips(args.sentences, frames, base.resolution, identities=training_identities(data_dir),
-                                 loudness_normalised=args.loudness == "normalised")
+    worlds = {}
+    for kappa in args.kappas:  # data and base models first (cached), one κ after another
+        worlds[kappa] = _world(backend, args, kappa, cache, metric, log)
+        out["build_s"][f"{kappa:g}"] = worlds[kappa][0][5]
         if kappa == args.kappas[0]:
-            out["metric_sync"] = metric_sync_check(clips, metric)
-        subset = [int(i) for i in base.frame_subset] if getattr(base, "frame_subset", None) else None
-        arms = {}
-        for arm in ARMS[backend]:
-            for seed in args.seeds:
-                t0 = time.perf_counter()
-                cfg = replace(base, output_dir=str(run_dir / backend / f"k{kappa:g}_{arm}_s{seed}"), seed=seed,
-                              max_train_steps=steps, checkpointing_steps=0, validation_steps=0, validate_at_start=False,
-                              resume_from_checkpoint=None, **arm_overrides(backend, arm, args))
-                torch.manual_seed(seed)
-                adapter = make(cfg)
-                train(adapter, data, cfg, collate_fn=None if backend == "dice" else collate)
-                adapter.eval()
-                r = measure_by_emotion(adapter.render_validation, clips, probe, metric, names, base.resolution, collate,
-                                       stccl_window=base.num_frames, stccl_subset=subset)
-                r.update(seed=seed, train_s=time.perf_counter() - t0)
-                arms.setdefault(arm, []).append(r)
-                log(f"{backend} κ={kappa:g} {arm} seed {seed}: " + ", ".join(f"{m}={r[m]:.3f}" for m in MEASURES))
-        out["kappas"][f"{kappa:g}"] = arms
+            out["metric_sync"] = metric_sync_check(worlds[kappa][1], metric)
+    jobs = [(kappa, arm, seed) for kappa in args.kappas for arm in ARMS[backend] for seed in args.seeds]
+    done = {}
+
+    def record(job, r):
+        done[job] = r
+        kappa, arm, seed = job
+        log(f"{backend} κ={kappa:g} {arm} seed {seed}: " + ", ".join(f"{m}={r[m]:.3f}" for m in MEASURES))
+
+    if args.jobs > 1:  # independent runs in worker processes; each result is the sequential one's
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from benchmarks import bench_kappa as importable  # workers unpickle the function by this name
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(importable._worker_run, (backend, args, k, cache, run_dir, a, s)): (k, a, s)
+                       for k, a, s in jobs}
+            for f, job in futures.items():
+                record(job, f.result())
+    else:
+        for job in jobs:
+            kappa, arm, seed = job
+            record(job, one_run(backend, args, kappa, cache, run_dir, metric, probe, arm, seed, worlds[kappa]))
+    for kappa, arm, seed in jobs:
+        out["kappas"].setdefault(f"{kappa:g}", {}).setdefault(arm, []).append(done[(kappa, arm, seed)])
     out["dose"] = verdict({k: {"runs": v["without"]} for k, v in out["kappas"].items()})
     out["goal"] = goal(out["kappas"], backend)
     return out
@@ -355,6 +402,9 @@ def parse_args(argv=None):
                     help="the world's audio (second amendment): every clip at one RMS (normalised) or each emotion "
                          "at its own loudness (raw, the world of the first full run)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="fine-tuning runs at once, in worker processes of 1 thread each (the bases are built first, "
+                         "in this process); every run's result is the one it has alone")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench_kappa"))
     args = ap.parse_args(argv)
     q = args.quick
@@ -362,6 +412,8 @@ def parse_args(argv=None):
     if len(set(args.kappas)) < 2 or any(k < 0 or not math.isfinite(k) for k in args.kappas):
         ap.error(f"expected at least two distinct kappas >= 0, got {args.kappas}")
     args.kappas = sorted(args.kappas)
+    if args.jobs < 1:
+        ap.error(f"expected --jobs >= 1, got {args.jobs}")
     args.seeds = args.seeds or ([0] if q else [0, 1, 2])
     args.rollout_every = args.rollout_every or (2 if q else 10)
     args.dice_sampler_steps = 4 if q else 10  # the demo config's 10; quick: fewer (render + rollout cost)

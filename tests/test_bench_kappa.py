@@ -83,3 +83,21 @@ def test_the_reward_hacking_flag_is_checked_at_every_kappa():
     g = bench.goal({"0": hacked, "1": honest}, "eat")["with"]
     assert g["reward_hacking_flag"] and g["reward_hacking_kappas"] == [0.0]  # the smallest kappa counts too
     assert not bench.goal({"0": honest, "1": honest}, "eat")["with"]["reward_hacking_flag"]
+
+
+@pytest.mark.slow
+def test_jobs_give_every_run_the_result_it_has_alone(tmp_path):
+    # --jobs N runs the grid's fine-tunes in worker processes: the numbers must be the sequential run's.
+    bench = load_repo_module("benchmarks/bench_kappa.py")
+    common = ["--quick", "--backends", "eat", "--threads", "1", "--out", str(tmp_path)]
+    one = bench.main(common)["results"]["eat"]["kappas"]
+    two = bench.main(common + ["--jobs", "2"])["results"]["eat"]["kappas"]
+    assert set(one) == set(two) == {"0", "1"}
+    for k in one:
+        for arm in bench.ARMS["eat"]:
+            for a, b in zip(one[k][arm], two[k][arm]):
+                assert a["seed"] == b["seed"]
+                for m in bench.MEASURES:
+                    assert a[m] == pytest.approx(b[m], abs=1e-9), (k, arm, m)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--jobs", "0"])
