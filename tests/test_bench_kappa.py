@@ -101,3 +101,23 @@ def test_jobs_give_every_run_the_result_it_has_alone(tmp_path):
                     assert a[m] == pytest.approx(b[m], abs=1e-9), (k, arm, m)
     with pytest.raises(SystemExit):
         bench.parse_args(["--jobs", "0"])
+
+
+def test_the_gain_check_scores_the_deployment_ground_truth_at_gain_one():
+    from _stccl_metric_for_tests import build_metric
+    from stccl_diffusers.data.datasets import frames_to_tensor
+    from stccl_diffusers.eval.effect import deployment_clips
+    check = load_repo_module("benchmarks/metric_gain_check.py")
+    windowed_stccl = load_repo_module("benchmarks/world.py").windowed_stccl
+
+    metric = build_metric()[0]
+    res = check.gain_check(metric, [1.0, 1.35], sentences=1, frames=6, window=3, emotions=("angry",))
+    clip = deployment_clips(1, 6, 64, emotions=("angry",))[0]
+    truth = windowed_stccl(metric, frames_to_tensor(clip["gt_frames"]), frames_to_tensor(clip["gt_neutral_frames"]),
+                           3, None, seed=0)
+    assert res["gains"][1.0][0] == pytest.approx(truth, rel=1e-5)  # g = 1 is the exact ground truth
+    assert res["gains"][1.35][0] != res["gains"][1.0][0]  # a wider mouth is another target
+    assert set(res["rows"][0]) == {"sentence", "emotion", "g1", "g1.35", "shift_3"}
+    assert "mouth gain 1 (ground truth)" in check.markdown(res)
+    with pytest.raises(ValueError, match="gains"):
+        check.gain_check(metric, [0.0], sentences=1, frames=6, window=3)
