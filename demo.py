@@ -2,9 +2,10 @@
 
     python demo.py [--output_dir outputs/stccl_demo] [--train_base] [--steps 60] [--threads 2]
 
-The world is the benchmark's κ world at κ = 1 (docs/kappa_world.md): in the training clips,
-emotional speech is louder or softer and faster or slower, and the mouth opens with loudness, so the
-emotion label is a shortcut for articulation. The test is the deployment case: the training faces say
+The world is the benchmark's κ world at κ = 1 (docs/kappa_world.md), with its second amendment: in
+the training clips, emotional speech is faster or slower and the mouth opens wider or less with the
+emotion's loudness, while every recording reaches the model at one level (loudness-normalised audio).
+Only the emotion label tells the model how wide to open: it is a shortcut for articulation. The test is the deployment case: the training faces say
 a sentence they never said, with *neutral* speech, asked for an emotion; the ground truth is the
 emotional face with the mouth of that neutral speech (the renderer draws it exactly).
 
@@ -18,7 +19,7 @@ the mouth with the frozen probe, and writes to a new ``<output_dir>/run-<time>/`
 * ``results.md`` / ``results.json`` (strict JSON): the measures per arm, and the run's settings.
 
 Shipped assets (``stccl_diffusers/assets/demo/``, about 13 MB, safetensors): the base model
-(1000 reconstruction steps on the κ = 1 clips), the STCCL metric (200 metric-learning steps, stored
+(``eat_base_k1n``: 1000 reconstruction steps on the κ = 1 clips), the STCCL metric (200 metric-learning steps, stored
 in fp16) and the mouth/emotion probe. ``--train_base`` rebuilds all three into the run folder first
 (about 10 minutes on 2 cores) and uses them; ``python demo.py --build_assets`` rebuilds the shipped
 files themselves (the only command that writes into the package).
@@ -42,6 +43,10 @@ sys.path.insert(0, str(ROOT))
 
 ASSETS = ROOT / "stccl_diffusers" / "assets" / "demo"
 KAPPA = 1.0
+#: The κ world of bench_kappa.py's second amendment: every clip's audio at one RMS, so that only the
+#: emotion label predicts the mouth's gain (docs/kappa_world.md).
+LOUDNESS_NORMALISED = True
+BASE_NAME = "eat_base_k1n"
 BASE_STEPS, METRIC_STEPS, PROBE_FRAMES, PROBE_STEPS = 1000, 200, 2000, 400
 ARMS = ("without", "with")
 
@@ -76,7 +81,7 @@ def build_assets(dest: Path, data, cfg, log) -> None:
     from stccl_diffusers.adapters.eat import eat_collate
     from stccl_diffusers.training.demo import pretrain_metric_quick
     from stccl_diffusers.eval.effect import ensure_probe
-    from benchmarks.world import PROBE_OPEN_MAX, eat_base
+    from benchmarks.world import PROBE_OPEN_MAX
     from stccl_diffusers.utils.jsonio import write_json
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -90,20 +95,32 @@ def build_assets(dest: Path, data, cfg, log) -> None:
     save_file({k: v.half().contiguous() for k, v in metric.state_dict().items()},
               str(dest / "metric" / "metric_fp16.safetensors"))
     log(f"base model: {BASE_STEPS} reconstruction steps on the κ = {KAPPA:g} clips ({time.perf_counter() - t0:.0f} s so far)")
-    audio_dim = eat_collate([data[0]])["audio"].shape[-1]
-    # The benchmarks' base builder (weight 0: the metric is never called), then into the asset folder.
-    base_dir, _ = eat_base(cfg, data, scratch, KAPPA, BASE_STEPS, lambda c: make_adapter(c, metric, None, audio_dim), log)
-    shutil.copytree(base_dir, dest / "eat_base_k1", dirs_exist_ok=True)
+    base_s = build_base(dest, data, cfg, metric, log)
     log("probe: mouth opening and emotion from one frame")
     probe, pinfo = ensure_probe(scratch, 64, PROBE_FRAMES, PROBE_STEPS, open_max=PROBE_OPEN_MAX)
     save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(dest / "probe.safetensors"))
     write_json(dest / "probe.json", pinfo, indent=1)
     write_json(dest / "BUILD.json", {
-        "command": "python demo.py --build_assets", "kappa": KAPPA, "base_steps": BASE_STEPS,
+        "command": "python demo.py --build_assets", "kappa": KAPPA, "loudness_normalised": LOUDNESS_NORMALISED,
+        "base_steps": BASE_STEPS, "base_build_s": round(base_s, 1),
         "metric_steps": METRIC_STEPS, "metric_loss_first": info.get("metric_loss_first"),
         "metric_loss_last": info.get("metric_loss_last"), "probe": pinfo,
         "build_s": round(time.perf_counter() - t0, 1)}, indent=1)
     shutil.rmtree(scratch, ignore_errors=True)  # our own scratch folder, created above
+
+
+def build_base(dest: Path, data, cfg, metric, log) -> float:
+    """The base model only (`BASE_NAME` in `dest`): the benchmarks' base builder (weight 0: the metric
+    is never called). Returns its build seconds."""
+    from stccl_diffusers.adapters.eat import eat_collate
+    from benchmarks.world import eat_base
+
+    scratch = dest / "_build"
+    audio_dim = eat_collate([data[0]])["audio"].shape[-1]
+    base_dir, seconds = eat_base(cfg, data, scratch, KAPPA, BASE_STEPS, lambda c: make_adapter(c, metric, None, audio_dim),
+                                 log, loudness_normalised=LOUDNESS_NORMALISED)
+    shutil.copytree(base_dir, dest / BASE_NAME, dirs_exist_ok=True)
+    return seconds
 
 
 def load_assets(src: Path):
@@ -113,7 +130,7 @@ def load_assets(src: Path):
     from stccl_diffusers.metric import STCCLMetric
     from stccl_diffusers.eval.effect import Probe
 
-    missing = [p for p in ("eat_base_k1/config.json", "metric/config.json", "metric/metric_fp16.safetensors",
+    missing = [p for p in (f"{BASE_NAME}/config.json", "metric/config.json", "metric/metric_fp16.safetensors",
                            "probe.safetensors") if not (src / p).is_file()]
     if missing:
         raise FileNotFoundError(f"expected the demo assets in {src} (missing: {', '.join(missing)}); "
@@ -126,7 +143,7 @@ def load_assets(src: Path):
         torch.manual_seed(0)
         probe = Probe()
     probe.load_state_dict(load_file(str(src / "probe.safetensors")))
-    return src / "eat_base_k1", metric, probe.eval().requires_grad_(False)
+    return src / BASE_NAME, metric, probe.eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -154,7 +171,8 @@ def draw_grid(path: Path, clip: dict, renders: dict, frames: int = 8) -> None:
                 ax.set_title(f"frame {t}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"asked for '{clip['emotion']}', said with neutral speech (κ = {KAPPA:g} world)", fontsize=9)
+    world = f"κ = {KAPPA:g} world" + (", loudness-normalised audio" if LOUDNESS_NORMALISED else "")
+    fig.suptitle(f"asked for '{clip['emotion']}', said with neutral speech ({world})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -216,7 +234,7 @@ def main(argv=None) -> dict:
     run_dir = new_run_dir(out) if not args.build_assets else None
     cfg = base_config(run_dir or cache, args.steps, args.weight, args.seed)
     log(f"training clips of the κ = {KAPPA:g} world (written once into {cache})")
-    data, data_dir = world_data(cfg, KAPPA, cache, EAT_EMOTION_NAMES)
+    data, data_dir = world_data(cfg, KAPPA, cache, EAT_EMOTION_NAMES, loudness_normalised=LOUDNESS_NORMALISED)
     if args.build_assets:
         build_assets(ASSETS, data, cfg, log)
         log(f"assets written to {ASSETS}")
@@ -227,7 +245,8 @@ def main(argv=None) -> dict:
         build_assets(assets, data, cfg, log)
     base_dir, metric, probe = load_assets(assets)
     audio_dim = eat_collate([data[0]])["audio"].shape[-1]
-    clips = deployment_clips(args.sentences, 25, cfg.resolution, identities=training_identities(data_dir))
+    clips = deployment_clips(args.sentences, 25, cfg.resolution, identities=training_identities(data_dir),
+                             loudness_normalised=LOUDNESS_NORMALISED)
     names = list(EAT_EMOTION_NAMES)
     rows, renders, summary = {}, {}, {}
     for arm in ARMS:
@@ -266,7 +285,8 @@ def main(argv=None) -> dict:
     write_json(run_dir / "results.json", {
         "summary": summary, "per_clip": {a: [{k: v for k, v in r.items() if not k.startswith("curve")} for r in rows[a]]
                                          for a in ARMS},
-        "args": vars(args), "assets": str(assets), "kappa": KAPPA, "wall_time_s": round(wall, 1)})
+        "args": vars(args), "assets": str(assets), "kappa": KAPPA,
+        "loudness_normalised": LOUDNESS_NORMALISED, "wall_time_s": round(wall, 1)})
     print("\n" + table)
     print(f"\nwall time {wall:.0f} s. Pictures: {run_dir / 'grid.png'} and {run_dir / 'mouth.png'}; "
           f"numbers: {run_dir / 'results.json'}")

@@ -19,11 +19,12 @@ import demo  # noqa: E402
 
 def test_the_shipped_assets_are_safetensors_with_a_build_record():
     names = {p.relative_to(demo.ASSETS).as_posix() for p in demo.ASSETS.rglob("*") if p.is_file()}
-    assert {"eat_base_k1/config.json", "eat_base_k1/diffusion_pytorch_model.safetensors", "metric/config.json",
+    assert {"eat_base_k1n/config.json", "eat_base_k1n/diffusion_pytorch_model.safetensors", "metric/config.json",
             "metric/metric_fp16.safetensors", "probe.safetensors", "BUILD.json"} <= names
     assert not [n for n in names if n.endswith((".pt", ".pth", ".bin", ".pkl"))]  # nothing that needs pickle
     build = json.loads((demo.ASSETS / "BUILD.json").read_text())
     assert build["command"] == "python demo.py --build_assets" and build["kappa"] == 1.0
+    assert build["loudness_normalised"] is demo.LOUDNESS_NORMALISED is True
 
 
 def test_missing_assets_name_what_is_missing_and_how_to_rebuild(tmp_path):
