@@ -111,7 +111,6 @@ run; data, base models, the probe and the metric are cached in ``<out>/cache/{qu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -125,7 +124,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import clean_json as _clean, demo_cfg as _cfg, metric_quality, new_run_dir  # noqa: E402
-from benchmarks.common import verdict, verdict_line  # noqa: E402
+from benchmarks.common import verdict, verdict_line, write_report  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric  # noqa: E402
 from stccl_diffusers.eval.effect import SYNC_CHECKS, deployment_clips, ensure_probe, metric_sync_check  # noqa: E402
 from stccl_diffusers.training.loop import train  # noqa: E402
@@ -454,11 +453,8 @@ def main(argv=None) -> dict:
     payload = _clean({"args": vars(args), "metric": {"steps": args.metric_steps, **quality, **minfo}, "probes": probes,
                       "results": results, "wall_time_s": wall, "torch_threads": args.threads,
                       "null_means": "a measure that could not be computed (e.g. a mouth curve that does not move)"})
-    (run_dir / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
-    (run_dir / "results.md").write_text(table + "\n")
     draw_figure(results, run_dir / "kappa.png")
-    print(table)
-    print(f"\nwall time {wall:.0f} s; results in {run_dir}/ (results.json, results.md, kappa.png)")
+    write_report(run_dir, "results", payload, table, wall, also=("kappa.png",))
     return {"run_dir": str(run_dir), **payload}
 
 

@@ -1,5 +1,5 @@
 """What several benchmarks share (a module, not a script): configs over a demo YAML, the metric's
-held-out quality, a fresh run folder, strict JSON and the κ world's dose verdict."""
+held-out quality, a fresh run folder, strict JSON, a run's report and the κ world's dose verdict."""
 
 from __future__ import annotations
 
@@ -46,6 +46,18 @@ def new_run_dir(out: Path) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a new run folder under {out}")
+
+
+def write_report(run_dir: Path, stem: str, payload: dict, table: str, wall: float, also: tuple = ()) -> None:
+    """A run's report: ``<stem>.json`` (strict JSON: `payload` must already be clean, see
+    :func:`clean_json`) and ``<stem>.md`` (`table`) in `run_dir`; prints the table and where it all
+    went (``also``: other files the run wrote there, e.g. its figure)."""
+    import json
+
+    (run_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
+    (run_dir / f"{stem}.md").write_text(table + "\n")
+    print(table)
+    print(f"\nwall time {wall:.0f} s; results in {run_dir}/ (" + ", ".join([f"{stem}.json", f"{stem}.md", *also]) + ")")
 
 
 def _finite(x):

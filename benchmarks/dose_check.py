@@ -30,7 +30,6 @@ data and base models are cached in ``<out>/cache``. Every setting is written to 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import clean_json as _clean, demo_cfg as _cfg, new_run_dir, verdict, verdict_line  # noqa: E402,F401
+from benchmarks.common import write_report  # noqa: E402
 from stccl_diffusers.training.demo import ensure_metric  # noqa: E402
 from stccl_diffusers.eval.effect import deployment_clips, ensure_probe  # noqa: E402
 from stccl_diffusers.training.loop import train  # noqa: E402
@@ -177,12 +177,10 @@ def main(argv=None) -> dict:
         per = {str(k): without_arm(backend, args, k, cache, probe, metric, log) for k in args.kappas}
         results[backend] = {"probe": pinfo, "kappas": per, "verdict": verdict(per)}
     table = markdown(results)
-    payload = _clean({"args": vars(args), "results": results, "wall_time_s": time.perf_counter() - started,
+    wall = time.perf_counter() - started
+    payload = _clean({"args": vars(args), "results": results, "wall_time_s": wall,
                       "note": "stccl is null: no STCCL metric scores the without arm here"})
-    (run_dir / "dose.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
-    (run_dir / "dose.md").write_text(table + "\n")
-    print(table)
-    print(f"\nwall time {time.perf_counter() - started:.0f} s; results in {run_dir}/ (dose.json, dose.md)")
+    write_report(run_dir, "dose", payload, table, wall)
     return {"run_dir": str(run_dir), **payload}
 
 

@@ -22,7 +22,6 @@ of bench_kappa.py (built into ``<out>/cache`` when absent, a few minutes). Write
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import clean_json, new_run_dir  # noqa: E402
+from benchmarks.common import clean_json, new_run_dir, write_report  # noqa: E402
 from benchmarks.world import windowed_stccl  # noqa: E402
 
 
@@ -107,13 +106,10 @@ def main(argv=None) -> dict:
                                   steps=200, seed=0, progress=False)
     res = gain_check(metric, args.gains, args.sentences, args.frames, args.window, args.size)
     run_dir = new_run_dir(out)
-    table = markdown(res)
+    wall = time.perf_counter() - t0
     payload = clean_json({"args": vars(args), "gains": {f"{g:g}": v for g, v in res["gains"].items()},
-                          "shift_3": res["shift_3"], "rows": res["rows"], "wall_time_s": time.perf_counter() - t0})
-    (run_dir / "gain.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
-    (run_dir / "gain.md").write_text(table + "\n")
-    print(table)
-    print(f"\nwall time {time.perf_counter() - t0:.0f} s; results in {run_dir}/ (gain.json, gain.md)")
+                          "shift_3": res["shift_3"], "rows": res["rows"], "wall_time_s": wall})
+    write_report(run_dir, "gain", payload, markdown(res), wall)
     return {"run_dir": str(run_dir), **payload}
 
 
