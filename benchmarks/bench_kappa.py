@@ -228,14 +228,23 @@ def _world(backend, args, kappa, cache, metric, log):
     return got, clips
 
 
+def benchmark_metric(args, cache: Path):
+    """The benchmark's STCCL metric (``args.metric_steps`` steps, cached): ``(metric, info)``."""
+    return ensure_metric(None, cache / f"metric_{args.metric_steps}steps", backbone=[1, 1, 1, 1], input_size=64,
+                         steps=args.metric_steps, seed=0, progress=False)
+
+
+def benchmark_probe(args, cache: Path, backend: str):
+    """The frozen probe at the backend's resolution (cached): ``(probe, info)``."""
+    return ensure_probe(cache, 32 if backend == "dice" else 64, args.probe_frames, args.probe_steps,
+                        open_max=PROBE_OPEN_MAX)
+
+
 def _worker_run(job):
     """A ``--jobs`` worker: one run, with the metric and probe loaded from the cache (1 thread)."""
     backend, args, kappa, cache, run_dir, arm, seed = job
     torch.set_num_threads(1)
-    metric, _ = ensure_metric(None, cache / f"metric_{args.metric_steps}steps", backbone=[1, 1, 1, 1], input_size=64,
-                              steps=args.metric_steps, seed=0, progress=False)
-    probe, _ = ensure_probe(cache, 32 if backend == "dice" else 64, args.probe_frames, args.probe_steps,
-                            open_max=PROBE_OPEN_MAX)
+    metric, probe = benchmark_metric(args, cache)[0], benchmark_probe(args, cache, backend)[0]
     return one_run(backend, args, kappa, cache, run_dir, metric, probe, arm, seed)
 
 
@@ -439,14 +448,12 @@ def main(argv=None) -> dict:
     cache = out / "cache" / ("quick" if args.quick else "full")
     run_dir = new_run_dir(out)
     log = lambda s: print(f"[{time.perf_counter() - started:6.0f} s] {s}", flush=True)  # noqa: E731
-    metric, minfo = ensure_metric(None, cache / f"metric_{args.metric_steps}steps", backbone=[1, 1, 1, 1], input_size=64,
-                                  steps=args.metric_steps, seed=0, progress=False)
+    metric, minfo = benchmark_metric(args, cache)
     quality = metric_quality(metric)
     log(f"metric ({args.metric_steps} steps): held-out gap {quality['gap']:.3f}")
     results, probes = {}, {}
     for backend in args.backends:
-        res = 32 if backend == "dice" else 64
-        probe, probes[backend] = ensure_probe(cache, res, args.probe_frames, args.probe_steps, open_max=PROBE_OPEN_MAX)
+        probe, probes[backend] = benchmark_probe(args, cache, backend)
         results[backend] = run_backend(backend, args, cache, run_dir, metric, probe, log)
     table = markdown(results)
     wall = time.perf_counter() - started
