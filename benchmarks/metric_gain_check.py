@@ -64,10 +64,11 @@ def gain_check(metric, gains, sentences: int = 3, frames: int = 25, window: int 
             row = {"sentence": i, "emotion": emo}
             render = lambda g: frames_to_tensor(syn.render_clip(  # noqa: E731
                 face, emo, utt, 1.0, size=size, seed=seed + i, with_audio=False, mouth_gain=g, frame_indices=range(T)).frames)
+            truth = render(1.0)  # the ground truth: g = 1 below and the timing reference
             for g in gains:
-                row[f"g{g:g}"] = windowed_stccl(metric, render(g), anchor, window, None, seed=i)
+                row[f"g{g:g}"] = windowed_stccl(metric, truth if g == 1.0 else render(g), anchor, window, None, seed=i)
                 scores[g].append(row[f"g{g:g}"])
-            row["shift_3"] = windowed_stccl(metric, render(1.0), torch.roll(anchor, 3, 0), window, None, seed=i)
+            row["shift_3"] = windowed_stccl(metric, truth, torch.roll(anchor, 3, 0), window, None, seed=i)
             shift.append(row["shift_3"])
             rows.append(row)
     ms = lambda v: (float(np.mean(v)), float(np.std(v)))  # noqa: E731
