@@ -83,11 +83,12 @@ def ensure_synthetic_clips(
     if data_dir.is_dir() and any(data_dir.rglob("*.mp4")):
         truth = data_dir / "ground_truth.json"
         if coupling is not None:
-            have = float(json.loads(truth.read_text()).get("coupling", 0.0)) if truth.is_file() else None
+            record = json.loads(truth.read_text()) if truth.is_file() else None
+            have = None if record is None else float(record.get("coupling", 0.0))
             if have is None or have != float(coupling):
                 raise ValueError(f"expected the synthetic set in {data_dir} to have coupling kappa={coupling:g}, found "
                                  f"{'no ground_truth.json' if have is None else f'kappa={have:g}'}: use another folder")
-            normalised = bool(json.loads(truth.read_text()).get("loudness_normalised", False))
+            normalised = bool(record.get("loudness_normalised", False))
             if normalised != bool(loudness_normalised):
                 raise ValueError(f"expected the synthetic set in {data_dir} to have "
                                  f"{'loudness-normalised' if loudness_normalised else 'raw (not normalised)'} audio, "
