@@ -78,7 +78,6 @@ def build_assets(dest: Path, data, cfg, log) -> None:
     """Train the base model, the metric and the probe; write them to `dest` as safetensors."""
     from safetensors.torch import save_file
 
-    from stccl_diffusers.adapters.eat import eat_collate
     from stccl_diffusers.training.demo import pretrain_metric_quick
     from stccl_diffusers.eval.effect import ensure_probe
     from benchmarks.world import PROBE_OPEN_MAX
